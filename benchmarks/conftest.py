@@ -1,0 +1,48 @@
+"""Shared benchmark options.
+
+``--bench-short`` (used by ``make test`` and so by CI) runs each benchmark with
+few rounds and smaller inputs; regression floors are ratios measured within the
+same run, never absolute times.
+"""
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-short", action="store_true", default=False,
+                     help="few rounds, small inputs: the CI mode with regression floors")
+
+
+@pytest.fixture(scope="session")
+def bench_short(request) -> bool:
+    return bool(request.config.getoption("--bench-short"))
+
+
+@pytest.fixture
+def bench(benchmark, bench_short):
+    """``bench(fn, *args)`` -> (result, median seconds), rounds chosen by mode."""
+
+    def run(fn, *args):
+        rounds = 5 if bench_short else 30
+        result = benchmark.pedantic(fn, args=args, rounds=rounds, iterations=1, warmup_rounds=1)
+        return result, benchmark.stats.stats.median
+
+    return run
+
+
+# Ratios measured within one run are collected here and printed at the end, so the
+# CI log carries the same table as docs/benchmarks.md.
+RATIOS: list[tuple[str, float, float]] = []
+
+
+def record_ratio(name: str, ratio: float, floor: float) -> None:
+    RATIOS.append((name, ratio, floor))
+    assert ratio >= floor, f"{name}: ratio {ratio:.2f} fell below its regression floor {floor:.2f}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RATIOS:
+        terminalreporter.section("benchmark ratios (same run)")
+        for name, ratio, floor in RATIOS:
+            terminalreporter.write_line(f"{name:<60} {ratio:8.2f}x  (floor {floor:.2f}x)")

@@ -1,0 +1,3 @@
+from ingress.cli import main
+
+raise SystemExit(main())
