@@ -1,0 +1,229 @@
+"""Per-tenant keys and authenticated encryption at rest (AES-256-GCM).
+
+Key files
+---------
+One key per tenant in ``<data_dir>/keys/<tenant>.key``: exactly 32 random bytes
+(``os.urandom``), nothing else. The directory is created ``0700`` and every key
+file ``0600``; a key file that group or others may read is refused, as ssh does,
+because a key everyone can read protects nothing. A key is created once, by
+writing ``<tenant>.key.<random>.tmp``, fsyncing it and hard-linking it to the
+final name (``link`` fails when the name exists, so two writers can never
+replace each other's key), then fsyncing the directory. Stray ``*.tmp`` files
+are removed by :meth:`KeyStore.clean_temp` at spool open.
+
+Sealed blob
+-----------
+``seal`` returns ``nonce (12 bytes, random) || ciphertext || tag (16 bytes)``.
+The associated data binds the blob to its place::
+
+    b"ingress-spool/1\\0" || u8 len(tenant) || tenant (ascii)
+        || batch_id (16) || u32le sample_count || i64le first_ts_ns
+
+so a record copied to another tenant, or given another batch id, sample count
+or first timestamp, fails authentication instead of decrypting to something.
+
+The key fingerprint (first 8 bytes of SHA-256 over a domain prefix and the key)
+is written into every encrypted spool segment header; a mismatch at open names
+the tenant and the key file rather than producing authentication failures
+record by record.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import struct
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ingress.errors import SpoolError
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+OVERHEAD = NONCE_SIZE + TAG_SIZE
+_AAD_PREFIX = b"ingress-spool/1\0"
+_FP_PREFIX = b"ingress-spool-key-fingerprint/1\0"
+_AAD_TAIL = struct.Struct("<Iq")
+
+
+class KeyFileError(SpoolError):
+    """A tenant's key file is missing, unreadable, malformed, too open or not the
+    key the data was written with. The message names the tenant and the file."""
+
+
+class DecryptError(SpoolError):
+    """A sealed blob failed authentication: tampered, truncated, moved from
+    another tenant or written under another key."""
+
+
+def fingerprint(key: bytes) -> bytes:
+    """Eight bytes that identify ``key`` without revealing it."""
+    return hashlib.sha256(_FP_PREFIX + key).digest()[:8]
+
+
+def associated_data(tenant: str, batch_id: bytes, sample_count: int, first_ts_ns: int) -> bytes:
+    t = tenant.encode("ascii")
+    return b"".join((_AAD_PREFIX, bytes((len(t),)), t, batch_id,
+                     _AAD_TAIL.pack(sample_count, first_ts_ns)))
+
+
+class TenantCipher:
+    """AES-256-GCM bound to one tenant.
+
+    Parameters
+    ----------
+    tenant : str
+        Tenant id; part of the associated data of every blob.
+    key : bytes
+        32-byte key.
+    key_path : pathlib.Path or str
+        Where the key lives; only used in error messages.
+    """
+
+    __slots__ = ("tenant", "key_path", "fingerprint", "_aead")
+
+    def __init__(self, tenant: str, key: bytes, key_path: Path | str = "<memory>") -> None:
+        if len(key) != KEY_SIZE:
+            raise KeyFileError(f"{key_path}: tenant {tenant!r}: key is {len(key)} bytes, expected {KEY_SIZE}")
+        self.tenant = tenant
+        self.key_path = str(key_path)
+        self.fingerprint = fingerprint(key)
+        self._aead = AESGCM(key)
+
+    def seal(self, batch_id: bytes, plaintext: bytes, sample_count: int, first_ts_ns: int) -> bytes:
+        """Encrypt ``plaintext``; returns nonce || ciphertext || tag."""
+        nonce = os.urandom(NONCE_SIZE)
+        aad = associated_data(self.tenant, batch_id, sample_count, first_ts_ns)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, batch_id: bytes, blob: bytes, sample_count: int, first_ts_ns: int) -> bytes:
+        """Decrypt and authenticate a blob from :meth:`seal`.
+
+        Raises
+        ------
+        DecryptError
+            When the blob does not authenticate under this tenant's key and
+            these header fields.
+        """
+        if len(blob) < OVERHEAD:
+            raise DecryptError(f"tenant {self.tenant!r}: sealed record is {len(blob)} bytes, shorter than nonce+tag")
+        aad = associated_data(self.tenant, batch_id, sample_count, first_ts_ns)
+        try:
+            return self._aead.decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
+        except InvalidTag:
+            raise DecryptError(
+                f"tenant {self.tenant!r}: batch {batch_id.hex()} does not authenticate with key "
+                f"{self.key_path} (tampered, moved from another tenant, or another key)") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class KeyStore:
+    """The key files of every tenant under ``<data_dir>/keys``.
+
+    Parameters
+    ----------
+    data_dir : pathlib.Path or str
+        The agent's data directory.
+    """
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.dir = Path(data_dir) / "keys"
+
+    def path(self, tenant: str) -> Path:
+        return self.dir / f"{tenant}.key"
+
+    def exists(self, tenant: str) -> bool:
+        return self.path(tenant).exists()
+
+    def clean_temp(self) -> int:
+        """Remove key files a crash left half-written; returns how many."""
+        n = 0
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            if name.endswith(".tmp"):
+                try:
+                    os.unlink(self.dir / name)
+                    n += 1
+                except FileNotFoundError:
+                    pass
+        return n
+
+    def load(self, tenant: str) -> bytes:
+        """Read a tenant's key, refusing anything that is not a private 32-byte file."""
+        p = self.path(tenant)
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise KeyFileError(f"{p}: tenant {tenant!r}: key file is missing") from None
+        except OSError as e:
+            raise KeyFileError(f"{p}: tenant {tenant!r}: cannot open key file: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyFileError(f"{p}: tenant {tenant!r}: key file is not a regular file")
+            if st.st_mode & 0o077:
+                raise KeyFileError(
+                    f"{p}: tenant {tenant!r}: key file mode is {stat.S_IMODE(st.st_mode):04o}; "
+                    f"it must not be readable by group or others (chmod 600)")
+            key = os.read(fd, KEY_SIZE + 1)
+        finally:
+            os.close(fd)
+        if len(key) != KEY_SIZE:
+            raise KeyFileError(f"{p}: tenant {tenant!r}: key file holds {len(key)} bytes, expected {KEY_SIZE}")
+        return key
+
+    def create(self, tenant: str) -> bytes:
+        """Create a new random key; fails when the tenant already has one."""
+        self._ensure_dir()
+        p = self.path(tenant)
+        key = os.urandom(KEY_SIZE)
+        tmp = self.dir / f"{tenant}.key.{os.urandom(4).hex()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, p)
+        except FileExistsError:
+            raise KeyFileError(f"{p}: tenant {tenant!r}: key file already exists; refusing to replace it") from None
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(self.dir)
+        return key
+
+    def load_or_create(self, tenant: str) -> bytes:
+        if self.path(tenant).exists():
+            return self.load(tenant)
+        try:
+            return self.create(tenant)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise KeyFileError(f"{self.path(tenant)}: tenant {tenant!r}: cannot create key: {e.strerror}") from None
+            raise
+
+    def cipher(self, tenant: str, create: bool = False) -> TenantCipher:
+        """A :class:`TenantCipher` for the tenant's key (created first when ``create``)."""
+        key = self.load_or_create(tenant) if create else self.load(tenant)
+        return TenantCipher(tenant, key, self.path(tenant))
+
+    def _ensure_dir(self) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(self.dir)
+        if st.st_mode & 0o077:
+            os.chmod(self.dir, 0o700)
