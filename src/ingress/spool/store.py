@@ -238,7 +238,7 @@ class _Tenant:
         self.ledgers = {o: AckLedger(d, o) for o in outputs}
         self.next_seq = 1
         # An eighth of the quota per segment bounds what one quota drop throws away.
-        self.seg_target = max(4096, min(segment_bytes, policy.max_bytes // 8))
+        self.seg_target = min(segment_bytes, max(4096, policy.max_bytes // 8))
         self.seg_max_age_ns = max(1 * _NS, int(policy.retention_s * _NS) // 8)
 
     @property
