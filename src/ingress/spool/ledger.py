@@ -20,7 +20,7 @@ Ledger header (16 bytes)::
 Entry (12 bytes, from offset 16)::
 
       0   8  offset  u64, byte offset of the acknowledged record in the segment
-      8   4  crc     CRC-32 of uid || offset (8 bytes, little-endian)
+      8   4  crc     CRC-32C of uid || offset (8 bytes, little-endian)
 
 Recovery rule: a ledger whose header is short, damaged or carries another uid
 (a stale file of an older segment with the same seq) is ignored and removed. A
@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from pathlib import Path
 from urllib.parse import quote, unquote
+
+from ingress.spool.segment import crc32c
 
 ACK_MAGIC = b"ISAK"
 ACK_VERSION = 1
@@ -66,7 +67,7 @@ def parse_ledger_name(name: str) -> tuple[int, str] | None:
 
 def pack_entry(uid: bytes, offset: int) -> bytes:
     o = _OFF.pack(offset)
-    return o + struct.pack("<I", zlib.crc32(uid + o))
+    return o + struct.pack("<I", crc32c(uid + o))
 
 
 def read_ledger(path: Path | str, uid: bytes) -> tuple[list[int], int] | None:
@@ -87,7 +88,7 @@ def read_ledger(path: Path | str, uid: bytes) -> tuple[list[int], int] | None:
     whole = ACK_HEADER_SIZE + (len(data) - ACK_HEADER_SIZE) // ACK_ENTRY_SIZE * ACK_ENTRY_SIZE
     out: list[int] = []
     for off, crc in _ENT.iter_unpack(memoryview(data)[ACK_HEADER_SIZE:whole]):
-        if zlib.crc32(uid + _OFF.pack(off)) == crc:
+        if crc32c(uid + _OFF.pack(off)) == crc:
             out.append(off)
     return out, whole
 

@@ -24,7 +24,8 @@ eighth of the tenant quota, at most ``segment_bytes``) or when its first record
 is older than an eighth of the retention. Sealing closes the descriptor and
 changes nothing on disk, so rotation has no crash window. At open every
 existing segment counts as sealed and the first append creates a new one
-(created with O_EXCL, header written and synced, then the directory synced).
+(created with O_EXCL, header written, directory synced; the header reaches the
+disk with the first record's sync).
 
 Deletion is crash-safe: rename ``X.seg`` to ``X.seg.deleting``, fsync the
 directory, unlink the ledgers of X, unlink ``X.seg.deleting``. A crash at any
@@ -675,7 +676,9 @@ class Spool:
         fp = t.cipher.fingerprint if (t.policy.encrypt and t.cipher) else None
         try:
             _write_all(fd, pack_segment_header(seq, uid, now, fp), b"")
-            os.fdatasync(fd)
+            # The name must be durable before a record in the file is reported durable;
+            # the header itself reaches the disk with the first record's sync (a file
+            # torn before that has no record and is removed at open).
             _fsync_dir(t.dir)
         except OSError as e:
             os.close(fd)
