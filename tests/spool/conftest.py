@@ -28,6 +28,7 @@ def open_spool(data_dir, clock):
     def make(tenants=None, outputs=("out",), **kw):
         kw.setdefault("write_mb_s", None)
         kw.setdefault("clock", clock)
+        kw.setdefault("maintain_every_s", None)  # retention runs when a test says so
         sp = Spool(data_dir, tenants or {"acme": TenantPolicy()}, outputs, **kw)
         opened.append(sp)
         return sp

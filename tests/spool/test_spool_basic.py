@@ -179,9 +179,15 @@ def test_refusals_name_what_was_wrong(open_spool, data_dir):
         Spool(data_dir / "y", {"acme": TenantPolicy()}, fsync="always")
     with pytest.raises(ValueError, match="max_bytes"):
         TenantPolicy(max_bytes=0)
+    ref = sp.append("acme", bid(1), b"x", 1, T0)
     sp.close()
-    with pytest.raises(SpoolError, match="closed"):
-        sp.append("acme", bid(1), b"x", 1, T0)
+    for call in (lambda: sp.append("acme", bid(2), b"x", 1, T0), lambda: sp.pending("acme", "out"),
+                 lambda: sp.ack("acme", "out", ref)):
+        with pytest.raises(SpoolError, match="closed"):
+            call()
+    (data_dir / "file").write_text("not a directory")
+    with pytest.raises(SpoolError, match=r"file: cannot open the spool: "):
+        Spool(data_dir / "file", {"acme": TenantPolicy()})
 
 
 def test_directories_and_files_are_private(open_spool, data_dir):

@@ -1,6 +1,8 @@
 """Per-tenant quota and retention: only the offending tenant's oldest segments go."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from spool_helpers import T0, bid, fill, ids, payload
 
@@ -97,3 +99,14 @@ def test_retention_applies_at_open(open_spool, clock):
     sp2 = open_spool(tenants={"acme": TenantPolicy(retention_s=60)})
     assert sp2.pending("acme", "out") == []
     assert sp2.stats()["acme"]["dropped_batches"] == 3
+
+
+def test_the_background_thread_applies_retention_without_appends(open_spool, clock):
+    sp = open_spool(tenants={"acme": TenantPolicy(retention_s=60)}, maintain_every_s=0.01)
+    fill(sp, "acme", 2, ts=clock.now)
+    clock.advance(120)
+    deadline = time.monotonic() + 30
+    while sp.stats()["acme"]["segments"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    st = sp.stats()["acme"]
+    assert st["segments"] == 0 and st["dropped_batches"] == 2

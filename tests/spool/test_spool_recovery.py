@@ -21,6 +21,7 @@ SIZE = 150
 def _open(d, **kw):
     kw.setdefault("write_mb_s", None)
     kw.setdefault("clock", lambda: T0)
+    kw.setdefault("maintain_every_s", None)
     return Spool(d, {"acme": TenantPolicy()}, ["out"], **kw)
 
 

@@ -43,7 +43,8 @@ class SpoolMachine(RuleBasedStateMachine):
 
     def _open(self) -> Spool:
         # 1 KiB segments: rotation and deletion happen every few steps
-        return Spool(self.dir, TENANTS, OUTPUTS, write_mb_s=None, segment_bytes=1024, clock=lambda: T0)
+        return Spool(self.dir, TENANTS, OUTPUTS, write_mb_s=None, segment_bytes=1024, clock=lambda: T0,
+                     maintain_every_s=None)
 
     @rule(t=tenants, size=st.integers(0, 400), samples=st.integers(0, 5000))
     def append(self, t, size, samples):

@@ -298,6 +298,9 @@ class Spool:
         share one with other writers; None or 0 for no limit.
     segment_bytes : int
         Upper bound of a segment file's size (default 8 MiB).
+    maintain_every_s : float or None
+        How often a background thread applies retention (default 1 s); None:
+        only appends and :meth:`maintain` do.
     clock : callable returning int ns, optional
         Wall clock, injected by tests (retention, ages, append times).
 
@@ -313,8 +316,8 @@ class Spool:
     def __init__(self, data_dir: str | os.PathLike, tenants: Mapping[str, TenantPolicy],
                  outputs: Sequence[str] | Mapping[str, Sequence[str]] = (),
                  fsync: str | float = "batch", write_mb_s: float | TokenBucket | None = 20.0,
-                 *, segment_bytes: int = 8 << 20, clock: Callable[[], int] = time.time_ns,
-                 _readonly: bool = False) -> None:
+                 *, segment_bytes: int = 8 << 20, maintain_every_s: float | None = 1.0,
+                 clock: Callable[[], int] = time.time_ns, _readonly: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.dir = self.data_dir / "spool"
         self._readonly = _readonly
@@ -339,16 +342,21 @@ class Spool:
         for tid in tenants:
             if not isinstance(tid, str) or not TENANT_RE.match(tid):
                 raise ValueError(f"{tid!r} is not a valid tenant id")
+        self._maintain_every = maintain_every_s
         try:
             if _readonly:
                 self._open_readonly(tenants, outputs)
             else:
                 self._open_writer(tenants, outputs, segment_bytes)
+        except OSError as e:
+            self._abandon()
+            where = e.filename if e.filename is not None else self.dir
+            raise SpoolError(f"{where}: cannot open the spool: {e.strerror or e}") from e
         except BaseException:
             self._abandon()
             raise
-        if not _readonly and not self._sync_each:
-            self._flusher = threading.Thread(target=self._flush_loop, name="ingress-spool-flusher", daemon=True)
+        if not _readonly and (not self._sync_each or maintain_every_s):
+            self._flusher = threading.Thread(target=self._background, name="ingress-spool", daemon=True)
             self._flusher.start()
 
     # ------------------------------------------------------------------ open
@@ -821,6 +829,7 @@ class Spool:
         """
         if self._readonly:
             raise SpoolError(f"{self.dir}: opened read-only for stats; pending() needs the writer")
+        self._check_open()
         t = self._tenant(tenant)
         self._check_output(t, output)
         out: list[SpoolRecord] = []
@@ -911,6 +920,7 @@ class Spool:
         Returns False when the record is unknown (already deleted or dropped)
         or was already acknowledged by this output.
         """
+        self._check_open()
         t = self._tenant(tenant)
         self._check_output(t, output)
         with t.mlock:
@@ -944,7 +954,8 @@ class Spool:
 
     # ----------------------------------------------------------- maintenance
     def maintain(self) -> None:
-        """Apply retention to every tenant now (the group-commit flusher does it each second)."""
+        """Apply retention to every tenant now (the background thread does it every
+        ``maintain_every_s``; appends do it for their tenant)."""
         for t in list(self._tenants.values()):
             with t.wlock:
                 if not self._closed:
@@ -970,15 +981,20 @@ class Spool:
                     except OSError as e:
                         log.warning("tenant %r: ledger sync failed: %s", t.id, e)
 
-    def _flush_loop(self) -> None:
+    def _background(self) -> None:
+        """Group commit every fsync interval, and retention every ``maintain_every_s``."""
+        period = self._interval if not self._sync_each else self._maintain_every
+        if self._maintain_every:
+            period = min(period, self._maintain_every)
         last_maint = time.monotonic()
-        while not self._stop.wait(self._interval):
-            self.flush()
-            if time.monotonic() - last_maint >= 1.0:
+        while not self._stop.wait(period):
+            if not self._sync_each:
+                self.flush()
+            if self._maintain_every and time.monotonic() - last_maint >= self._maintain_every:
                 last_maint = time.monotonic()
                 try:
                     self.maintain()
-                except SpoolError as e:
+                except Exception as e:  # keep the thread alive; the next round tries again
                     log.error("spool maintenance failed: %s", e)
 
     def stats(self) -> dict[str, dict]:
