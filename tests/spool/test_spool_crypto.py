@@ -10,7 +10,7 @@ from spool_helpers import T0, bid, fill, ids, payload
 
 from ingress.security import DecryptError, KeyFileError, KeyStore, TenantCipher
 from ingress.security.crypto import NONCE_SIZE, OVERHEAD, fingerprint
-from ingress.spool import Spool, TenantPolicy
+from ingress.spool import TenantPolicy
 from ingress.spool.segment import (
     FLAG_SEALED,
     REC_HEADER_SIZE,

@@ -14,7 +14,7 @@ import pytest
 from spool_helpers import T0, bid, fill, ids, payload
 
 from ingress.errors import SpoolError
-from ingress.spool import SpoolFull, TenantPolicy
+from ingress.spool import SpoolFull
 
 
 def _raise(code):

@@ -13,7 +13,7 @@ from spool_helpers import T0, bid, fill, ids, payload
 
 from ingress.spool import Spool, TenantPolicy
 from ingress.spool.ledger import ACK_ENTRY_SIZE, ACK_HEADER_SIZE, ledger_name
-from ingress.spool.segment import REC_HEADER_SIZE, SEG_HEADER_SIZE, segment_name
+from ingress.spool.segment import REC_HEADER_SIZE, segment_name
 
 SIZE = 150
 

@@ -75,7 +75,7 @@ from typing import Callable, NamedTuple
 
 from ingress.errors import SpoolError
 from ingress.security.crypto import DecryptError, KeyFileError, KeyStore, TenantCipher
-from ingress.spool.ledger import AckLedger, ledger_name, parse_ledger_name, read_ledger
+from ingress.spool.ledger import AckLedger, parse_ledger_name, read_ledger
 from ingress.spool.segment import (
     FLAG_SEALED,
     MAX_PAYLOAD,
