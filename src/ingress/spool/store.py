@@ -920,10 +920,10 @@ class Spool:
         Returns False when the record is unknown (already deleted or dropped)
         or was already acknowledged by this output.
         """
-        self._check_open()
         t = self._tenant(tenant)
         self._check_output(t, output)
         with t.mlock:
+            self._check_open()
             seg = t.by_seq.get(ref[0])
             if seg is None:
                 return False
@@ -1065,6 +1065,7 @@ class Spool:
         """Sync and close everything, release the lock. Idempotent."""
         if self._closed:
             return
+        self._closed = True  # first: a writer or ack waiting for a lock sees it once it gets in
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join()
@@ -1086,7 +1087,6 @@ class Spool:
                         led.close()
                     except OSError as e:
                         log.warning("tenant %r: ledger close failed: %s", t.id, e)
-        self._closed = True
         self._release_lock()
 
     def _release_lock(self) -> None:
