@@ -1,0 +1,228 @@
+"""ingress.wire: round trips, the reference oracle, input validation, hostile bytes."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import lz4.block
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import wire_reference as ref
+from ingress import errors, wire
+
+BID = bytes(range(16))
+F64 = np.float64
+
+
+def bits(a) -> np.ndarray:
+    return np.asarray(a, np.float64).view(np.uint64)
+
+
+def make(series, idx, ts, vals, **kw):
+    kw.setdefault("batch_id", BID)
+    return wire.encode(kw.pop("tenant", "acme"), kw.pop("host", "web-1"), series,
+                       np.asarray(idx, np.uint32), np.asarray(ts, np.int64),
+                       np.asarray(vals, F64), **kw)
+
+
+def assert_same(b, series, idx, ts, vals):
+    assert b.series == [(n, dict(t)) for n, t in series]
+    assert b.series_index.dtype == np.uint32 and b.timestamps.dtype == np.int64
+    assert b.values.dtype == np.float64
+    np.testing.assert_array_equal(b.series_index, np.asarray(idx, np.uint32))
+    np.testing.assert_array_equal(b.timestamps, np.asarray(ts, np.int64))
+    np.testing.assert_array_equal(bits(b.values), bits(vals))
+
+
+def roundtrip(series, idx, ts, vals, **kw):
+    data = make(series, idx, ts, vals, **kw)
+    b = wire.decode(data)
+    assert_same(b, series, idx, ts, vals)
+    return data, b
+
+
+def tick_major(n_series=50, n_ticks=20, seed=1):
+    rng = np.random.default_rng(seed)
+    series = [(f"m{s % 7}", {"cpu": str(s), "mode": "user"}) for s in range(n_series)]
+    idx = np.tile(np.arange(n_series, dtype=np.uint32), n_ticks)
+    ts = np.repeat(1_700_000_000_000_000_000 + np.arange(n_ticks) * 1_000_000_000
+                   + rng.integers(0, 5_000_000, n_ticks), n_series)
+    vals = np.round(rng.random(n_series * n_ticks) * 100, 2)
+    vals[idx % 3 == 0] = np.cumsum(rng.integers(0, 1000, n_ticks * n_series))[idx % 3 == 0]
+    vals[idx % 5 == 0] = 42.0
+    vals[idx % 7 == 0] = rng.random((idx % 7 == 0).sum())
+    return series, idx, ts, vals
+
+
+# ------------------------------------------------------------------ round trips
+def test_api_shape_and_header():
+    series = [("cpu.usage", {"cpu": "0", "mode": "user"}), ("mem.used", {})]
+    data, b = roundtrip(series, [0, 1, 0], [5, 5, 9], [1.5, 2.0, 3.25])
+    assert (b.tenant, b.host, b.batch_id) == ("acme", "web-1", BID)
+    assert len(b) == 3
+    assert wire.peek(data) == ("acme", "web-1", BID, 3)
+    assert wire.peek(data).sample_count == 3
+    assert data[:4] == b"INGB" and data[4] == wire.VERSION
+    assert wire.WireError is errors.WireError
+
+
+def test_random_batch_id_when_none():
+    a = make([("m", {})], [0], [1], [1.0], batch_id=None)
+    b = make([("m", {})], [0], [1], [1.0], batch_id=None)
+    ida, idb = wire.peek(a).batch_id, wire.peek(b).batch_id
+    assert len(ida) == 16 and ida != idb
+
+
+def test_empty_batch():
+    roundtrip([], [], [], [])
+    # a dictionary entry no sample uses still round-trips
+    roundtrip([("unused", {"k": "v"})], [], [], [])
+
+
+def test_special_float_bit_patterns():
+    specials = [0.0, -0.0, np.inf, -np.inf, 5e-324, -5e-324, 2.2250738585072014e-308,
+                1.7976931348623157e308, np.nan]
+    payload_nans = np.array([0x7FF8000000000001, 0xFFF8DEADBEEF0001, 0x7FF0000000000001,
+                             0xFFFFFFFFFFFFFFFF], np.uint64).view(F64)
+    vals = np.concatenate([specials, payload_nans, specials[::-1]])
+    n = len(vals)
+    # one series (XOR path) and each value its own series (single-sample path)
+    roundtrip([("x", {})], np.zeros(n), np.arange(n), vals)
+    roundtrip([(f"s{i}", {}) for i in range(n)], np.arange(n), np.zeros(n), vals)
+
+
+def test_negative_zero_in_decimal_series_survives():
+    vals = [1.0, 2.0, -0.0, 3.0, 0.0]
+    roundtrip([("x", {})], [0] * 5, [1, 2, 3, 4, 5], vals)
+
+
+def test_timestamps_any_order_and_extremes():
+    i64 = np.iinfo(np.int64)
+    ts = [i64.max, i64.min, 0, -1, 1, i64.max, i64.max, i64.min, 123, -5_000_000_000]
+    n = len(ts)
+    roundtrip([("x", {})], [0] * n, ts, np.arange(n, dtype=F64))
+    # the same timestamps as runs (mode 0) and shuffled
+    ts2 = np.repeat(np.array(ts, np.int64), 7)
+    roundtrip([("x", {}), ("y", {})], np.arange(len(ts2)) % 2, ts2, np.ones(len(ts2)))
+    rng = np.random.default_rng(3)
+    roundtrip([("x", {})], np.zeros(len(ts2)), rng.permutation(ts2), np.ones(len(ts2)))
+
+
+def test_utf8_everywhere():
+    series = [("température.°C", {"ключ": "значение", "emoji": "🙂🚀", "": ""}),
+              ("名前", {"a\x00b": "\U0010ffff"})]
+    roundtrip(series, [1, 0, 1], [3, 2, 1], [1.0, 2.0, 3.0], host="hôte-ü")
+
+
+def test_tick_major_roundtrip_and_sample_order():
+    series, idx, ts, vals = tick_major()
+    roundtrip(series, idx, ts, vals)
+    rng = np.random.default_rng(7)
+    perm = rng.permutation(len(idx))
+    roundtrip(series, idx[perm], ts[perm], vals[perm])
+
+
+def test_hundred_thousand_series():
+    n = 100_000
+    series = [(f"proc.cpu", {"pid": str(i)}) for i in range(n)]
+    rng = np.random.default_rng(5)
+    idx = rng.permutation(n).astype(np.uint32)
+    data, _ = roundtrip(series, idx, np.full(n, 10**18), np.round(rng.random(n), 3))
+    assert wire.peek(data).sample_count == n
+
+
+def test_tags_as_pairs_are_accepted():
+    data = make([("m", (("a", "1"), ("b", "2")))], [0], [1], [1.0])
+    assert wire.decode(data).series == [("m", {"a": "1", "b": "2"})]
+
+
+def test_codecs_are_chosen_per_series():
+    # counters/decimals must come out far smaller than full-entropy doubles
+    n = 1000
+    rng = np.random.default_rng(11)
+    dec = np.round(np.cumsum(rng.random(n) * 10), 2)
+    full = rng.random(n)
+    size_dec = len(make([("x", {})], np.zeros(n), np.zeros(n), dec))
+    size_full = len(make([("x", {})], np.zeros(n), np.zeros(n), full))
+    assert size_dec * 2.5 < size_full
+    const = len(make([("x", {})], np.zeros(n), np.zeros(n), np.full(n, np.pi)))
+    assert const < 100
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_property_roundtrip_matches_reference(data):
+    n_series = data.draw(st.integers(1, 6), label="n_series")
+    text = st.text(max_size=8)
+    series = data.draw(st.lists(st.tuples(text, st.dictionaries(text, text, max_size=3)),
+                                min_size=n_series, max_size=n_series), label="series")
+    n = data.draw(st.integers(0, 60), label="n")
+    idx = data.draw(st.lists(st.integers(0, n_series - 1), min_size=n, max_size=n))
+    ts_el = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 10**18, 10**18 + 1]))
+    ts = data.draw(st.lists(ts_el, min_size=n, max_size=n))
+    val_el = st.one_of(
+        st.integers(0, 2**64 - 1).map(lambda b: float(np.uint64(b).view(F64))),
+        st.floats(allow_nan=True),
+        st.integers(-10**6, 10**6).map(lambda m: m / 100),
+        st.sampled_from([0.0, -0.0, 1.0]))
+    vals = data.draw(st.lists(val_el, min_size=n, max_size=n))
+    # build value arrays from bit patterns so NaN payloads survive list handling
+    v = np.array(vals, F64)
+    raw_bits = data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=n, max_size=n))
+    mask = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool)
+    if n:
+        v[mask] = np.array(raw_bits, np.uint64)[mask].view(F64)
+    encoded, b = roundtrip(series, idx, ts, v)
+    expected = ref.encode("acme", "web-1", series, idx, ts, v.tolist(), BID)
+    assert encoded == expected
+    r = ref.decode(encoded)
+    assert r["series"] == b.series
+    assert r["series_index"] == b.series_index.tolist()
+    assert r["timestamps"] == b.timestamps.tolist()
+    np.testing.assert_array_equal(bits(r["values"]), bits(b.values))
+
+
+def test_reference_agrees_on_realistic_batch():
+    series, idx, ts, vals = tick_major(n_series=200, n_ticks=30)
+    data = make(series, idx, ts, vals)
+    assert data == ref.encode("acme", "web-1", series, idx, ts, vals, BID)
+    r = ref.decode(data)
+    assert r["timestamps"] == ts.tolist()
+    np.testing.assert_array_equal(bits(r["values"]), bits(vals))
+
+
+# ------------------------------------------------------------------ encode validation
+@pytest.mark.parametrize("kwargs, exc, words", [
+    (dict(tenant="Acme!"), ValueError, "tenant 'Acme!'"),
+    (dict(tenant=""), ValueError, "tenant ''"),
+    (dict(tenant="a" * 64), ValueError, "tenant"),
+    (dict(tenant=5), TypeError, "tenant must be str"),
+    (dict(host="h" * 256), ValueError, "host is 256 bytes"),
+    (dict(host="\ud800"), ValueError, "host"),
+    (dict(batch_id=b"short"), ValueError, "batch_id must be 16 bytes"),
+    (dict(batch_id="0123456789abcdef"), ValueError, "batch_id"),
+    (dict(series_index=[0, 0]), ValueError, "differ in length"),
+    (dict(series_index=[0, 2, 0]), ValueError, "series_index[1] = 2 is out of range for 2 series"),
+    (dict(series_index=[0, -1, 0]), ValueError, "series_index holds -1"),
+    (dict(series_index=[0.0, 1.0, 0.0]), TypeError, "series_index must be uint32"),
+    (dict(series_index=[[0, 1, 0]]), ValueError, "series_index must be 1-D"),
+    (dict(timestamps=[1.5, 2, 3]), TypeError, "timestamps must be int64"),
+    (dict(timestamps=np.array([2**64 - 1, 0, 0], np.uint64)), ValueError, "timestamps holds"),
+    (dict(values=["a", "b", "c"]), TypeError, "values must be float64"),
+    (dict(series=[("m", {}), "oops"]), ValueError, "series[1] must be a (name, tags) pair"),
+    (dict(series=[("m", {}), (3, {})]), TypeError, "series[1] name must be str"),
+    (dict(series=[("m", {}), ("n", {"k": 1})]), TypeError, "series[1] tag 'k' value must be str"),
+    (dict(series=[("m", {}), ("n", {2: "v"})]), TypeError, "series[1] tag key must be str"),
+    (dict(series=[("m", {}), ("n", 7)]), TypeError, "series[1] tags must be a mapping"),
+    (dict(series=[("m", {}), ("\udc80", {})]), ValueError, "series[1] name"),
+])
+def test_encode_validation_names_the_argument(kwargs, exc, words):
+    args = dict(tenant="acme", host="h", series=[("m", {}), ("n", {})],
+                series_index=[0, 1, 0], timestamps=[1, 2, 3], values=[1.0, 2.0, 3.0])
+    args.update(kwargs)
+    with pytest.raises(exc) as info:
+        wire.encode(**args)
+    assert words in str(info.value)

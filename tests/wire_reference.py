@@ -1,0 +1,327 @@
+"""A slow, simple, pure-Python encoder/decoder of batch format v1: the test oracle.
+
+It follows docs/wire-format.md line by line, with plain ints and bytes, so the
+compiled codec (ingress._core._codec + ingress.wire) can be checked against it
+byte for byte in both directions. Not a product; never imported by ingress.
+"""
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+
+import lz4.block
+
+MAGIC = b"INGB"
+VERSION = 1
+FIXED = struct.Struct("<4sBBBB16sIIIII")
+M64 = (1 << 64) - 1
+TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+class RefError(Exception):
+    pass
+
+
+# -------------------------------------------------------------- primitives
+def zigzag(v: int) -> int:
+    v = to_signed(v & M64)
+    return ((v << 1) ^ (v >> 63)) & M64
+
+
+def unzigzag(u: int) -> int:
+    return to_signed((u >> 1) ^ (-(u & 1) & M64))
+
+
+def to_signed(u: int) -> int:
+    u &= M64
+    return u - (1 << 64) if u >> 63 else u
+
+
+def varint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+class Reader:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def varint(self) -> int:
+        r = shift = 0
+        while True:
+            if self.pos >= len(self.data):
+                raise RefError("truncated varint")
+            b = self.data[self.pos]
+            self.pos += 1
+            if shift == 63 and b > 1:
+                raise RefError("varint past 64 bits")
+            r |= (b & 0x7F) << shift
+            if b < 0x80:
+                return r
+            shift += 7
+
+    def take(self, n: int) -> bytes:
+        if n > len(self.data) - self.pos:
+            raise RefError("truncated")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+
+def f2b(v: float) -> int:
+    return struct.unpack("<Q", struct.pack("<d", v))[0]
+
+
+def b2f(b: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", b & M64))[0]
+
+
+# -------------------------------------------------------------- value codecs
+def dec_ok(v: float, d: int) -> bool:
+    x = v * 10.0 ** d
+    if not abs(x) < 2.0 ** 53:
+        return False
+    m = round(x)  # round half to even, like C rint()
+    return f2b(m / 10.0 ** d) == f2b(v)
+
+
+def encode_series(vals: list[float]) -> tuple[int, bytes]:
+    bits = [f2b(v) for v in vals]
+    if len(vals) > 1 and all(b == bits[0] for b in bits):
+        return 0x00, struct.pack("<Q", bits[0])
+    d = 0
+    for v in vals:
+        while not dec_ok(v, d):
+            d += 1
+            if d > 15:
+                break
+        if d > 15:
+            break
+    if d <= 15 and all(dec_ok(v, d) for v in vals):
+        out, prev = bytearray(), 0
+        for v in vals:
+            m = round(v * 10.0 ** d)
+            out += varint(zigzag(m - prev))
+            prev = m
+        return 0x20 | d, bytes(out)
+    out, prev = bytearray(), 0
+    for b in bits:
+        x, prev = b ^ prev, b
+        if x == 0:
+            out.append(0)
+            continue
+        tz = 0
+        while x & (0xFF << (8 * tz)) == 0:
+            tz += 1
+        lz = 0
+        while x >> (8 * (7 - lz)) == 0:
+            lz += 1
+        n = 8 - lz - tz
+        out.append(tz << 4 | n)
+        out += (x >> (8 * tz)).to_bytes(n, "little")
+    return 0x10, bytes(out)
+
+
+def decode_series(r: Reader, codec: int, count: int) -> list[float]:
+    if codec == 0x00:
+        (b,) = struct.unpack("<Q", r.take(8))
+        return [b2f(b)] * count
+    if codec & 0xF0 == 0x20:
+        d, m, out = codec & 0x0F, 0, []
+        for _ in range(count):
+            m = to_signed(m + unzigzag(r.varint()))
+            out.append(float(m) / 10.0 ** d)
+        return out
+    if codec == 0x10:
+        bits, out = 0, []
+        for _ in range(count):
+            ctrl = r.take(1)[0]
+            if ctrl:
+                tz, n = ctrl >> 4, ctrl & 0x0F
+                if n == 0 or tz + n > 8:
+                    raise RefError("bad xor ctrl")
+                bits ^= int.from_bytes(r.take(n), "little") << (8 * tz)
+            out.append(b2f(bits))
+        return out
+    raise RefError(f"codec {codec:#x}")
+
+
+# -------------------------------------------------------------- batch
+def encode(tenant, host, series, series_index, timestamps, values, batch_id) -> bytes:
+    idx = [int(i) for i in series_index]
+    ts = [int(t) for t in timestamps]
+    vals = [float(v) for v in values]
+    n, nser = len(idx), len(series)
+    assert len(ts) == n == len(vals) and len(batch_id) == 16
+    assert all(0 <= i < nser for i in idx)
+    # dictionary
+    table: dict[str, int] = {}
+    refs: list[int] = []
+
+    def sid(s: str) -> int:
+        return table.setdefault(s, len(table))
+
+    for name, tags in series:
+        refs.append(sid(name))
+        refs.append(len(tags))
+        for k, v in dict(tags).items():
+            refs.append(sid(k))
+            refs.append(sid(v))
+    body = bytearray(varint(len(table)))
+    for s in table:
+        u = s.encode("utf-8")
+        body += varint(len(u)) + u
+    for r in refs:
+        body += varint(r)
+    # index column
+    prev = 0
+    for i in idx:
+        body += varint(zigzag(i - prev))
+        prev = i
+    # timestamps
+    runs: list[list[int]] = []
+    for t in ts:
+        if runs and runs[-1][0] == t:
+            runs[-1][1] += 1
+        else:
+            runs.append([t, 1])
+    prev_t = prev_d = 0
+    if 2 * len(runs) > n:
+        body.append(1)
+        for t in ts:
+            d = (t - prev_t) & M64
+            body += varint(zigzag(d - prev_d))
+            prev_t, prev_d = t, d
+    else:
+        body.append(0)
+        body += varint(len(runs))
+        for t, length in runs:
+            d = (t - prev_t) & M64
+            body += varint(length) + varint(zigzag(d - prev_d))
+            prev_t, prev_d = t, d
+    # values
+    per: list[list[float]] = [[] for _ in range(nser)]
+    for i, v in zip(idx, vals):
+        per[i].append(v)
+    codecs, streams = bytearray(), bytearray()
+    for vs in per:
+        if vs:
+            c, s = encode_series(vs)
+            codecs.append(c)
+            streams += s
+    body += codecs + streams
+    raw = bytes(body)
+    flags, stored = 0, raw
+    if raw:
+        packed = lz4.block.compress(raw, store_size=False)
+        if len(packed) < len(raw):
+            flags, stored = 1, packed
+    tb, hb = tenant.encode("ascii"), host.encode("utf-8")
+    head = FIXED.pack(MAGIC, VERSION, flags, len(tb), len(hb), bytes(batch_id), n, nser,
+                      len(raw), len(stored), zlib.crc32(stored)) + tb + hb
+    return head + struct.pack("<I", zlib.crc32(head)) + stored
+
+
+def decode(data: bytes) -> dict:
+    """Returns a dict of plain lists; raises RefError for anything invalid."""
+    if len(data) < FIXED.size + 5:
+        raise RefError("short")
+    magic, ver, flags, tl, hl, bid, n, nser, raw_len, body_len, crc = FIXED.unpack_from(data)
+    if magic != MAGIC or ver != VERSION:
+        raise RefError("magic/version")
+    off = FIXED.size + tl + hl
+    if len(data) < off + 4 or struct.unpack_from("<I", data, off)[0] != zlib.crc32(data[:off]):
+        raise RefError("header crc")
+    if flags & ~1 or len(data) - off - 4 != body_len:
+        raise RefError("flags/length")
+    tenant = data[FIXED.size:FIXED.size + tl].decode("ascii", "replace")
+    if not TENANT.fullmatch(tenant):
+        raise RefError("tenant")
+    try:
+        host = data[FIXED.size + tl:off].decode("utf-8")
+    except UnicodeDecodeError:
+        raise RefError("host") from None
+    stored = data[off + 4:]
+    if zlib.crc32(stored) != crc:
+        raise RefError("body crc")
+    if flags & 1:
+        if raw_len > 255 * body_len:
+            raise RefError("ratio")
+        try:
+            raw = lz4.block.decompress(stored, uncompressed_size=raw_len)
+        except lz4.block.LZ4BlockError:
+            raise RefError("lz4") from None
+        if len(raw) != raw_len:
+            raise RefError("raw_len")
+    elif raw_len != body_len:
+        raise RefError("raw_len")
+    else:
+        raw = stored
+    r = Reader(raw)
+    strings = []
+    for _ in range(r.varint()):
+        try:
+            strings.append(r.take(r.varint()).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RefError("utf-8") from None
+    series = []
+    for _ in range(nser):
+        name_sid, nt = r.varint(), r.varint()
+        if name_sid >= len(strings):
+            raise RefError("name sid")
+        name, tags = strings[name_sid], {}
+        for _ in range(nt):
+            k, v = r.varint(), r.varint()
+            if max(k, v) >= len(strings):
+                raise RefError("tag sid")
+            tags[strings[k]] = strings[v]
+        if len(tags) != nt:
+            raise RefError("dup tag")
+        series.append((name, tags))
+    idx, cur = [], 0
+    for _ in range(n):
+        cur = to_signed(cur + unzigzag(r.varint()))
+        if not 0 <= cur < nser:
+            raise RefError("index")
+        idx.append(cur)
+    mode = r.take(1)[0]
+    ts, prev_t, prev_d = [], 0, 0
+    if mode == 1:
+        for _ in range(n):
+            prev_d = (prev_d + unzigzag(r.varint())) & M64
+            prev_t = (prev_t + prev_d) & M64
+            ts.append(to_signed(prev_t))
+    elif mode == 0:
+        for _ in range(r.varint()):
+            length = r.varint()
+            prev_d = (prev_d + unzigzag(r.varint())) & M64
+            prev_t = (prev_t + prev_d) & M64
+            if length == 0 or len(ts) + length > n:
+                raise RefError("runs")
+            ts += [to_signed(prev_t)] * length
+        if len(ts) != n:
+            raise RefError("runs")
+    else:
+        raise RefError("ts mode")
+    counts = [0] * nser
+    for i in idx:
+        counts[i] += 1
+    active = [s for s in range(nser) if counts[s]]
+    codecs = r.take(len(active))
+    per = {s: decode_series(r, c, counts[s]) for s, c in zip(active, codecs)}
+    if r.pos != len(raw):
+        raise RefError("trailing")
+    pos = [0] * nser
+    vals = []
+    for i in idx:
+        vals.append(per[i][pos[i]])
+        pos[i] += 1
+    return {"tenant": tenant, "host": host, "batch_id": bid, "series": series,
+            "series_index": idx, "timestamps": ts, "values": vals}
+
