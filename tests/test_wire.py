@@ -226,3 +226,128 @@ def test_encode_validation_names_the_argument(kwargs, exc, words):
     with pytest.raises(exc) as info:
         wire.encode(**args)
     assert words in str(info.value)
+
+
+# ------------------------------------------------------------------ hostile bytes
+V = ref.varint
+DICT = V(1) + V(1) + b"m" + V(0) + V(0)       # strings ["m"], series [("m", {})]
+INDEX = V(0)                                   # one sample of series 0
+TS = b"\x01" + V(ref.zigzag(5))                # per-sample mode, ts 5
+VALUES = b"\x20" + V(ref.zigzag(1))            # DEC d=0, value 1.0
+
+
+def hostile(dictionary=DICT, index=INDEX, ts=TS, values=VALUES, n=1, nser=1,
+            tenant="acme", host="h", **kw) -> bytes:
+    return ref.frame(dictionary + index + ts + values, tenant, host, BID, n, nser, **kw)
+
+
+def test_hostile_builder_is_valid():
+    b = wire.decode(hostile())
+    assert b.series == [("m", {})] and b.timestamps.tolist() == [5] and b.values.tolist() == [1.0]
+    assert wire.decode(hostile(compress=False)).values.tolist() == [1.0]
+
+
+def _flip(data: bytes, pos: int) -> bytes:
+    return data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1:]
+
+
+GOOD = hostile()
+TWO = V(3) + V(1) + b"m" + V(1) + b"k" + V(1) + b"v"
+
+
+@pytest.mark.parametrize("data, words", [
+    # framing
+    (b"", "shorter than the smallest header"),
+    (GOOD[:30], "shorter than the smallest header"),
+    (b"XXXX" + GOOD[4:], "not an ingress batch: magic b'XXXX'"),
+    (hostile(version=2), "unsupported batch version 2"),
+    (_flip(GOOD, 10), "header checksum mismatch"),
+    (_flip(GOOD, len(GOOD) - 1), "body checksum mismatch"),
+    (GOOD[:-2], "header says the body is"),
+    (GOOD + b"\x00", "header says the body is"),
+    (hostile(host_len=200), "header needs"),
+    (hostile(compress=False, flags=0x04), "unknown flags 0x04"),
+    (hostile(tenant="Bad!"), "tenant id 'Bad!' is not valid"),
+    (hostile(host=b"\xff\xfe"), "host is not valid UTF-8"),
+    (hostile(compress=True, raw_len=10**9), "more than lz4 can expand"),
+    (ref.frame(b"\xff" * 12, "acme", "h", BID, 1, 1, compress=False, flags=1, raw_len=100),
+     "not a valid lz4 block"),
+    (hostile(compress=True, raw_len=len(DICT + INDEX + TS + VALUES) + 5), "decompresses to"),
+    (hostile(compress=False, raw_len=3), "uncompressed body is"),
+    # dictionary
+    (hostile(dictionary=b"\xff" * 11), "dictionary: varint of string count at body offset 0 runs past 64 bits"),
+    (hostile(dictionary=b"\x80", index=b"", ts=b"", values=b""), "input ends inside the varint of string count"),
+    (hostile(dictionary=V(10**6)), "dictionary: 1000000 strings promised"),
+    (hostile(dictionary=V(1) + V(127) + b"m"), "string 0 at body offset 2 is 127 bytes"),
+    (hostile(dictionary=V(1) + V(2) + b"\xff\xfe" + V(0) + V(0)), "string 0 at body offset 2 is not valid UTF-8"),
+    (hostile(dictionary=V(1) + V(1) + b"m" + V(5) + V(0)), "series 0 names string 5 but there are 1"),
+    (hostile(dictionary=V(1) + V(1) + b"m" + V(0) + V(100)), "series 0 promises 100 tags"),
+    (hostile(dictionary=TWO + V(0) + V(1) + V(1) + V(9)), "tag 0 of series 0 refers to string 9"),
+    (hostile(dictionary=TWO + V(0) + V(2) + V(1) + V(2) + V(1) + V(2)), "series 0 repeats a tag key"),
+    (hostile(nser=10**9), "header promises 1000000000 series"),
+    # index column
+    (hostile(n=2**32 - 1), "index column: header promises 4294967295 samples"),
+    (hostile(index=V(ref.zigzag(3))), "index column: sample 0 refers to series 3, outside the dictionary"),
+    (hostile(index=V(ref.zigzag(-1))), "sample 0 refers to series -1"),
+    (hostile(index=b"\xff" * 10 + b"\x7f"), "index column: varint runs past 64 bits"),
+    (hostile(index=b"\x80\x80", ts=b"", values=b""), "index column: input ends inside a field"),
+    # timestamps
+    (hostile(ts=b"\x07"), "timestamps: unknown timestamp mode 7"),
+    (hostile(ts=b"", values=b""), "timestamps: input ends inside a field"),
+    (hostile(ts=b"\x00" + V(1000)), "timestamps: 1000 runs promised for 1 samples"),
+    (hostile(ts=b"\x00" + V(1) + V(5) + V(0)), "timestamps: run 0 has length 5"),
+    (hostile(ts=b"\x00" + V(1) + V(0) + V(0)), "timestamps: run 0 has length 0"),
+    (hostile(ts=b"\x00" + V(1) + V(2**64 - 1) + V(0)), f"run 0 has length {2**64 - 1}"),
+    (hostile(ts=b"\x00" + V(2**64 - 1)), f"{2**64 - 1} runs promised"),
+    (hostile(index=V(0) + V(0), n=2, ts=b"\x00" + V(1) + V(1) + V(0)),
+     "timestamps: runs cover 1 samples but the header says 2"),
+    # values
+    (hostile(values=b"\x30\x02"), "values: series 0 has unknown codec byte 0x30"),
+    (hostile(values=b"\x10\x09" + bytes(9)), "values: series 0: malformed XOR control byte"),
+    (hostile(values=b"\x10\x70"), "values: series 0: malformed XOR control byte"),
+    (hostile(values=b"\x10\x08\x01\x02"), "values: input ends inside a field"),
+    (hostile(values=b"\x00\x01\x02"), "values: input ends inside a field"),
+    (hostile(values=b""), "values: input ends inside a field"),
+    (hostile(values=VALUES + b"\x00\x00"), "values: 2 bytes left over after the last value"),
+], ids=lambda v: v[:40] if isinstance(v, str) else "data")
+def test_hostile_input_raises_wire_error_saying_what(data, words):
+    with pytest.raises(errors.WireError) as info:
+        wire.decode(data)
+    assert words in str(info.value)
+    with pytest.raises(ref.RefError):
+        ref.decode(data)
+
+
+def test_peek_checks_header_only():
+    assert wire.peek(GOOD) == ("acme", "h", BID, 1)
+    # peek skips the body checksum (outputs call it on bytes they just made) ...
+    assert wire.peek(_flip(GOOD, len(GOOD) - 1)).sample_count == 1
+    # ... but not the header's
+    for bad, words in [(_flip(GOOD, 25), "header checksum"), (GOOD[:-1], "body is"),
+                       (b"INGB\x09" + GOOD[5:], "version 9")]:
+        with pytest.raises(errors.WireError, match=words):
+            wire.peek(bad)
+
+
+def test_decode_accepts_bytes_like_and_refuses_other_types():
+    data = make(*tick_major(5, 3))
+    for form in (bytearray(data), memoryview(data)):
+        assert wire.decode(form).series_index.tolist() == wire.decode(data).series_index.tolist()
+        assert wire.peek(form) == wire.peek(data)
+    with pytest.raises(TypeError, match="data must be bytes"):
+        wire.decode("INGB")
+
+
+def test_hostile_counts_do_not_allocate():
+    import tracemalloc
+    cases = [hostile(n=2**32 - 1), hostile(nser=2**32 - 1), hostile(dictionary=V(2**62)),
+             hostile(compress=True, raw_len=2**32 - 1), hostile(ts=b"\x00" + V(2**40))]
+    tracemalloc.start()
+    try:
+        for data in cases:
+            with pytest.raises(errors.WireError):
+                wire.decode(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200_000

@@ -216,16 +216,42 @@ def encode(tenant, host, series, series_index, timestamps, values, batch_id) -> 
             codecs.append(c)
             streams += s
     body += codecs + streams
-    raw = bytes(body)
+    return frame(bytes(body), tenant, host, batch_id, n, nser)
+
+
+def frame(raw: bytes, tenant: str, host: str, batch_id: bytes, n: int, nser: int,
+          compress: bool | None = None, **override) -> bytes:
+    """Header + (lz4) body with valid checksums around any raw body.
+
+    ``compress=None`` applies the encoder's rule (lz4 when it is smaller);
+    ``override`` replaces header fields (flags, raw_len, body_len, version, magic,
+    tenant_len, host_len) before the checksums are computed, for hostile tests.
+    """
     flags, stored = 0, raw
-    if raw:
+    if raw and compress is not False:
         packed = lz4.block.compress(raw, store_size=False)
-        if len(packed) < len(raw):
+        if compress or len(packed) < len(raw):
             flags, stored = 1, packed
-    tb, hb = tenant.encode("ascii"), host.encode("utf-8")
-    head = FIXED.pack(MAGIC, VERSION, flags, len(tb), len(hb), bytes(batch_id), n, nser,
-                      len(raw), len(stored), zlib.crc32(stored)) + tb + hb
+    tb = tenant if isinstance(tenant, bytes) else tenant.encode("utf-8")
+    hb = host if isinstance(host, bytes) else host.encode("utf-8")
+    f = dict(magic=MAGIC, version=VERSION, flags=flags, tenant_len=len(tb), host_len=len(hb),
+             n=n, nser=nser, raw_len=len(raw), body_len=len(stored))
+    f.update(override)
+    head = FIXED.pack(f["magic"], f["version"], f["flags"], f["tenant_len"], f["host_len"],
+                      bytes(batch_id), f["n"], f["nser"], f["raw_len"], f["body_len"],
+                      zlib.crc32(stored)) + tb + hb
     return head + struct.pack("<I", zlib.crc32(head)) + stored
+
+
+def unframe(data: bytes) -> tuple[dict, bytes]:
+    """Header fields and the raw (decompressed) body of a valid batch."""
+    magic, ver, flags, tl, hl, bid, n, nser, raw_len, body_len, crc = FIXED.unpack_from(data)
+    off = FIXED.size + tl + hl
+    stored = data[off + 4:]
+    raw = lz4.block.decompress(stored, uncompressed_size=raw_len) if flags & 1 else stored
+    fields = dict(tenant=data[FIXED.size:FIXED.size + tl].decode(), batch_id=bid,
+                  host=data[FIXED.size + tl:off].decode(), n=n, nser=nser)
+    return fields, raw
 
 
 def decode(data: bytes) -> dict:

@@ -710,9 +710,9 @@ cdef _raise(Err* e, Py_ssize_t n):
         if e.a < 0:
             msg = f"runs cover {e.b} samples but the header says {n}"
         else:
-            msg = f"run {e.a} has length {e.b}, beyond the {n} samples of the batch"
+            msg = f"run {e.a} has length {<uint64_t>e.b}, beyond the {n} samples of the batch"
     elif e.code == E_COUNT:
-        msg = f"{e.a} runs promised for {e.b} samples, more than the input holds"
+        msg = f"{<uint64_t>e.a} runs promised for {e.b} samples, more than the input holds"
     elif e.code == E_CODEC:
         msg = f"series {e.a} has unknown codec byte 0x{e.b:02x}"
     elif e.code == E_XOR:
