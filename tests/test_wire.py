@@ -282,8 +282,11 @@ TWO = V(3) + V(1) + b"m" + V(1) + b"k" + V(1) + b"v"
     (hostile(dictionary=V(1) + V(2) + b"\xff\xfe" + V(0) + V(0)), "string 0 at body offset 2 is not valid UTF-8"),
     (hostile(dictionary=V(1) + V(1) + b"m" + V(5) + V(0)), "series 0 names string 5 but there are 1"),
     (hostile(dictionary=V(1) + V(1) + b"m" + V(0) + V(100)), "series 0 promises 100 tags"),
-    (hostile(dictionary=TWO + V(0) + V(1) + V(1) + V(9)), "tag 0 of series 0 refers to string 9"),
-    (hostile(dictionary=TWO + V(0) + V(2) + V(1) + V(2) + V(1) + V(2)), "series 0 repeats a tag key"),
+    (hostile(dictionary=TWO + V(0) + V(1) + V(1) + V(ref.zigzag(9))), "tag value 0 refers to string 9"),
+    (hostile(dictionary=TWO + V(0) + V(1) + V(1) + V(ref.zigzag(-1))), "tag value 0 refers to string -1"),
+    (hostile(dictionary=TWO + V(0) + V(1) + V(7) + V(0)), "tag key 0 refers to string 7 but there are 3"),
+    (hostile(dictionary=TWO + V(0) + V(2) + V(1) + V(1) + V(4) + V(0)), "series 0 repeats a tag key"),
+    (hostile(dictionary=TWO + V(0) + V(2**40)), "series 0 promises 1099511627776 tags"),
     (hostile(nser=10**9), "header promises 1000000000 series"),
     # index column
     (hostile(n=2**32 - 1), "index column: header promises 4294967295 samples"),
@@ -302,9 +305,13 @@ TWO = V(3) + V(1) + b"m" + V(1) + b"k" + V(1) + b"v"
     (hostile(index=V(0) + V(0), n=2, ts=b"\x00" + V(1) + V(1) + V(0)),
      "timestamps: runs cover 1 samples but the header says 2"),
     # values
-    (hostile(values=b"\x30\x02"), "values: series 0 has unknown codec byte 0x30"),
+    (hostile(values=b"\x50\x02"), "values: series 0 has unknown codec byte 0x50"),
     (hostile(values=b"\x10\x09" + bytes(9)), "values: series 0: malformed XOR control byte"),
     (hostile(values=b"\x10\x70"), "values: series 0: malformed XOR control byte"),
+    (hostile(index=V(0) * 2, n=2, ts=TS + V(0), values=b"\x30" + V(2) + V(0) + b"\x41"), "series 0: packed bit width beyond 64"),
+    (hostile(index=V(0) * 2, n=2, ts=TS + V(0), values=b"\x40" + bytes(8) + b"\x20\x21"), "series 0: packed bit width beyond 64"),
+    (hostile(index=V(0) * 2, n=2, ts=TS + V(0), values=b"\x30" + V(2) + V(0) + b"\x10\x01"), "values: input ends inside a field"),
+    (hostile(index=V(0) * 2, n=2, ts=TS + V(0), values=b"\x40" + bytes(8) + b"\x00"), "values: input ends inside a field"),
     (hostile(values=b"\x10\x08\x01\x02"), "values: input ends inside a field"),
     (hostile(values=b"\x00\x01\x02"), "values: input ends inside a field"),
     (hostile(values=b""), "values: input ends inside a field"),
@@ -351,3 +358,22 @@ def test_hostile_counts_do_not_allocate():
     finally:
         tracemalloc.stop()
     assert peak < 200_000
+
+
+@pytest.mark.parametrize("kind, codec", [
+    ("constant", 0x00), ("counter_with_reset", 0x20), ("smooth_counter", 0x30),
+    ("percent_1dp", 0x31), ("step_changes", 0x10), ("mixed_exponents", 0x40), ("noisy_full_precision", 0x40)])
+def test_each_value_codec_round_trips(kind, codec):
+    rng = np.random.default_rng(42)
+    n = 200
+    vals = {
+        "constant": np.full(n, 3.5),
+        "counter_with_reset": np.concatenate([np.arange(100) * 1e6 + 5e12, np.arange(100.0)]),
+        "smooth_counter": 10**9 + np.cumsum(rng.integers(1000, 1200, n)).astype(F64),
+        "percent_1dp": np.round(50 + np.cumsum(rng.normal(0, 1, n)), 1),
+        "step_changes": np.repeat(rng.random(n // 10), 10),
+        "mixed_exponents": rng.random(n) * 10.0 ** rng.integers(-300, 300, n),
+        "noisy_full_precision": 0.5 + rng.normal(0, 0.01, n),
+    }[kind]
+    assert ref.encode_series(vals.tolist())[0] == codec
+    roundtrip([("x", {})], np.zeros(n), np.arange(n), vals)

@@ -91,9 +91,30 @@ def dec_ok(v: float, d: int) -> bool:
     return f2b(m / 10.0 ** d) == f2b(v)
 
 
+def pack(vals: list[int], w: int) -> bytes:
+    acc = 0
+    for j, v in enumerate(vals):
+        acc |= v << (j * w)
+    return acc.to_bytes((len(vals) * w + 7) // 8, "little")
+
+
+def unpack(r: Reader, c: int, w: int) -> list[int]:
+    acc = int.from_bytes(r.take((c * w + 7) // 8), "little")
+    return [(acc >> (j * w)) & ((1 << w) - 1) for j in range(c)]
+
+
+def xor_bytes(x: int) -> int:
+    """Bytes the XOR codec spends on x: its control byte plus significant bytes."""
+    if x == 0:
+        return 1
+    tz = (x & -x).bit_length() - 1
+    return 1 + (x.bit_length() + 7) // 8 - tz // 8
+
+
 def encode_series(vals: list[float]) -> tuple[int, bytes]:
     bits = [f2b(v) for v in vals]
-    if len(vals) > 1 and all(b == bits[0] for b in bits):
+    c = len(vals)
+    if c > 1 and all(b == bits[0] for b in bits):
         return 0x00, struct.pack("<Q", bits[0])
     d = 0
     for v in vals:
@@ -104,27 +125,38 @@ def encode_series(vals: list[float]) -> tuple[int, bytes]:
         if d > 15:
             break
     if d <= 15 and all(dec_ok(v, d) for v in vals):
-        out, prev = bytearray(), 0
-        for v in vals:
-            m = round(v * 10.0 ** d)
-            out += varint(zigzag(m - prev))
-            prev = m
-        return 0x20 | d, bytes(out)
-    out, prev = bytearray(), 0
-    for b in bits:
-        x, prev = b ^ prev, b
+        ms = [round(v * 10.0 ** d) for v in vals]
+        deltas = [ms[0]] + [ms[j] - ms[j - 1] for j in range(1, c)]
+        size_var = sum(len(varint(zigzag(x))) for x in deltas)
+        if c > 1:
+            dmin, dmax = min(deltas[1:]), max(deltas[1:])
+            w = (dmax - dmin).bit_length()
+            size_for = (len(varint(zigzag(deltas[0]))) + len(varint(zigzag(dmin))) + 1
+                        + ((c - 1) * w + 7) // 8)
+            if size_for < size_var:
+                return 0x30 | d, (varint(zigzag(deltas[0])) + varint(zigzag(dmin)) + bytes([w])
+                                  + pack([x - dmin for x in deltas[1:]], w))
+        return 0x20 | d, b"".join(varint(zigzag(x)) for x in deltas)
+    xs = [bits[0]] + [bits[j] ^ bits[j - 1] for j in range(1, c)]
+    size_var = sum(xor_bytes(x) for x in xs)
+    rest = [x for x in xs[1:] if x]
+    tz = min(((x & -x).bit_length() - 1 for x in rest), default=0)
+    ored = 0
+    for x in rest:
+        ored |= x
+    w = (ored >> tz).bit_length()
+    if c > 1 and 10 + ((c - 1) * w + 7) // 8 < size_var:
+        return 0x40, (struct.pack("<Q", xs[0]) + bytes([tz, w])
+                      + pack([x >> tz for x in xs[1:]], w))
+    out = bytearray()
+    for x in xs:
         if x == 0:
             out.append(0)
             continue
-        tz = 0
-        while x & (0xFF << (8 * tz)) == 0:
-            tz += 1
-        lz = 0
-        while x >> (8 * (7 - lz)) == 0:
-            lz += 1
-        n = 8 - lz - tz
-        out.append(tz << 4 | n)
-        out += (x >> (8 * tz)).to_bytes(n, "little")
+        tzb = ((x & -x).bit_length() - 1) // 8
+        n = (x.bit_length() + 7) // 8 - tzb
+        out.append(tzb << 4 | n)
+        out += (x >> (8 * tzb)).to_bytes(n, "little")
     return 0x10, bytes(out)
 
 
@@ -138,6 +170,19 @@ def decode_series(r: Reader, codec: int, count: int) -> list[float]:
             m = to_signed(m + unzigzag(r.varint()))
             out.append(float(m) / 10.0 ** d)
         return out
+    if codec & 0xF0 == 0x30:
+        d = codec & 0x0F
+        m = unzigzag(r.varint())
+        out = [float(m) / 10.0 ** d]
+        if count > 1:
+            dmin = r.varint()
+            w = r.take(1)[0]
+            if w > 64:
+                raise RefError("width")
+            for x in unpack(r, count - 1, w):
+                m = to_signed(m + unzigzag(dmin) + x)
+                out.append(float(m) / 10.0 ** d)
+        return out
     if codec == 0x10:
         bits, out = 0, []
         for _ in range(count):
@@ -148,6 +193,17 @@ def decode_series(r: Reader, codec: int, count: int) -> list[float]:
                     raise RefError("bad xor ctrl")
                 bits ^= int.from_bytes(r.take(n), "little") << (8 * tz)
             out.append(b2f(bits))
+        return out
+    if codec == 0x40:
+        (bits,) = struct.unpack("<Q", r.take(8))
+        out = [b2f(bits)]
+        if count > 1:
+            tz, w = r.take(2)
+            if tz + w > 64:
+                raise RefError("width")
+            for x in unpack(r, count - 1, w):
+                bits ^= (x << tz) & M64
+                out.append(b2f(bits))
         return out
     raise RefError(f"codec {codec:#x}")
 
@@ -162,23 +218,27 @@ def encode(tenant, host, series, series_index, timestamps, values, batch_id) -> 
     assert all(0 <= i < nser for i in idx)
     # dictionary
     table: dict[str, int] = {}
-    refs: list[int] = []
+    names, ntags, keys, values = [], [], [], []
 
     def sid(s: str) -> int:
         return table.setdefault(s, len(table))
 
     for name, tags in series:
-        refs.append(sid(name))
-        refs.append(len(tags))
+        names.append(sid(name))
+        ntags.append(len(tags))
         for k, v in dict(tags).items():
-            refs.append(sid(k))
-            refs.append(sid(v))
+            keys.append(sid(k))
+            values.append(sid(v))
     body = bytearray(varint(len(table)))
     for s in table:
         u = s.encode("utf-8")
         body += varint(len(u)) + u
-    for r in refs:
-        body += varint(r)
+    for x in names + ntags + keys:
+        body += varint(x)
+    last = [0] * len(table)
+    for k, v in zip(keys, values):
+        body += varint(zigzag(v - last[k]))
+        last[k] = v
     # index column
     prev = 0
     for i in idx:
@@ -296,20 +356,26 @@ def decode(data: bytes) -> dict:
             strings.append(r.take(r.varint()).decode("utf-8"))
         except UnicodeDecodeError:
             raise RefError("utf-8") from None
-    series = []
-    for _ in range(nser):
-        name_sid, nt = r.varint(), r.varint()
-        if name_sid >= len(strings):
-            raise RefError("name sid")
-        name, tags = strings[name_sid], {}
+    names = [r.varint() for _ in range(nser)]
+    ntags = [r.varint() for _ in range(nser)]
+    keys = [r.varint() for _ in range(sum(ntags))]
+    if any(x >= len(strings) for x in names + keys):
+        raise RefError("sid")
+    last = [0] * len(strings)
+    series, t = [], 0
+    for name_sid, nt in zip(names, ntags):
+        tags = {}
         for _ in range(nt):
-            k, v = r.varint(), r.varint()
-            if max(k, v) >= len(strings):
-                raise RefError("tag sid")
+            k = keys[t]
+            v = to_signed(last[k] + unzigzag(r.varint()))
+            if not 0 <= v < len(strings):
+                raise RefError("value sid")
+            last[k] = v
             tags[strings[k]] = strings[v]
+            t += 1
         if len(tags) != nt:
             raise RefError("dup tag")
-        series.append((name, tags))
+        series.append((strings[name_sid], tags))
     idx, cur = [], 0
     for _ in range(n):
         cur = to_signed(cur + unzigzag(r.varint()))

@@ -61,7 +61,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport fabs, rint
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 from ingress.errors import WireError
@@ -92,6 +92,8 @@ cdef enum:
     CODEC_CONST = 0x00
     CODEC_XOR = 0x10
     CODEC_DEC = 0x20
+    CODEC_DEC_FOR = 0x30
+    CODEC_XOR_FOR = 0x40
     TS_RUNS = 0
     TS_SAMPLES = 1
 
@@ -130,6 +132,7 @@ cdef enum:
     E_XOR = 7             # malformed XOR control byte
     E_TRAILING = 8
     E_COUNT = 9           # a count promises more than the input holds
+    E_WIDTH = 10          # bit width or shift beyond 64
 
 
 cdef struct Err:
@@ -225,18 +228,21 @@ cdef extern from "Python.h":
 
 
 def encode_dictionary(series):
-    """Encode the series dictionary section; returns bytes.
+    """Encode the series dictionary section; returns (bytes, series count).
 
     Strings are interned in first-appearance order (name, then each tag key and
-    value), then every series is written as string ids.
+    value); the series are then written as four columns of string ids, the tag
+    values as deltas from the last value of the same key, so that a dictionary
+    of many similar series repeats itself and lz4 takes the repeats.
     """
     cdef dict table = {}
     cdef list order = []
-    cdef list refs = []
-    cdef Py_ssize_t i = 0
+    cdef list names = [], ntags = [], keys = [], vals = []
+    cdef Py_ssize_t i = 0, j, n, total
     cdef Buf b
     cdef const char* u
-    cdef Py_ssize_t n
+    cdef int64_t* last = NULL
+    cdef int64_t ks, vs
     cdef object name, tags, k, v, entry
     for entry in series:
         try:
@@ -247,18 +253,20 @@ def encode_dictionary(series):
             try:
                 tags = dict(tags)
             except (TypeError, ValueError):
-                raise TypeError(f"series[{i}] tags must be a mapping of str to str, got {type(tags).__name__}") from None
-        refs.append(_intern(table, order, name, i, None))
-        refs.append(len(<dict>tags))
+                raise TypeError(f"series[{i}] tags must be a mapping of str to str, "
+                                f"got {type(tags).__name__}") from None
+        names.append(_intern(table, order, name, i, None))
+        ntags.append(len(<dict>tags))
         for k, v in (<dict>tags).items():
-            refs.append(_intern(table, order, k, i, _KEY))
-            refs.append(_intern(table, order, v, i, k))
+            keys.append(_intern(table, order, k, i, _KEY))
+            vals.append(_intern(table, order, v, i, k))
         i += 1
     b.data = NULL
     b.size = 0
     b.cap = 0
+    total = len(keys)
     try:
-        buf_reserve(&b, 10 + 10 * len(refs))
+        buf_reserve(&b, 10)
         buf_varint(&b, len(order))
         for s in order:
             u = PyUnicode_AsUTF8AndSize(s, &n)
@@ -266,12 +274,25 @@ def encode_dictionary(series):
             buf_varint(&b, <uint64_t>n)
             memcpy(b.data + b.size, u, n)
             b.size += n
-        buf_reserve(&b, 10 * len(refs))
-        for v in refs:
+        buf_reserve(&b, 20 * i + 20 * total)
+        for v in names:
             buf_varint(&b, <uint64_t>(<Py_ssize_t>v))
+        for v in ntags:
+            buf_varint(&b, <uint64_t>(<Py_ssize_t>v))
+        for v in keys:
+            buf_varint(&b, <uint64_t>(<Py_ssize_t>v))
+        last = <int64_t*>calloc(len(order) + 1, sizeof(int64_t))
+        if last == NULL:
+            raise MemoryError()
+        for j in range(total):
+            ks = <Py_ssize_t>keys[j]
+            vs = <Py_ssize_t>vals[j]
+            buf_varint(&b, zz(vs - last[ks]))
+            last[ks] = vs
         return PyBytes_FromStringAndSize(<char*>b.data, b.size), i
     finally:
         free(b.data)
+        free(last)
 
 
 def decode_dictionary(const uint8_t[::1] raw, Py_ssize_t n_series):
@@ -279,11 +300,15 @@ def decode_dictionary(const uint8_t[::1] raw, Py_ssize_t n_series):
     cdef const uint8_t* base = &raw[0] if raw.shape[0] else NULL
     cdef const uint8_t* p = base
     cdef const uint8_t* end = base + raw.shape[0]
-    cdef uint64_t n_strings, ln, name_sid, n_tags, ks, vs
-    cdef Py_ssize_t i, j
+    cdef uint64_t n_strings, ln, u
+    cdef Py_ssize_t i, j, t, total = 0
     cdef int rc
     cdef list strings, series
     cdef dict tags
+    cdef uint64_t* cols = NULL
+    cdef int64_t* last = NULL
+    cdef int64_t vs
+    cdef const uint8_t* keyp
     rc = rd_varint(&p, end, &n_strings)
     if rc:
         _raise_varint(rc, "dictionary", p - base, "string count")
@@ -307,31 +332,58 @@ def decode_dictionary(const uint8_t[::1] raw, Py_ssize_t n_series):
     if <uint64_t>n_series > <uint64_t>(end - p) // 2:
         raise WireError(f"dictionary: header promises {n_series} series but only {end - p} body bytes "
                         f"remain (each needs at least 2)")
-    series = [None] * n_series
-    for i in range(n_series):
-        rc = rd_varint(&p, end, &name_sid)
-        if rc == OK:
-            rc = rd_varint(&p, end, &n_tags)
-        if rc:
-            _raise_varint(rc, "dictionary", p - base, f"series {i}")
-        if name_sid >= n_strings:
-            raise WireError(f"dictionary: series {i} names string {name_sid} but there are {n_strings}")
-        if n_tags > <uint64_t>(end - p) // 2:
-            raise WireError(f"dictionary: series {i} promises {n_tags} tags but only {end - p} body bytes remain")
-        tags = {}
-        for j in range(<Py_ssize_t>n_tags):
-            rc = rd_varint(&p, end, &ks)
-            if rc == OK:
-                rc = rd_varint(&p, end, &vs)
+    try:
+        # names and tag counts first: they bound the key and value columns
+        cols = <uint64_t*>malloc((2 * n_series + 1) * sizeof(uint64_t))
+        if cols == NULL:
+            raise MemoryError()
+        for i in range(2 * n_series):
+            rc = rd_varint(&p, end, &cols[i])
             if rc:
-                _raise_varint(rc, "dictionary", p - base, f"tag {j} of series {i}")
-            if ks >= n_strings or vs >= n_strings:
-                raise WireError(f"dictionary: tag {j} of series {i} refers to string "
-                                f"{max(ks, vs)} but there are {n_strings}")
-            tags[strings[ks]] = strings[vs]
-        if len(tags) != <Py_ssize_t>n_tags:
-            raise WireError(f"dictionary: series {i} repeats a tag key")
-        series[i] = (strings[name_sid], tags)
+                _raise_varint(rc, "dictionary", p - base,
+                              f"{'name' if i < n_series else 'tag count'} of series {i % n_series}")
+            if i < n_series and cols[i] >= n_strings:
+                raise WireError(f"dictionary: series {i} names string {cols[i]} but there are {n_strings}")
+            if i >= n_series:
+                if cols[i] > <uint64_t>(end - p) // 2:
+                    raise WireError(f"dictionary: series {i - n_series} promises {cols[i]} tags but only "
+                                    f"{end - p} body bytes remain")
+                total += <Py_ssize_t>cols[i]
+                if <uint64_t>total > <uint64_t>(end - p) // 2:
+                    raise WireError(f"dictionary: the series promise {total} tags but only "
+                                    f"{end - p} body bytes remain")
+        last = <int64_t*>calloc(n_strings + 1, sizeof(int64_t))
+        if last == NULL:
+            raise MemoryError()
+        # keys (total varints) then values (total zigzag deltas per key)
+        keyp = p
+        for t in range(total):
+            rc = rd_varint(&p, end, &u)
+            if rc:
+                _raise_varint(rc, "dictionary", p - base, f"tag key {t}")
+            if u >= n_strings:
+                raise WireError(f"dictionary: tag key {t} refers to string {u} but there are {n_strings}")
+        series = [None] * n_series
+        t = 0
+        for i in range(n_series):
+            tags = {}
+            for j in range(<Py_ssize_t>cols[n_series + i]):
+                rd_varint(&keyp, end, &u)   # validated above
+                rc = rd_varint(&p, end, &ln)
+                if rc:
+                    _raise_varint(rc, "dictionary", p - base, f"tag value {t}")
+                vs = <int64_t>(<uint64_t>last[u] + <uint64_t>unzz(ln))
+                if vs < 0 or <uint64_t>vs >= n_strings:
+                    raise WireError(f"dictionary: tag value {t} refers to string {vs} but there are {n_strings}")
+                last[u] = vs
+                tags[strings[u]] = strings[vs]
+                t += 1
+            if len(tags) != <Py_ssize_t>cols[n_series + i]:
+                raise WireError(f"dictionary: series {i} repeats a tag key")
+            series[i] = (strings[cols[i]], tags)
+    finally:
+        free(cols)
+        free(last)
     return series, p - base
 
 
@@ -351,16 +403,47 @@ cdef inline bint dec_ok(double v, double scale) noexcept nogil:
     return ingress_bits(<double>m / scale) == ingress_bits(v)
 
 
-cdef uint8_t* put_series(uint8_t* p, const double* v, Py_ssize_t c, uint8_t* codec) noexcept nogil:
-    """Write one series' value stream, choosing its codec; returns the new end."""
+cdef inline int varint_len(uint64_t v) noexcept nogil:
+    return (70 - ingress_clz64(v | 1)) // 7
+
+
+cdef inline int bit_width(uint64_t v) noexcept nogil:
+    return 0 if v == 0 else 64 - ingress_clz64(v)
+
+
+cdef uint8_t* put_packed(uint8_t* p, const uint64_t* r, Py_ssize_t c, int w) noexcept nogil:
+    """Pack c values of w bits, least significant bit first; returns the new end."""
+    cdef uint64_t acc = 0, v
+    cdef int nb = 0
     cdef Py_ssize_t j
+    if w == 0:
+        return p
+    for j in range(c):
+        v = r[j]
+        acc |= v << nb
+        if nb + w >= 64:
+            memcpy(p, &acc, 8)
+            p += 8
+            acc = (v >> (64 - nb)) if nb else 0
+            nb = nb + w - 64
+        else:
+            nb += w
+    memcpy(p, &acc, 8)  # buffer has slack; only the used bytes count
+    return p + ((nb + 7) >> 3)
+
+
+cdef uint8_t* put_series(uint8_t* p, const double* v, Py_ssize_t c, uint8_t* codec,
+                         uint64_t* r) noexcept nogil:
+    """Write one series' value stream, choosing its codec; returns the new end.
+
+    r is scratch space for c residuals.
+    """
+    cdef Py_ssize_t j, size_var, size_for
     cdef uint64_t first = ingress_bits(v[0])
-    cdef uint64_t bits, prev, x
-    cdef int d = 0
+    cdef uint64_t bits, prev, x, lo, hi, ored
+    cdef int d = 0, w, tz, lz, nb
     cdef double scale
-    cdef int64_t m, prev_m
-    cdef int tz, nb
-    cdef uint8_t* start = p
+    cdef int64_t m, prev_m, dmin, dmax, delta
     cdef bint same = True
     for j in range(1, c):
         if ingress_bits(v[j]) != first:
@@ -381,22 +464,71 @@ cdef uint8_t* put_series(uint8_t* p, const double* v, Py_ssize_t c, uint8_t* cod
     if d <= MAX_DECIMALS:
         scale = P10[d]
         prev_m = 0
+        dmin = 0
+        dmax = 0
+        size_var = 0
         for j in range(c):
             if not dec_ok(v[j], scale):
-                p = start
                 break
             m = <int64_t>rint(v[j] * scale)
-            p = put_varint(p, zz(<int64_t>(<uint64_t>m - <uint64_t>prev_m)))
+            delta = m - prev_m   # |m| < 2**53: no overflow
+            r[j] = <uint64_t>delta
+            size_var += varint_len(zz(delta))
+            if j == 1 or (j > 1 and delta < dmin):
+                dmin = delta
+            if j == 1 or (j > 1 and delta > dmax):
+                dmax = delta
             prev_m = m
         else:
+            # varint per delta, or frame of reference: min delta + w-bit offsets
+            w = bit_width(<uint64_t>(dmax - dmin))
+            size_for = varint_len(zz(<int64_t>r[0])) + varint_len(zz(dmin)) + 1 + ((c - 1) * w + 7) // 8
+            if c > 1 and size_for < size_var:
+                codec[0] = <uint8_t>(CODEC_DEC_FOR | d)
+                p = put_varint(p, zz(<int64_t>r[0]))
+                p = put_varint(p, zz(dmin))
+                p[0] = <uint8_t>w
+                for j in range(1, c):
+                    r[j] -= <uint64_t>dmin
+                return put_packed(p + 1, r + 1, c - 1, w)
             codec[0] = <uint8_t>(CODEC_DEC | d)
+            for j in range(c):
+                p = put_varint(p, zz(<int64_t>r[j]))
             return p
-    codec[0] = CODEC_XOR
+    # XOR with the previous value: a control byte per value, or frame of reference
     prev = 0
+    ored = 0
+    tz = 64
+    size_var = 0
     for j in range(c):
         bits = ingress_bits(v[j])
         x = bits ^ prev
         prev = bits
+        r[j] = x
+        if x:
+            nb = ingress_ctz64(x)
+            if j and nb < tz:
+                tz = nb
+            if j:
+                ored |= x
+            size_var += 1 + 8 - (ingress_clz64(x) >> 3) - (nb >> 3)
+        else:
+            size_var += 1
+    if tz == 64:
+        tz = 0
+    w = bit_width(ored >> tz)
+    size_for = 8 + 2 + ((c - 1) * w + 7) // 8
+    if c > 1 and size_for < size_var:
+        codec[0] = CODEC_XOR_FOR
+        memcpy(p, &r[0], 8)
+        p[8] = <uint8_t>tz
+        p[9] = <uint8_t>w
+        for j in range(1, c):
+            r[j] >>= tz
+        return put_packed(p + 10, r + 1, c - 1, w)
+    codec[0] = CODEC_XOR
+    for j in range(c):
+        x = r[j]
         if x == 0:
             p[0] = 0
             p += 1
@@ -412,7 +544,7 @@ cdef uint8_t* put_series(uint8_t* p, const double* v, Py_ssize_t c, uint8_t* cod
 
 cdef Py_ssize_t _encode(const uint32_t* idx, const int64_t* ts, const double* val,
                         Py_ssize_t n, Py_ssize_t nser, int64_t* start, int64_t* cursor,
-                        double* tmp, uint8_t* out, Py_ssize_t* bad) noexcept nogil:
+                        double* tmp, uint64_t* scratch, uint8_t* out, Py_ssize_t* bad) noexcept nogil:
     cdef uint8_t* p = out
     cdef uint8_t* codecs
     cdef Py_ssize_t i, j, s, runs, active
@@ -475,7 +607,7 @@ cdef Py_ssize_t _encode(const uint32_t* idx, const int64_t* ts, const double* va
     p += active
     for s in range(nser):
         if start[s + 1] > start[s]:
-            p = put_series(p, tmp + start[s], start[s + 1] - start[s], codecs)
+            p = put_series(p, tmp + start[s], start[s + 1] - start[s], codecs, scratch)
             codecs += 1
     return p - out
 
@@ -498,6 +630,7 @@ def encode_body(const uint8_t[::1] dictionary, const uint32_t[::1] series_index,
     cdef cnp.ndarray start = np.zeros(n_series + 1, np.int64)
     cdef cnp.ndarray cursor = np.empty(n_series + 1, np.int64)
     cdef cnp.ndarray tmp = np.empty(n, np.float64)
+    cdef cnp.ndarray scratch = np.empty(n, np.uint64)
     cdef uint8_t* o = <uint8_t*>cnp.PyArray_DATA(out)
     if nd:
         memcpy(o, &dictionary[0], nd)
@@ -507,7 +640,7 @@ def encode_body(const uint8_t[::1] dictionary, const uint32_t[::1] series_index,
     with nogil:
         end = _encode(ip, tp, vp, n, n_series,
                       <int64_t*>cnp.PyArray_DATA(start), <int64_t*>cnp.PyArray_DATA(cursor),
-                      <double*>cnp.PyArray_DATA(tmp), o + nd, &bad)
+                      <double*>cnp.PyArray_DATA(tmp), <uint64_t*>cnp.PyArray_DATA(scratch), o + nd, &bad)
     if end < 0:
         raise ValueError(f"series_index[{bad}] = {series_index[bad]} is out of range "
                          f"for {n_series} series")
@@ -515,14 +648,53 @@ def encode_body(const uint8_t[::1] dictionary, const uint32_t[::1] series_index,
 
 
 # ---------------------------------------------------------------- body decode
+cdef inline uint64_t load_le(const uint8_t* p, Py_ssize_t avail) noexcept nogil:
+    cdef uint64_t x = 0
+    memcpy(&x, p, 8 if avail >= 8 else avail)
+    return x
+
+
+cdef int get_packed(const uint8_t** pp, const uint8_t* end, uint64_t* out,
+                    Py_ssize_t c, int w) noexcept nogil:
+    """Unpack c values of w bits (see put_packed)."""
+    cdef const uint8_t* p = pp[0]
+    cdef Py_ssize_t nbytes = (c * w + 7) >> 3
+    cdef Py_ssize_t j, bit = 0, byte
+    cdef uint64_t mask = (<uint64_t>0 - 1) if w == 64 else ((<uint64_t>1 << w) - 1)
+    cdef uint64_t x
+    cdef int sh
+    if end - p < nbytes:
+        return E_TRUNC
+    if w == 0:
+        for j in range(c):
+            out[j] = 0
+        return OK
+    for j in range(c):
+        byte = bit >> 3
+        sh = bit & 7
+        if byte + 16 <= nbytes:
+            memcpy(&x, p + byte, 8)
+            x >>= sh
+            if sh + w > 64:
+                x |= <uint64_t>p[byte + 8] << (64 - sh)
+        else:
+            x = load_le(p + byte, nbytes - byte) >> sh
+            if sh + w > 64:
+                x |= <uint64_t>p[byte + 8] << (64 - sh)
+        out[j] = x & mask
+        bit += w
+    pp[0] = p + nbytes
+    return OK
+
+
 cdef int get_series(const uint8_t** pp, const uint8_t* end, uint8_t codec,
-                    double* v, Py_ssize_t c) noexcept nogil:
+                    double* v, Py_ssize_t c, uint64_t* r) noexcept nogil:
     cdef const uint8_t* p = pp[0]
     cdef Py_ssize_t j
-    cdef uint64_t bits, x, u
+    cdef uint64_t bits, x, u, dmin
     cdef int64_t m
     cdef double scale
-    cdef int rc, tz, nb
+    cdef int rc, tz, nb, w
     cdef uint8_t ctrl
     if codec == CODEC_CONST:
         if end - p < 8:
@@ -541,6 +713,33 @@ cdef int get_series(const uint8_t** pp, const uint8_t* end, uint8_t codec,
                 return rc
             m = <int64_t>(<uint64_t>m + <uint64_t>unzz(u))
             v[j] = <double>m / scale
+    elif codec & 0xF0 == CODEC_DEC_FOR:
+        scale = P10[codec & 0x0F]
+        rc = rd_varint(&p, end, &u)
+        if rc == OK and c > 1:
+            rc = rd_varint(&p, end, &dmin)
+        if rc:
+            pp[0] = p
+            return rc
+        m = unzz(u)
+        v[0] = <double>m / scale
+        if c > 1:
+            if p >= end:
+                pp[0] = p
+                return E_TRUNC
+            w = p[0]
+            if w > 64:
+                pp[0] = p
+                return E_WIDTH
+            p += 1
+            rc = get_packed(&p, end, r, c - 1, w)
+            if rc:
+                pp[0] = p
+                return rc
+            dmin = <uint64_t>unzz(dmin)
+            for j in range(1, c):
+                m = <int64_t>(<uint64_t>m + dmin + r[j - 1])
+                v[j] = <double>m / scale
     elif codec == CODEC_XOR:
         bits = 0
         for j in range(c):
@@ -563,6 +762,28 @@ cdef int get_series(const uint8_t** pp, const uint8_t* end, uint8_t codec,
                 p += nb
                 bits ^= x << (8 * tz)
             v[j] = ingress_float(bits)
+    elif codec == CODEC_XOR_FOR:
+        if end - p < (10 if c > 1 else 8):
+            pp[0] = p
+            return E_TRUNC
+        memcpy(&bits, p, 8)
+        v[0] = ingress_float(bits)
+        if c > 1:
+            tz = p[8]
+            w = p[9]
+            if tz + w > 64:
+                pp[0] = p + 8
+                return E_WIDTH
+            p += 10
+            rc = get_packed(&p, end, r, c - 1, w)
+            if rc:
+                pp[0] = p
+                return rc
+            for j in range(1, c):
+                bits ^= r[j - 1] << tz
+                v[j] = ingress_float(bits)
+        else:
+            p += 8
     else:
         return E_CODEC
     pp[0] = p
@@ -571,7 +792,8 @@ cdef int get_series(const uint8_t** pp, const uint8_t* end, uint8_t codec,
 
 cdef int _decode(const uint8_t* base, const uint8_t* p, const uint8_t* end,
                  Py_ssize_t n, Py_ssize_t nser, uint32_t* oidx, int64_t* ots, double* oval,
-                 int64_t* start, int64_t* cursor, double* tmp, Err* err) noexcept nogil:
+                 int64_t* start, int64_t* cursor, double* tmp, uint64_t* scratch,
+                 Err* err) noexcept nogil:
     cdef Py_ssize_t i, j, s, runs, filled
     cdef uint64_t u, ln
     cdef int64_t cur = 0
@@ -673,7 +895,7 @@ cdef int _decode(const uint8_t* base, const uint8_t* p, const uint8_t* end,
     p += filled
     for s in range(nser):
         if start[s + 1] > start[s]:
-            rc = get_series(&p, end, codecs[0], tmp + start[s], start[s + 1] - start[s])
+            rc = get_series(&p, end, codecs[0], tmp + start[s], start[s + 1] - start[s], scratch)
             if rc:
                 err.code = rc
                 err.offset = p - base
@@ -717,6 +939,8 @@ cdef _raise(Err* e, Py_ssize_t n):
         msg = f"series {e.a} has unknown codec byte 0x{e.b:02x}"
     elif e.code == E_XOR:
         msg = f"series {e.a}: malformed XOR control byte"
+    elif e.code == E_WIDTH:
+        msg = f"series {e.a}: packed bit width beyond 64 bits"
     elif e.code == E_TRAILING:
         msg = f"{e.a} bytes left over after the last value"
     else:
@@ -743,6 +967,7 @@ def decode_columns(const uint8_t[::1] raw, Py_ssize_t pos, Py_ssize_t n, Py_ssiz
     cdef cnp.ndarray start = np.zeros(n_series + 1, np.int64)
     cdef cnp.ndarray cursor = np.empty(n_series + 1, np.int64)
     cdef cnp.ndarray tmp = np.empty(n, np.float64)
+    cdef cnp.ndarray scratch = np.empty(n, np.uint64)
     cdef Err err
     cdef int rc
     cdef const uint8_t* base = &raw[0] if size else NULL
@@ -753,7 +978,8 @@ def decode_columns(const uint8_t[::1] raw, Py_ssize_t pos, Py_ssize_t n, Py_ssiz
         rc = _decode(base, base + pos, base + size, n, n_series,
                      <uint32_t*>cnp.PyArray_DATA(oidx), <int64_t*>cnp.PyArray_DATA(ots),
                      <double*>cnp.PyArray_DATA(oval), <int64_t*>cnp.PyArray_DATA(start),
-                     <int64_t*>cnp.PyArray_DATA(cursor), <double*>cnp.PyArray_DATA(tmp), &err)
+                     <int64_t*>cnp.PyArray_DATA(cursor), <double*>cnp.PyArray_DATA(tmp),
+                     <uint64_t*>cnp.PyArray_DATA(scratch), &err)
     if rc:
         _raise(&err, n)
     return oidx, ots, oval
