@@ -377,3 +377,18 @@ def test_each_value_codec_round_trips(kind, codec):
     }[kind]
     assert ref.encode_series(vals.tolist())[0] == codec
     roundtrip([("x", {})], np.zeros(n), np.arange(n), vals)
+
+
+def test_docs_example_is_what_the_encoder_makes():
+    # docs/wire-format.md walks this batch byte by byte; the hex there must be real.
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "wire-format.md").read_text()
+    block = doc.split("<!-- example-hex -->")[1].split("```text")[1].split("```")[0]
+    documented = bytes.fromhex("".join(line[6:] for line in block.strip().splitlines()))
+    series = [("cpu.time", {"cpu": "0", "state": "user"}),
+              ("cpu.time", {"cpu": "0", "state": "system"}), ("mem.used", {})]
+    data = wire.encode("acme", "web-1", series, np.array([0, 1, 2, 0, 1, 2], np.uint32),
+                       np.array([1717171717000000000] * 3 + [1717171718000250000] * 3),
+                       np.array([1234.56, 88.01, 8.0e9, 1234.81, 88.02, 8.0e9]),
+                       batch_id=bytes(range(16)))
+    assert data == documented

@@ -163,10 +163,12 @@ def peek(data: bytes) -> Header:
 def decode(data: bytes) -> Batch:
     """Decode a batch made by ``encode``.
 
-    Memory: the decompressed body is at most ``LZ4_MAX_RATIO`` (255) times the
-    stored body (checked before decompressing); every declared sample needs at
-    least one byte of that body and costs 28 bytes of output and scratch, every
-    series at least two; so decode allocates at most about 29 x 255 x len(data).
+    Memory: every declared size is checked against the bytes present before it
+    is allocated. The decompressed body is at most ``LZ4_MAX_RATIO`` (255) times
+    the stored body; each sample needs at least one byte of it and costs 36 bytes
+    of output and scratch; each series needs at least two and costs 16 bytes
+    plus its Python tuple and dict. So decode allocates O(raw_len), about 100 x
+    raw_len at worst (docs/wire-format.md, "Memory bound").
 
     Raises
     ------

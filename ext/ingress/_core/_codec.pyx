@@ -24,9 +24,13 @@ One batch carries the samples of ONE tenant. All integers are little-endian.
     raw body =>
       dictionary
         n_strings        varint
-        n_strings x      (len varint, UTF-8 bytes)   # first-appearance order
-        S x              (name_sid varint, n_tags varint,
-                          n_tags x (key_sid varint, value_sid varint))
+        n_strings x      (len varint, UTF-8 bytes)   # first-appearance order:
+                                                     # name, then tag key, tag value
+        names            S x varint string id
+        tag counts       S x varint
+        tag keys         (sum of tag counts) x varint string id
+        tag values       (sum of tag counts) x zigzag varint of
+                         value id - last value id of the same key (starts at 0)
       index column       N x zigzag varint of series_index[i] - series_index[i-1]
                          (series_index[-1] = 0)
       timestamps         mode u8
@@ -36,16 +40,24 @@ One batch carries the samples of ONE tenant. All integers are little-endian.
                          (deltas wrap modulo 2**64; previous ts and delta start at 0;
                           mode 1 iff 2 * n_runs > N)
       values
-        codec column     one byte per series with >= 1 sample, series order:
-                         0x00 CONST, 0x10 XOR, 0x2d DEC with d = 0..15 decimals
-        streams          per such series, its values in sample order:
-          CONST          8 bytes: the float64 bit pattern (all equal, count >= 2)
-          DEC            count x zigzag varint of m[j] - m[j-1] (m[-1] = 0), where
-                         value = float64(m) / 10**d exactly, bit for bit
-          XOR            count x (ctrl u8, n bytes): x = bits ^ previous bits
+        codec column     one byte per series with c >= 1 samples, in series order
+        streams          per such series, its c values in sample order:
+          0x00 CONST     u64 bit pattern (all c >= 2 values identical)
+          0x2d DEC       c x zigzag varint of m[j] - m[j-1] (m[-1] = 0)
+          0x3d DEC_FOR   zigzag varint m[0]; if c >= 2: zigzag varint lo,
+                         u8 w, (c-1) x w bits of (m[j] - m[j-1] - lo)
+                         DEC*: value = float64(m) / 10**d exactly, bit for bit,
+                         d = 0..15 the fewest decimals that hold every value
+          0x10 XOR       c x (ctrl u8, n bytes): x = bits ^ previous bits
                          (previous starts at 0); ctrl = tz << 4 | n with tz the
                          trailing zero BYTES of x and n its significant bytes,
                          x == 0 is ctrl 0x00 alone
+          0x40 XOR_FOR   u64 bits[0]; if c >= 2: u8 tz, u8 w,
+                         (c-1) x w bits of (bits[j] ^ bits[j-1]) >> tz
+                         (tz, w: shared trailing zeros and width of those XORs)
+        w-bit fields are packed least significant bit first, the last byte
+        zero-padded. DEC vs DEC_FOR and XOR vs XOR_FOR: the smaller stream wins
+        (ties: DEC, XOR); CONST beats both, DEC* beat XOR*.
 
 Decode scatters the per-series value streams back into sample order through the
 index column, so the original order returns without a stored permutation.
