@@ -74,7 +74,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport fabs, rint
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
 from ingress.errors import WireError
 
@@ -452,8 +452,8 @@ cdef uint8_t* put_series(uint8_t* p, const double* v, Py_ssize_t c, uint8_t* cod
     """
     cdef Py_ssize_t j, size_var, size_for
     cdef uint64_t first = ingress_bits(v[0])
-    cdef uint64_t bits, prev, x, lo, hi, ored
-    cdef int d = 0, w, tz, lz, nb
+    cdef uint64_t bits, prev, x, ored
+    cdef int d = 0, w, tz, nb
     cdef double scale
     cdef int64_t m, prev_m, dmin, dmax, delta
     cdef bint same = True
