@@ -1,0 +1,997 @@
+# cython: language_level=3
+"""Batch format v1: the compiled encoder/decoder behind ``ingress.wire``.
+
+One batch carries the samples of ONE tenant. All integers are little-endian.
+
+    Batch =>
+      header (48 + T + H bytes, never compressed, readable by wire.peek)
+        0   magic         4    b"INGB"
+        4   version       u8   1
+        5   flags         u8   bit 0: body is one lz4 block; bits 1-7: zero
+        6   tenant_len T  u8   1..63 (contract regex)
+        7   host_len H    u8   0..255
+        8   batch_id      16   random bytes
+        24  sample_count  u32  N
+        28  series_count  u32  S
+        32  raw_len       u32  body length before compression
+        36  body_len      u32  body length as stored (after the header)
+        40  body_crc      u32  CRC-32 (zlib) of the stored body
+        44  tenant        T    ASCII
+        44+T host         H    UTF-8
+        44+T+H header_crc u32  CRC-32 (zlib) of header bytes [0, 44+T+H)
+      body (body_len bytes; lz4.block without size prefix when flags bit 0)
+
+    raw body =>
+      dictionary
+        n_strings        varint
+        n_strings x      (len varint, UTF-8 bytes)   # first-appearance order:
+                                                     # name, then tag key, tag value
+        names            S x varint string id
+        tag counts       S x varint
+        tag keys         (sum of tag counts) x varint string id
+        tag values       (sum of tag counts) x zigzag varint of
+                         value id - last value id of the same key (starts at 0)
+      index column       N x zigzag varint of series_index[i] - series_index[i-1]
+                         (series_index[-1] = 0)
+      timestamps         mode u8
+        mode 0 (runs)    n_runs varint, n_runs x (run_len varint >= 1,
+                                                  zigzag varint delta-of-delta)
+        mode 1 (samples) N x zigzag varint delta-of-delta
+                         (deltas wrap modulo 2**64; previous ts and delta start at 0;
+                          mode 1 iff 2 * n_runs > N)
+      values
+        codec column     one byte per series with c >= 1 samples, in series order
+        streams          per such series, its c values in sample order:
+          0x00 CONST     u64 bit pattern (all c >= 2 values identical)
+          0x2d DEC       c x zigzag varint of m[j] - m[j-1] (m[-1] = 0)
+          0x3d DEC_FOR   zigzag varint m[0]; if c >= 2: zigzag varint lo,
+                         u8 w, (c-1) x w bits of (m[j] - m[j-1] - lo)
+                         DEC*: value = float64(m) / 10**d exactly, bit for bit,
+                         d = 0..15 the fewest decimals that hold every value
+          0x10 XOR       c x (ctrl u8, n bytes): x = bits ^ previous bits
+                         (previous starts at 0); ctrl = tz << 4 | n with tz the
+                         trailing zero BYTES of x and n its significant bytes,
+                         x == 0 is ctrl 0x00 alone
+          0x40 XOR_FOR   u64 bits[0]; if c >= 2: u8 tz, u8 w,
+                         (c-1) x w bits of (bits[j] ^ bits[j-1]) >> tz
+                         (tz, w: shared trailing zeros and width of those XORs)
+        w-bit fields are packed least significant bit first, the last byte
+        zero-padded. DEC vs DEC_FOR and XOR vs XOR_FOR: the smaller stream wins
+        (ties: DEC, XOR); CONST beats both, DEC* beat XOR*.
+
+Decode scatters the per-series value streams back into sample order through the
+index column, so the original order returns without a stored permutation.
+The hot loops run without the GIL on raw pointers into buffers allocated once
+per call; the series dictionary (strings) is per series and uses Python objects.
+"""
+import sys
+
+import numpy as np
+cimport numpy as cnp
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.math cimport fabs, rint
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy
+
+from ingress.errors import WireError
+
+cnp.import_array()
+
+if sys.byteorder != "little":  # the XOR codec stores words with memcpy
+    raise ImportError("ingress._core._codec supports little-endian machines only")
+
+cdef extern from *:
+    """
+    static inline int ingress_clz64(unsigned long long x) { return __builtin_clzll(x); }
+    static inline int ingress_ctz64(unsigned long long x) { return __builtin_ctzll(x); }
+    static inline uint64_t ingress_bits(double v) { uint64_t b; memcpy(&b, &v, 8); return b; }
+    static inline double ingress_float(uint64_t b) { double v; memcpy(&v, &b, 8); return v; }
+    """
+    int ingress_clz64(unsigned long long x) nogil
+    int ingress_ctz64(unsigned long long x) nogil
+    uint64_t ingress_bits(double v) nogil
+    double ingress_float(uint64_t b) nogil
+
+cdef enum:
+    MAX_DECIMALS = 15
+# A raw body can exceed its lz4 block by at most 255:1 (each length byte adds 255).
+LZ4_MAX_RATIO = 255
+
+cdef enum:
+    CODEC_CONST = 0x00
+    CODEC_XOR = 0x10
+    CODEC_DEC = 0x20
+    CODEC_DEC_FOR = 0x30
+    CODEC_XOR_FOR = 0x40
+    TS_RUNS = 0
+    TS_SAMPLES = 1
+
+cdef double P10[16]
+P10[:] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15]
+cdef double TWO53 = 9007199254740992.0
+
+
+# ---------------------------------------------------------------- varints
+cdef inline uint64_t zz(int64_t v) noexcept nogil:
+    return (<uint64_t>v << 1) ^ <uint64_t>(v >> 63)
+
+
+cdef inline int64_t unzz(uint64_t u) noexcept nogil:
+    return <int64_t>((u >> 1) ^ (0 - (u & 1)))
+
+
+cdef inline uint8_t* put_varint(uint8_t* p, uint64_t v) noexcept nogil:
+    while v >= 0x80:
+        p[0] = <uint8_t>(v | 0x80)
+        v >>= 7
+        p += 1
+    p[0] = <uint8_t>v
+    return p + 1
+
+
+# Status codes of the nogil decoder; _raise() below is the one bridge to WireError.
+cdef enum:
+    OK = 0
+    E_TRUNC = 1           # input ends inside a field
+    E_VARINT = 2          # varint longer than 10 bytes / over 64 bits
+    E_INDEX = 3           # series index out of range
+    E_TS_MODE = 4
+    E_RUNS = 5            # run lengths do not add up to N
+    E_CODEC = 6
+    E_XOR = 7             # malformed XOR control byte
+    E_TRAILING = 8
+    E_COUNT = 9           # a count promises more than the input holds
+    E_WIDTH = 10          # bit width or shift beyond 64
+
+
+cdef struct Err:
+    int code
+    const char* section
+    Py_ssize_t offset     # byte offset in the raw body
+    int64_t a
+    int64_t b
+
+
+cdef inline int rd_varint(const uint8_t** pp, const uint8_t* end, uint64_t* out) noexcept nogil:
+    cdef const uint8_t* p = pp[0]
+    cdef uint64_t r = 0
+    cdef uint64_t b
+    cdef int shift = 0
+    if p < end and p[0] < 0x80:
+        out[0] = p[0]
+        pp[0] = p + 1
+        return OK
+    while True:
+        if p >= end:
+            return E_TRUNC
+        b = p[0]
+        p += 1
+        if shift == 63 and b > 1:
+            return E_VARINT
+        r |= (b & 0x7F) << shift
+        if b < 0x80:
+            out[0] = r
+            pp[0] = p
+            return OK
+        shift += 7
+
+
+# ---------------------------------------------------------------- growable buffer
+cdef struct Buf:
+    uint8_t* data
+    Py_ssize_t size
+    Py_ssize_t cap
+
+
+cdef int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap
+    cdef uint8_t* d
+    if b.size + extra <= b.cap:
+        return 0
+    cap = max(b.cap * 2, b.size + extra, 256)
+    d = <uint8_t*>realloc(b.data, cap)
+    if d == NULL:
+        raise MemoryError()
+    b.data = d
+    b.cap = cap
+    return 0
+
+
+cdef inline void buf_varint(Buf* b, uint64_t v) noexcept:
+    # caller reserved 10 bytes
+    b.size = put_varint(b.data + b.size, v) - b.data
+
+
+# ---------------------------------------------------------------- dictionary
+cdef str _what(Py_ssize_t i, object key):
+    if key is None:
+        return f"series[{i}] name"
+    if key is _KEY:
+        return f"series[{i}] tag key"
+    return f"series[{i}] tag {key!r} value"
+
+
+_KEY = object()
+
+
+cdef Py_ssize_t _intern(dict table, list order, object s, Py_ssize_t i, object key) except -1:
+    cdef object sid
+    cdef Py_ssize_t n
+    if type(s) is not str and not isinstance(s, str):
+        raise TypeError(f"{_what(i, key)} must be str, got {type(s).__name__}")
+    sid = table.get(s)
+    if sid is not None:
+        return <Py_ssize_t>sid
+    try:
+        PyUnicode_AsUTF8AndSize(s, &n)
+    except UnicodeError as exc:
+        raise ValueError(f"{_what(i, key)}: {s!r} is not encodable as UTF-8 ({exc.reason})") from None
+    sid = len(order)
+    table[s] = sid
+    order.append(s)
+    return <Py_ssize_t>sid
+
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+
+
+def encode_dictionary(series):
+    """Encode the series dictionary section; returns (bytes, series count).
+
+    Strings are interned in first-appearance order (name, then each tag key and
+    value); the series are then written as four columns of string ids, the tag
+    values as deltas from the last value of the same key, so that a dictionary
+    of many similar series repeats itself and lz4 takes the repeats.
+    """
+    cdef dict table = {}
+    cdef list order = []
+    cdef list names = [], ntags = [], keys = [], vals = []
+    cdef Py_ssize_t i = 0, j, n, total
+    cdef Buf b
+    cdef const char* u
+    cdef int64_t* last = NULL
+    cdef int64_t ks, vs
+    cdef object name, tags, k, v, entry
+    for entry in series:
+        try:
+            name, tags = entry
+        except (TypeError, ValueError):
+            raise ValueError(f"series[{i}] must be a (name, tags) pair, got {entry!r}") from None
+        if type(tags) is not dict:
+            try:
+                tags = dict(tags)
+            except (TypeError, ValueError):
+                raise TypeError(f"series[{i}] tags must be a mapping of str to str, "
+                                f"got {type(tags).__name__}") from None
+        names.append(_intern(table, order, name, i, None))
+        ntags.append(len(<dict>tags))
+        for k, v in (<dict>tags).items():
+            keys.append(_intern(table, order, k, i, _KEY))
+            vals.append(_intern(table, order, v, i, k))
+        i += 1
+    b.data = NULL
+    b.size = 0
+    b.cap = 0
+    total = len(keys)
+    try:
+        buf_reserve(&b, 10)
+        buf_varint(&b, len(order))
+        for s in order:
+            u = PyUnicode_AsUTF8AndSize(s, &n)
+            buf_reserve(&b, 10 + n)
+            buf_varint(&b, <uint64_t>n)
+            memcpy(b.data + b.size, u, n)
+            b.size += n
+        buf_reserve(&b, 20 * i + 20 * total)
+        for v in names:
+            buf_varint(&b, <uint64_t>(<Py_ssize_t>v))
+        for v in ntags:
+            buf_varint(&b, <uint64_t>(<Py_ssize_t>v))
+        for v in keys:
+            buf_varint(&b, <uint64_t>(<Py_ssize_t>v))
+        last = <int64_t*>calloc(len(order) + 1, sizeof(int64_t))
+        if last == NULL:
+            raise MemoryError()
+        for j in range(total):
+            ks = <Py_ssize_t>keys[j]
+            vs = <Py_ssize_t>vals[j]
+            buf_varint(&b, zz(vs - last[ks]))
+            last[ks] = vs
+        return PyBytes_FromStringAndSize(<char*>b.data, b.size), i
+    finally:
+        free(b.data)
+        free(last)
+
+
+def decode_dictionary(const uint8_t[::1] raw, Py_ssize_t n_series):
+    """Parse the dictionary at the start of ``raw``; returns (series, end offset)."""
+    cdef const uint8_t* base = &raw[0] if raw.shape[0] else NULL
+    cdef const uint8_t* p = base
+    cdef const uint8_t* end = base + raw.shape[0]
+    cdef uint64_t n_strings, ln, u
+    cdef Py_ssize_t i, j, t, total = 0
+    cdef int rc
+    cdef list strings, series
+    cdef dict tags
+    cdef uint64_t* cols = NULL
+    cdef int64_t* last = NULL
+    cdef int64_t vs
+    cdef const uint8_t* keyp
+    rc = rd_varint(&p, end, &n_strings)
+    if rc:
+        _raise_varint(rc, "dictionary", p - base, "string count")
+    # every string costs at least its length byte, every series two bytes
+    if n_strings > <uint64_t>(end - p):
+        raise WireError(f"dictionary: {n_strings} strings promised but only {end - p} body bytes remain")
+    strings = [None] * n_strings
+    for i in range(<Py_ssize_t>n_strings):
+        rc = rd_varint(&p, end, &ln)
+        if rc:
+            _raise_varint(rc, "dictionary", p - base, f"length of string {i}")
+        if ln > <uint64_t>(end - p):
+            raise WireError(f"dictionary: string {i} at body offset {p - base} is {ln} bytes "
+                            f"but only {end - p} remain")
+        try:
+            strings[i] = PyUnicode_DecodeUTF8(<const char*>p, <Py_ssize_t>ln, "strict")
+        except UnicodeDecodeError as exc:
+            raise WireError(f"dictionary: string {i} at body offset {p - base} is not valid UTF-8 "
+                            f"({exc.reason} at byte {exc.start})") from None
+        p += ln
+    if <uint64_t>n_series > <uint64_t>(end - p) // 2:
+        raise WireError(f"dictionary: header promises {n_series} series but only {end - p} body bytes "
+                        f"remain (each needs at least 2)")
+    try:
+        # names and tag counts first: they bound the key and value columns
+        cols = <uint64_t*>malloc((2 * n_series + 1) * sizeof(uint64_t))
+        if cols == NULL:
+            raise MemoryError()
+        for i in range(2 * n_series):
+            rc = rd_varint(&p, end, &cols[i])
+            if rc:
+                _raise_varint(rc, "dictionary", p - base,
+                              f"{'name' if i < n_series else 'tag count'} of series {i % n_series}")
+            if i < n_series and cols[i] >= n_strings:
+                raise WireError(f"dictionary: series {i} names string {cols[i]} but there are {n_strings}")
+            if i >= n_series:
+                if cols[i] > <uint64_t>(end - p) // 2:
+                    raise WireError(f"dictionary: series {i - n_series} promises {cols[i]} tags but only "
+                                    f"{end - p} body bytes remain")
+                total += <Py_ssize_t>cols[i]
+                if <uint64_t>total > <uint64_t>(end - p) // 2:
+                    raise WireError(f"dictionary: the series promise {total} tags but only "
+                                    f"{end - p} body bytes remain")
+        last = <int64_t*>calloc(n_strings + 1, sizeof(int64_t))
+        if last == NULL:
+            raise MemoryError()
+        # keys (total varints) then values (total zigzag deltas per key)
+        keyp = p
+        for t in range(total):
+            rc = rd_varint(&p, end, &u)
+            if rc:
+                _raise_varint(rc, "dictionary", p - base, f"tag key {t}")
+            if u >= n_strings:
+                raise WireError(f"dictionary: tag key {t} refers to string {u} but there are {n_strings}")
+        series = [None] * n_series
+        t = 0
+        for i in range(n_series):
+            tags = {}
+            for j in range(<Py_ssize_t>cols[n_series + i]):
+                rd_varint(&keyp, end, &u)   # validated above
+                rc = rd_varint(&p, end, &ln)
+                if rc:
+                    _raise_varint(rc, "dictionary", p - base, f"tag value {t}")
+                vs = <int64_t>(<uint64_t>last[u] + <uint64_t>unzz(ln))
+                if vs < 0 or <uint64_t>vs >= n_strings:
+                    raise WireError(f"dictionary: tag value {t} refers to string {vs} but there are {n_strings}")
+                last[u] = vs
+                tags[strings[u]] = strings[vs]
+                t += 1
+            if len(tags) != <Py_ssize_t>cols[n_series + i]:
+                raise WireError(f"dictionary: series {i} repeats a tag key")
+            series[i] = (strings[cols[i]], tags)
+    finally:
+        free(cols)
+        free(last)
+    return series, p - base
+
+
+cdef _raise_varint(int rc, str section, Py_ssize_t offset, str what):
+    if rc == E_TRUNC:
+        raise WireError(f"{section}: input ends inside the varint of {what} (body offset {offset})")
+    raise WireError(f"{section}: varint of {what} at body offset {offset} runs past 64 bits")
+
+
+# ---------------------------------------------------------------- body encode
+cdef inline bint dec_ok(double v, double scale) noexcept nogil:
+    cdef double x = v * scale
+    cdef int64_t m
+    if not (fabs(x) < TWO53):  # also refuses NaN and inf
+        return False
+    m = <int64_t>rint(x)
+    return ingress_bits(<double>m / scale) == ingress_bits(v)
+
+
+cdef inline int varint_len(uint64_t v) noexcept nogil:
+    return (70 - ingress_clz64(v | 1)) // 7
+
+
+cdef inline int bit_width(uint64_t v) noexcept nogil:
+    return 0 if v == 0 else 64 - ingress_clz64(v)
+
+
+cdef uint8_t* put_packed(uint8_t* p, const uint64_t* r, Py_ssize_t c, int w) noexcept nogil:
+    """Pack c values of w bits, least significant bit first; returns the new end."""
+    cdef uint64_t acc = 0, v
+    cdef int nb = 0
+    cdef Py_ssize_t j
+    if w == 0:
+        return p
+    for j in range(c):
+        v = r[j]
+        acc |= v << nb
+        if nb + w >= 64:
+            memcpy(p, &acc, 8)
+            p += 8
+            acc = (v >> (64 - nb)) if nb else 0
+            nb = nb + w - 64
+        else:
+            nb += w
+    memcpy(p, &acc, 8)  # buffer has slack; only the used bytes count
+    return p + ((nb + 7) >> 3)
+
+
+cdef uint8_t* put_series(uint8_t* p, const double* v, Py_ssize_t c, uint8_t* codec,
+                         uint64_t* r) noexcept nogil:
+    """Write one series' value stream, choosing its codec; returns the new end.
+
+    r is scratch space for c residuals.
+    """
+    cdef Py_ssize_t j, size_var, size_for
+    cdef uint64_t first = ingress_bits(v[0])
+    cdef uint64_t bits, prev, x, ored
+    cdef int d = 0, w, tz, nb
+    cdef double scale
+    cdef int64_t m, prev_m, dmin, dmax, delta
+    cdef bint same = True
+    for j in range(1, c):
+        if ingress_bits(v[j]) != first:
+            same = False
+            break
+    if same and c > 1:
+        codec[0] = CODEC_CONST
+        memcpy(p, &first, 8)
+        return p + 8
+    # DEC: the fewest decimals that hold every value exactly (d only grows)
+    for j in range(c):
+        while not dec_ok(v[j], P10[d]):
+            d += 1
+            if d > MAX_DECIMALS:
+                break
+        if d > MAX_DECIMALS:
+            break
+    if d <= MAX_DECIMALS:
+        scale = P10[d]
+        prev_m = 0
+        dmin = 0
+        dmax = 0
+        size_var = 0
+        for j in range(c):
+            if not dec_ok(v[j], scale):
+                break
+            m = <int64_t>rint(v[j] * scale)
+            delta = m - prev_m   # |m| < 2**53: no overflow
+            r[j] = <uint64_t>delta
+            size_var += varint_len(zz(delta))
+            if j == 1 or (j > 1 and delta < dmin):
+                dmin = delta
+            if j == 1 or (j > 1 and delta > dmax):
+                dmax = delta
+            prev_m = m
+        else:
+            # varint per delta, or frame of reference: min delta + w-bit offsets
+            w = bit_width(<uint64_t>(dmax - dmin))
+            size_for = varint_len(zz(<int64_t>r[0])) + varint_len(zz(dmin)) + 1 + ((c - 1) * w + 7) // 8
+            if c > 1 and size_for < size_var:
+                codec[0] = <uint8_t>(CODEC_DEC_FOR | d)
+                p = put_varint(p, zz(<int64_t>r[0]))
+                p = put_varint(p, zz(dmin))
+                p[0] = <uint8_t>w
+                for j in range(1, c):
+                    r[j] -= <uint64_t>dmin
+                return put_packed(p + 1, r + 1, c - 1, w)
+            codec[0] = <uint8_t>(CODEC_DEC | d)
+            for j in range(c):
+                p = put_varint(p, zz(<int64_t>r[j]))
+            return p
+    # XOR with the previous value: a control byte per value, or frame of reference
+    prev = 0
+    ored = 0
+    tz = 64
+    size_var = 0
+    for j in range(c):
+        bits = ingress_bits(v[j])
+        x = bits ^ prev
+        prev = bits
+        r[j] = x
+        if x:
+            nb = ingress_ctz64(x)
+            if j and nb < tz:
+                tz = nb
+            if j:
+                ored |= x
+            size_var += 1 + 8 - (ingress_clz64(x) >> 3) - (nb >> 3)
+        else:
+            size_var += 1
+    if tz == 64:
+        tz = 0
+    w = bit_width(ored >> tz)
+    size_for = 8 + 2 + ((c - 1) * w + 7) // 8
+    if c > 1 and size_for < size_var:
+        codec[0] = CODEC_XOR_FOR
+        memcpy(p, &r[0], 8)
+        p[8] = <uint8_t>tz
+        p[9] = <uint8_t>w
+        for j in range(1, c):
+            r[j] >>= tz
+        return put_packed(p + 10, r + 1, c - 1, w)
+    codec[0] = CODEC_XOR
+    for j in range(c):
+        x = r[j]
+        if x == 0:
+            p[0] = 0
+            p += 1
+            continue
+        tz = ingress_ctz64(x) >> 3
+        nb = 8 - (ingress_clz64(x) >> 3) - tz
+        p[0] = <uint8_t>((tz << 4) | nb)
+        x >>= 8 * tz
+        memcpy(p + 1, &x, 8)  # buffer has slack; only nb bytes count
+        p += 1 + nb
+    return p
+
+
+cdef Py_ssize_t _encode(const uint32_t* idx, const int64_t* ts, const double* val,
+                        Py_ssize_t n, Py_ssize_t nser, int64_t* start, int64_t* cursor,
+                        double* tmp, uint64_t* scratch, uint8_t* out, Py_ssize_t* bad) noexcept nogil:
+    cdef uint8_t* p = out
+    cdef uint8_t* codecs
+    cdef Py_ssize_t i, j, s, runs, active
+    cdef uint32_t cur, prev = 0
+    cdef int64_t t
+    cdef uint64_t prev_t = 0, prev_d = 0, d
+    # index column, per-series counts
+    for i in range(n):
+        cur = idx[i]
+        if cur >= <uint64_t>nser:
+            bad[0] = i
+            return -1
+        start[cur + 1] += 1
+        p = put_varint(p, zz(<int64_t>cur - <int64_t>prev))
+        prev = cur
+    # timestamps: runs of one pass's stamp, or per sample when runs are short
+    runs = 0
+    i = 0
+    while i < n:
+        t = ts[i]
+        i += 1
+        while i < n and ts[i] == t:
+            i += 1
+        runs += 1
+    if 2 * runs > n:
+        p[0] = TS_SAMPLES
+        p += 1
+        for i in range(n):
+            d = <uint64_t>ts[i] - prev_t
+            p = put_varint(p, zz(<int64_t>(d - prev_d)))
+            prev_t = <uint64_t>ts[i]
+            prev_d = d
+    else:
+        p[0] = TS_RUNS
+        p = put_varint(p + 1, <uint64_t>runs)
+        i = 0
+        while i < n:
+            t = ts[i]
+            j = i + 1
+            while j < n and ts[j] == t:
+                j += 1
+            p = put_varint(p, <uint64_t>(j - i))
+            d = <uint64_t>t - prev_t
+            p = put_varint(p, zz(<int64_t>(d - prev_d)))
+            prev_t = <uint64_t>t
+            prev_d = d
+            i = j
+    # values: gather each series' values in sample order, then one stream each
+    active = 0
+    for s in range(nser):
+        if start[s + 1]:
+            active += 1
+        start[s + 1] += start[s]
+    memcpy(cursor, start, nser * sizeof(int64_t))
+    for i in range(n):
+        s = idx[i]
+        tmp[cursor[s]] = val[i]
+        cursor[s] += 1
+    codecs = p
+    p += active
+    for s in range(nser):
+        if start[s + 1] > start[s]:
+            p = put_series(p, tmp + start[s], start[s + 1] - start[s], codecs, scratch)
+            codecs += 1
+    return p - out
+
+
+def encode_body(const uint8_t[::1] dictionary, const uint32_t[::1] series_index,
+                const int64_t[::1] timestamps, const double[::1] values, Py_ssize_t n_series):
+    """Lay out the raw body (dictionary + columns) in one buffer.
+
+    Returns (uint8 array, raw_len); ``array[:raw_len]`` is the body to compress.
+    Raises ValueError naming the first out-of-range series_index entry.
+    """
+    cdef Py_ssize_t n = series_index.shape[0]
+    cdef Py_ssize_t nd = dictionary.shape[0]
+    cdef Py_ssize_t bad = -1, end
+    if timestamps.shape[0] != n or values.shape[0] != n:
+        raise ValueError(f"series_index, timestamps and values differ in length: "
+                         f"{n}, {timestamps.shape[0]}, {values.shape[0]}")
+    # worst case: 5 B/index, 10 B/timestamp (+1 mode +10 runs), 9 B/value, 9 B/series, slack
+    cdef cnp.ndarray out = np.empty(nd + 24 * n + 9 * n_series + 64, np.uint8)
+    cdef cnp.ndarray start = np.zeros(n_series + 1, np.int64)
+    cdef cnp.ndarray cursor = np.empty(n_series + 1, np.int64)
+    cdef cnp.ndarray tmp = np.empty(n, np.float64)
+    cdef cnp.ndarray scratch = np.empty(n, np.uint64)
+    cdef uint8_t* o = <uint8_t*>cnp.PyArray_DATA(out)
+    if nd:
+        memcpy(o, &dictionary[0], nd)
+    cdef const uint32_t* ip = &series_index[0] if n else NULL
+    cdef const int64_t* tp = &timestamps[0] if n else NULL
+    cdef const double* vp = &values[0] if n else NULL
+    with nogil:
+        end = _encode(ip, tp, vp, n, n_series,
+                      <int64_t*>cnp.PyArray_DATA(start), <int64_t*>cnp.PyArray_DATA(cursor),
+                      <double*>cnp.PyArray_DATA(tmp), <uint64_t*>cnp.PyArray_DATA(scratch), o + nd, &bad)
+    if end < 0:
+        raise ValueError(f"series_index[{bad}] = {series_index[bad]} is out of range "
+                         f"for {n_series} series")
+    return out, nd + end
+
+
+# ---------------------------------------------------------------- body decode
+cdef inline uint64_t load_le(const uint8_t* p, Py_ssize_t avail) noexcept nogil:
+    cdef uint64_t x = 0
+    memcpy(&x, p, 8 if avail >= 8 else avail)
+    return x
+
+
+cdef int get_packed(const uint8_t** pp, const uint8_t* end, uint64_t* out,
+                    Py_ssize_t c, int w) noexcept nogil:
+    """Unpack c values of w bits (see put_packed)."""
+    cdef const uint8_t* p = pp[0]
+    cdef Py_ssize_t nbytes = (c * w + 7) >> 3
+    cdef Py_ssize_t j, bit = 0, byte
+    cdef uint64_t mask = (<uint64_t>0 - 1) if w == 64 else ((<uint64_t>1 << w) - 1)
+    cdef uint64_t x
+    cdef int sh
+    if end - p < nbytes:
+        return E_TRUNC
+    if w == 0:
+        for j in range(c):
+            out[j] = 0
+        return OK
+    for j in range(c):
+        byte = bit >> 3
+        sh = bit & 7
+        if byte + 16 <= nbytes:
+            memcpy(&x, p + byte, 8)
+            x >>= sh
+            if sh + w > 64:
+                x |= <uint64_t>p[byte + 8] << (64 - sh)
+        else:
+            x = load_le(p + byte, nbytes - byte) >> sh
+            if sh + w > 64:
+                x |= <uint64_t>p[byte + 8] << (64 - sh)
+        out[j] = x & mask
+        bit += w
+    pp[0] = p + nbytes
+    return OK
+
+
+cdef int get_series(const uint8_t** pp, const uint8_t* end, uint8_t codec,
+                    double* v, Py_ssize_t c, uint64_t* r) noexcept nogil:
+    cdef const uint8_t* p = pp[0]
+    cdef Py_ssize_t j
+    cdef uint64_t bits, x, u, dmin
+    cdef int64_t m
+    cdef double scale
+    cdef int rc, tz, nb, w
+    cdef uint8_t ctrl
+    if codec == CODEC_CONST:
+        if end - p < 8:
+            return E_TRUNC
+        memcpy(&bits, p, 8)
+        p += 8
+        for j in range(c):
+            v[j] = ingress_float(bits)
+    elif codec & 0xF0 == CODEC_DEC:
+        scale = P10[codec & 0x0F]
+        m = 0
+        for j in range(c):
+            rc = rd_varint(&p, end, &u)
+            if rc:
+                pp[0] = p
+                return rc
+            m = <int64_t>(<uint64_t>m + <uint64_t>unzz(u))
+            v[j] = <double>m / scale
+    elif codec & 0xF0 == CODEC_DEC_FOR:
+        scale = P10[codec & 0x0F]
+        rc = rd_varint(&p, end, &u)
+        if rc == OK and c > 1:
+            rc = rd_varint(&p, end, &dmin)
+        if rc:
+            pp[0] = p
+            return rc
+        m = unzz(u)
+        v[0] = <double>m / scale
+        if c > 1:
+            if p >= end:
+                pp[0] = p
+                return E_TRUNC
+            w = p[0]
+            if w > 64:
+                pp[0] = p
+                return E_WIDTH
+            p += 1
+            rc = get_packed(&p, end, r, c - 1, w)
+            if rc:
+                pp[0] = p
+                return rc
+            dmin = <uint64_t>unzz(dmin)
+            for j in range(1, c):
+                m = <int64_t>(<uint64_t>m + dmin + r[j - 1])
+                v[j] = <double>m / scale
+    elif codec == CODEC_XOR:
+        bits = 0
+        for j in range(c):
+            if p >= end:
+                pp[0] = p
+                return E_TRUNC
+            ctrl = p[0]
+            p += 1
+            if ctrl:
+                tz = ctrl >> 4
+                nb = ctrl & 0x0F
+                if nb == 0 or tz + nb > 8:
+                    pp[0] = p - 1
+                    return E_XOR
+                if end - p < nb:
+                    pp[0] = p
+                    return E_TRUNC
+                x = 0
+                memcpy(&x, p, nb)
+                p += nb
+                bits ^= x << (8 * tz)
+            v[j] = ingress_float(bits)
+    elif codec == CODEC_XOR_FOR:
+        if end - p < (10 if c > 1 else 8):
+            pp[0] = p
+            return E_TRUNC
+        memcpy(&bits, p, 8)
+        v[0] = ingress_float(bits)
+        if c > 1:
+            tz = p[8]
+            w = p[9]
+            if tz + w > 64:
+                pp[0] = p + 8
+                return E_WIDTH
+            p += 10
+            rc = get_packed(&p, end, r, c - 1, w)
+            if rc:
+                pp[0] = p
+                return rc
+            for j in range(1, c):
+                bits ^= r[j - 1] << tz
+                v[j] = ingress_float(bits)
+        else:
+            p += 8
+    else:
+        return E_CODEC
+    pp[0] = p
+    return OK
+
+
+cdef int _decode(const uint8_t* base, const uint8_t* p, const uint8_t* end,
+                 Py_ssize_t n, Py_ssize_t nser, uint32_t* oidx, int64_t* ots, double* oval,
+                 int64_t* start, int64_t* cursor, double* tmp, uint64_t* scratch,
+                 Err* err) noexcept nogil:
+    cdef Py_ssize_t i, j, s, runs, filled
+    cdef uint64_t u, ln
+    cdef int64_t cur = 0
+    cdef uint64_t prev_t = 0, prev_d = 0
+    cdef const uint8_t* codecs
+    cdef int rc
+    cdef uint8_t mode
+    # index column
+    err.section = b"index column"
+    for i in range(n):
+        rc = rd_varint(&p, end, &u)
+        if rc:
+            err.code = rc
+            err.offset = p - base
+            return rc
+        cur = <int64_t>(<uint64_t>cur + <uint64_t>unzz(u))
+        if cur < 0 or cur >= nser:
+            err.code = E_INDEX
+            err.offset = p - base
+            err.a = i
+            err.b = cur
+            return E_INDEX
+        oidx[i] = <uint32_t>cur
+        start[cur + 1] += 1
+    # timestamps
+    err.section = b"timestamps"
+    if p >= end:
+        err.code = E_TRUNC
+        err.offset = p - base
+        return E_TRUNC
+    mode = p[0]
+    p += 1
+    if mode == TS_SAMPLES:
+        for i in range(n):
+            rc = rd_varint(&p, end, &u)
+            if rc:
+                err.code = rc
+                err.offset = p - base
+                return rc
+            prev_d += <uint64_t>unzz(u)
+            prev_t += prev_d
+            ots[i] = <int64_t>prev_t
+    elif mode == TS_RUNS:
+        rc = rd_varint(&p, end, &u)
+        if rc:
+            err.code = rc
+            err.offset = p - base
+            return rc
+        if u > <uint64_t>n or u > <uint64_t>(end - p) // 2:
+            err.code = E_COUNT
+            err.offset = p - base
+            err.a = <int64_t>u
+            err.b = n
+            return E_COUNT
+        runs = <Py_ssize_t>u
+        filled = 0
+        for j in range(runs):
+            rc = rd_varint(&p, end, &ln)
+            if rc == OK:
+                rc = rd_varint(&p, end, &u)
+            if rc:
+                err.code = rc
+                err.offset = p - base
+                return rc
+            if ln == 0 or ln > <uint64_t>(n - filled):
+                err.code = E_RUNS
+                err.offset = p - base
+                err.a = j
+                err.b = <int64_t>ln
+                return E_RUNS
+            prev_d += <uint64_t>unzz(u)
+            prev_t += prev_d
+            for i in range(filled, filled + <Py_ssize_t>ln):
+                ots[i] = <int64_t>prev_t
+            filled += <Py_ssize_t>ln
+        if filled != n:
+            err.code = E_RUNS
+            err.offset = p - base
+            err.a = -1
+            err.b = filled
+            return E_RUNS
+    else:
+        err.code = E_TS_MODE
+        err.offset = p - 1 - base
+        err.a = mode
+        return E_TS_MODE
+    # values
+    err.section = b"values"
+    filled = 0
+    for s in range(nser):
+        if start[s + 1]:
+            filled += 1
+        start[s + 1] += start[s]
+    if end - p < filled:
+        err.code = E_TRUNC
+        err.offset = end - base
+        return E_TRUNC
+    codecs = p
+    p += filled
+    for s in range(nser):
+        if start[s + 1] > start[s]:
+            rc = get_series(&p, end, codecs[0], tmp + start[s], start[s + 1] - start[s], scratch)
+            if rc:
+                err.code = rc
+                err.offset = p - base
+                err.a = s
+                err.b = codecs[0]
+                return rc
+            codecs += 1
+    if p != end:
+        err.code = E_TRAILING
+        err.offset = p - base
+        err.a = end - p
+        return E_TRAILING
+    memcpy(cursor, start, nser * sizeof(int64_t))
+    for i in range(n):
+        s = oidx[i]
+        oval[i] = tmp[cursor[s]]
+        cursor[s] += 1
+    return OK
+
+
+cdef _raise(Err* e, Py_ssize_t n):
+    """The one bridge from the nogil decoder's status to a WireError message."""
+    cdef str where = (<bytes>e.section).decode() + ": "
+    cdef str at = f" (body offset {e.offset})"
+    if e.code == E_TRUNC:
+        msg = "input ends inside a field, the body is truncated"
+    elif e.code == E_VARINT:
+        msg = "varint runs past 64 bits"
+    elif e.code == E_INDEX:
+        msg = f"sample {e.a} refers to series {e.b}, outside the dictionary"
+    elif e.code == E_TS_MODE:
+        msg = f"unknown timestamp mode {e.a}"
+    elif e.code == E_RUNS:
+        if e.a < 0:
+            msg = f"runs cover {e.b} samples but the header says {n}"
+        else:
+            msg = f"run {e.a} has length {<uint64_t>e.b}, beyond the {n} samples of the batch"
+    elif e.code == E_COUNT:
+        msg = f"{<uint64_t>e.a} runs promised for {e.b} samples, more than the input holds"
+    elif e.code == E_CODEC:
+        msg = f"series {e.a} has unknown codec byte 0x{e.b:02x}"
+    elif e.code == E_XOR:
+        msg = f"series {e.a}: malformed XOR control byte"
+    elif e.code == E_WIDTH:
+        msg = f"series {e.a}: packed bit width beyond 64 bits"
+    elif e.code == E_TRAILING:
+        msg = f"{e.a} bytes left over after the last value"
+    else:
+        msg = f"error {e.code}"
+    raise WireError(where + msg + at)
+
+
+def decode_columns(const uint8_t[::1] raw, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t n_series):
+    """Decode index, timestamp and value columns starting at ``raw[pos]``.
+
+    Returns (series_index uint32, timestamps int64, values float64). Every
+    sample needs at least one byte of the index column, so ``n`` is checked
+    against the bytes present before any column is allocated.
+    """
+    cdef Py_ssize_t size = raw.shape[0]
+    if pos < 0 or pos > size:
+        raise ValueError("pos outside raw")
+    if n > size - pos:
+        raise WireError(f"index column: header promises {n} samples but only {size - pos} body "
+                        f"bytes remain (each sample needs at least 1)")
+    cdef cnp.ndarray oidx = np.empty(n, np.uint32)
+    cdef cnp.ndarray ots = np.empty(n, np.int64)
+    cdef cnp.ndarray oval = np.empty(n, np.float64)
+    cdef cnp.ndarray start = np.zeros(n_series + 1, np.int64)
+    cdef cnp.ndarray cursor = np.empty(n_series + 1, np.int64)
+    cdef cnp.ndarray tmp = np.empty(n, np.float64)
+    cdef cnp.ndarray scratch = np.empty(n, np.uint64)
+    cdef Err err
+    cdef int rc
+    cdef const uint8_t* base = &raw[0] if size else NULL
+    err.code = OK
+    err.a = 0
+    err.b = 0
+    with nogil:
+        rc = _decode(base, base + pos, base + size, n, n_series,
+                     <uint32_t*>cnp.PyArray_DATA(oidx), <int64_t*>cnp.PyArray_DATA(ots),
+                     <double*>cnp.PyArray_DATA(oval), <int64_t*>cnp.PyArray_DATA(start),
+                     <int64_t*>cnp.PyArray_DATA(cursor), <double*>cnp.PyArray_DATA(tmp),
+                     <uint64_t*>cnp.PyArray_DATA(scratch), &err)
+    if rc:
+        _raise(&err, n)
+    return oidx, ots, oval
