@@ -1,0 +1,16 @@
+"""Host collectors: one module per collector, registered by name in ``COLLECTORS``.
+
+See ``docs/collectors.md`` (generated from the declarations by
+:func:`ingress.collect.docs.render`) for every metric, unit, tag and option.
+"""
+from ingress.collect.base import Collector, CollectorSettings, Columns, MetricSpec, OptionSpec
+from ingress.collect.cpu import CpuCollector
+from ingress.collect.memory import MemoryCollector
+
+COLLECTORS: dict[str, type[Collector]] = {
+    "cpu": CpuCollector,
+    "memory": MemoryCollector,
+}
+
+__all__ = ["COLLECTORS", "Collector", "CollectorSettings", "Columns", "MetricSpec", "OptionSpec",
+           "CpuCollector", "MemoryCollector"]
