@@ -5,12 +5,17 @@ See ``docs/collectors.md`` (generated from the declarations by
 """
 from ingress.collect.base import Collector, CollectorSettings, Columns, MetricSpec, OptionSpec
 from ingress.collect.cpu import CpuCollector
+from ingress.collect.disk import DiskCollector
 from ingress.collect.memory import MemoryCollector
+from ingress.collect.network import NetworkCollector
 
 COLLECTORS: dict[str, type[Collector]] = {
     "cpu": CpuCollector,
     "memory": MemoryCollector,
+    "disk": DiskCollector,
+    "network": NetworkCollector,
 }
 
 __all__ = ["COLLECTORS", "Collector", "CollectorSettings", "Columns", "MetricSpec", "OptionSpec",
-           "CpuCollector", "MemoryCollector"]
+           "CpuCollector", "MemoryCollector",
+           "DiskCollector", "NetworkCollector"]

@@ -106,3 +106,29 @@ class PsiBlock:
             self._ids = c.series_ids(items)
             self._scopes = scopes
         out.put(self._ids, rows.ravel())
+
+
+def realign(prev: np.ndarray | None, old: tuple, new: tuple) -> np.ndarray | None:
+    """Carry per-entity rows of ``prev`` (keyed by ``old``) over to the order of ``new``.
+
+    Entities that appeared get ``NaN`` rows (no rate on their first pass);
+    entities that went away are dropped. Used when a device, interface or core
+    comes or goes, so the survivors keep their rates.
+    """
+    if prev is None:
+        return None
+    out = np.full((len(new),) + prev.shape[1:], np.nan)
+    where = {e: i for i, e in enumerate(old)}
+    for j, e in enumerate(new):
+        i = where.get(e)
+        if i is not None:
+            out[j] = prev[i]
+    return out
+
+
+def glob_filter(names, include, exclude):
+    """Names matching any ``include`` glob and no ``exclude`` glob (``fnmatch`` rules)."""
+    from fnmatch import fnmatchcase
+
+    return [n for n in names
+            if any(fnmatchcase(n, g) for g in include) and not any(fnmatchcase(n, g) for g in exclude)]
