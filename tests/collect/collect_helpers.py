@@ -27,6 +27,11 @@ class Tree:
         """Copy the files of fixture ``name`` over this tree (the host, one pass later)."""
         shutil.copytree(FIXTURES / "proc" / name, self.proc, symlinks=True, dirs_exist_ok=True)
 
+    def replace(self, name: str) -> None:
+        """Swap the whole /proc tree for fixture ``name`` (processes came and went)."""
+        shutil.rmtree(self.proc)
+        shutil.copytree(FIXTURES / "proc" / name, self.proc, symlinks=True)
+
     def settings(self, **options):
         from ingress.collect.base import CollectorSettings
 
@@ -48,7 +53,7 @@ def samples(collector, cols) -> dict:
     return out
 
 
-def key(name: str, **tags: str):
+def key(name: str, /, **tags: str):
     return (name, tuple(sorted(tags.items())))
 
 

@@ -8,14 +8,16 @@ from ingress.collect.cpu import CpuCollector
 from ingress.collect.disk import DiskCollector
 from ingress.collect.memory import MemoryCollector
 from ingress.collect.network import NetworkCollector
+from ingress.collect.processes import ProcessesCollector
 
 COLLECTORS: dict[str, type[Collector]] = {
     "cpu": CpuCollector,
     "memory": MemoryCollector,
     "disk": DiskCollector,
     "network": NetworkCollector,
+    "processes": ProcessesCollector,
 }
 
 __all__ = ["COLLECTORS", "Collector", "CollectorSettings", "Columns", "MetricSpec", "OptionSpec",
            "CpuCollector", "MemoryCollector",
-           "DiskCollector", "NetworkCollector"]
+           "DiskCollector", "NetworkCollector", "ProcessesCollector"]

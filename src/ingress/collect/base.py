@@ -248,14 +248,14 @@ class Collector:
         out.update(given)
         return out
 
-    def series(self, name: str, **tags: str) -> int:
+    def series(self, metric: str, /, **tags: str) -> int:
         """Intern one declared series; its tag keys must be exactly the declared ones."""
-        spec = self._specs.get(name)
+        spec = self._specs.get(metric)
         if spec is None:
-            raise KeyError(f"{type(self).__name__}: metric {name!r} is not declared")
+            raise KeyError(f"{type(self).__name__}: metric {metric!r} is not declared")
         if set(tags) != set(spec.tags):
-            raise KeyError(f"{type(self).__name__}: {name} takes tags {sorted(spec.tags)}, got {sorted(tags)}")
-        return self.table.intern(name, tuple(sorted((k, str(v)) for k, v in tags.items())), spec.kind)
+            raise KeyError(f"{type(self).__name__}: {metric} takes tags {sorted(spec.tags)}, got {sorted(tags)}")
+        return self.table.intern(metric, tuple(sorted((k, str(v)) for k, v in tags.items())), spec.kind)
 
     def series_ids(self, items: Iterable[tuple[str, dict[str, str]]]) -> np.ndarray:
         """Intern several series at once; their local ids as a ``uint32`` array."""
