@@ -24,3 +24,14 @@ cdef enum:
 
 cdef int parse_stat(const char* buf, Py_ssize_t n, int64_t* out, uint8_t* comm) noexcept nogil
 cdef int parse_keyed(const char* buf, Py_ssize_t n, const char** keys, int nkeys, int64_t* out) noexcept nogil
+
+# Columns of the uint32 matrix parse_inet() / parse_diag() fill, one row per socket.
+cdef enum NetField:
+    NC_LADDR = 0    # 0..3: local address words (IPv4: word 0 only)
+    NC_LPORT = 4
+    NC_RADDR = 5    # 5..8: remote address words
+    NC_RPORT = 9
+    NC_STATE = 10
+    NC_TXQ = 11     # LISTEN: the backlog limit
+    NC_RXQ = 12     # LISTEN: connections waiting to be accepted
+    NC_NCOLS = 13

@@ -22,7 +22,7 @@ root directory that cannot be opened at all raises ``OSError``.
 to the *last* ``)``.
 """
 from libc.errno cimport errno, ENOENT
-from libc.stdint cimport int64_t, int32_t, uint8_t
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint32_t
 from libc.stdio cimport snprintf
 from libc.string cimport memset, memcpy, strlen
 from posix.fcntl cimport O_RDONLY, openat, open as c_open
@@ -368,3 +368,185 @@ def parse_stat_bytes(bytes data):
     if parse_stat(data, len(data), out, comm) != 0:
         raise ValueError(f"not a /proc/PID/stat line: {data[:80]!r}")
     return tuple([out[i] for i in range(<int>SF_NFIELDS)]), bytes(comm).rstrip(b"\0")
+
+
+# -- /proc/net/{tcp,tcp6,udp,udp6} ----------------------------------------------------------------
+# One line per socket (include/net/tcp.h, net/ipv4/tcp_ipv4.c: get_tcp4_sock)::
+#
+#   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt uid timeout inode
+#    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000   0       0 12345 ...
+#
+# Addresses are 8 (IPv4) or 32 (IPv6) hex digits: the 32-bit words of the address as the kernel
+# holds them, each printed with %08X, so on a little-endian host a word's bytes come out reversed.
+# Ports are 4 hex digits in host order. For a LISTEN socket rx_queue is the accept queue's length
+# and tx_queue its limit (the backlog).
+NI_LADDR = <int>NC_LADDR
+NI_LPORT = <int>NC_LPORT
+NI_RADDR = <int>NC_RADDR
+NI_RPORT = <int>NC_RPORT
+NI_STATE = <int>NC_STATE
+NI_TXQ = <int>NC_TXQ
+NI_RXQ = <int>NC_RXQ
+NI_NCOLS = <int>NC_NCOLS
+
+
+cdef inline int _hexval(unsigned char c) noexcept nogil:
+    if c >= c'0' and c <= c'9':
+        return c - c'0'
+    if c >= c'A' and c <= c'F':
+        return c - c'A' + 10
+    if c >= c'a' and c <= c'f':
+        return c - c'a' + 10
+    return -1
+
+
+cdef inline Py_ssize_t _hex(const unsigned char* d, Py_ssize_t i, Py_ssize_t end, int maxdigits,
+                            uint32_t* v) noexcept nogil:
+    """Parse up to ``maxdigits`` hex digits at ``d[i]``; index after them, or -1 if there were none."""
+    cdef uint32_t x = 0
+    cdef int k = 0, h
+    while i < end and k < maxdigits:
+        h = _hexval(d[i])
+        if h < 0:
+            break
+        x = (x << 4) | <uint32_t>h
+        i += 1
+        k += 1
+    v[0] = x
+    return i if k > 0 else -1
+
+
+cdef inline Py_ssize_t _addr(const unsigned char* d, Py_ssize_t i, Py_ssize_t end, uint32_t* words,
+                             uint32_t* port) noexcept nogil:
+    """``HEX:PORT`` with 8 or 32 hex address digits; index after it, or -1."""
+    cdef Py_ssize_t start = i, j
+    cdef int w
+    while i < end and _hexval(d[i]) >= 0:
+        i += 1
+    if i >= end or d[i] != c':' or (i - start != 8 and i - start != 32):
+        return -1
+    words[1] = words[2] = words[3] = 0
+    j = start
+    for w in range((i - start) // 8):
+        j = _hex(d, j, i, 8, &words[w])
+    return _hex(d, i + 1, end, 4, port)
+
+
+def parse_inet(const unsigned char[::1] data, uint32_t[:, ::1] out) -> int:
+    """Parse the content of /proc/net/tcp, tcp6, udp or udp6 into rows of ``NI_NCOLS`` columns.
+
+    ``out`` needs a row per socket line (``data.count(b"\\n")`` is always enough).
+    Malformed lines are skipped. Returns the number of rows filled.
+    """
+    cdef Py_ssize_t n = data.shape[0], i = 0, row = 0, cap = out.shape[0], j
+    cdef const unsigned char* d = &data[0] if n > 0 else NULL
+    cdef uint32_t v
+    if out.shape[1] < NC_NCOLS:
+        raise ValueError(f"out needs {<int>NC_NCOLS} columns")
+    if n == 0:
+        return 0
+    with nogil:
+        # skip the header line
+        while i < n and d[i] != c'\n':
+            i += 1
+        i += 1
+        while i < n and row < cap:
+            # "   sl: "
+            while i < n and d[i] != c':' and d[i] != c'\n':
+                i += 1
+            if i >= n or d[i] == c'\n':
+                i += 1
+                continue
+            i += 1
+            while i < n and d[i] == c' ':
+                i += 1
+            j = _addr(d, i, n, &out[row, 0], &out[row, 4])
+            if j > 0 and j < n and d[j] == c' ':
+                j = _addr(d, j + 1, n, &out[row, 5], &out[row, 9])
+            if j > 0 and j < n and d[j] == c' ':
+                j = _hex(d, j + 1, n, 2, &out[row, 10])
+            if j > 0 and j < n and d[j] == c' ':
+                j = _hex(d, j + 1, n, 8, &out[row, 11])
+            if j > 0 and j < n and d[j] == c':':
+                j = _hex(d, j + 1, n, 8, &out[row, 12])
+                if j > 0:
+                    row += 1
+            i = j if j > 0 else i
+            while i < n and d[i] != c'\n':
+                i += 1
+            i += 1
+    return row
+
+
+# -- NETLINK_SOCK_DIAG replies (what `ss` reads) ---------------------------------------------------
+# A dump reply is a run of netlink messages, each (include/uapi/linux/netlink.h, inet_diag.h)::
+#
+#   nlmsghdr      u32 len | u16 type | u16 flags | u32 seq | u32 pid          16 bytes
+#   inet_diag_msg u8 family | u8 state | u8 timer | u8 retrans                 4
+#                 be16 sport | be16 dport | be32 src[4] | be32 dst[4]           36
+#                 u32 if | u32 cookie[2]                                       12
+#                 u32 expires | u32 rqueue | u32 wqueue | u32 uid | u32 inode   20
+#   attributes    (shutdown, cgroup id, ... : skipped)                         len - 88
+#
+# padded to 4 bytes; type 20 (SOCK_DIAG_BY_FAMILY) carries a socket, 3 (NLMSG_DONE) ends the
+# dump, 2 (NLMSG_ERROR) carries -errno. Rows come out in the same NI_* layout as parse_inet:
+# the address words are the same bytes read as host-order u32, which is what /proc prints.
+cdef extern from "<arpa/inet.h>" nogil:
+    unsigned short ntohs(unsigned short)
+
+
+def parse_diag(const unsigned char[::1] data, Py_ssize_t nbytes, uint32_t[:, ::1] out, Py_ssize_t row):
+    """Parse one ``recv`` of a sock_diag dump into ``out`` from ``row`` on.
+
+    Returns ``(rows_after, status)``: status 0 when more messages follow, 1 at
+    the end of the dump, or ``-errno`` when the kernel refused the request.
+    ``out`` needs ``nbytes // 88`` free rows; rows past its end are dropped.
+    """
+    cdef Py_ssize_t off = 0, cap = out.shape[0], mlen
+    cdef const unsigned char* d
+    cdef const unsigned char* m
+    cdef unsigned short mtype, sport, dport
+    cdef int status = 0, w
+    cdef uint32_t word
+    if out.shape[1] < NC_NCOLS:
+        raise ValueError(f"out needs {<int>NC_NCOLS} columns")
+    if nbytes > data.shape[0]:
+        raise ValueError("nbytes is past the end of data")
+    if nbytes == 0:
+        return row, 0
+    d = &data[0]
+    with nogil:
+        while off + 16 <= nbytes:
+            memcpy(&word, d + off, 4)
+            mlen = word
+            memcpy(&mtype, d + off + 4, 2)
+            if mlen < 16 or off + mlen > nbytes:
+                status = -22
+                break
+            if mtype == 3:
+                status = 1
+                break
+            if mtype == 2:
+                if mlen >= 20:
+                    memcpy(&word, d + off + 16, 4)
+                    status = <int>word
+                    if status == 0:  # an ACK, not an error
+                        status = 1
+                else:
+                    status = -22
+                break
+            if mtype == 20 and mlen >= 88 and row < cap:
+                m = d + off + 16
+                memcpy(&sport, m + 4, 2)
+                memcpy(&dport, m + 6, 2)
+                for w in range(4):
+                    memcpy(&out[row, NC_LADDR + w], m + 8 + 4 * w, 4)
+                    memcpy(&out[row, NC_RADDR + w], m + 24 + 4 * w, 4)
+                out[row, <int>NC_LPORT] = ntohs(sport)
+                out[row, <int>NC_RPORT] = ntohs(dport)
+                out[row, <int>NC_STATE] = m[1]
+                memcpy(&out[row, <int>NC_RXQ], m + 56, 4)
+                memcpy(&out[row, <int>NC_TXQ], m + 60, 4)
+                row += 1
+            off += (mlen + 3) & ~3
+    return row, status

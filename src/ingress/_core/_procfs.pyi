@@ -30,3 +30,16 @@ def read_status(root: bytes, pids: npt.NDArray[np.int32], out: npt.NDArray[np.in
 def count_fds(root: bytes, pids: npt.NDArray[np.int32], out: npt.NDArray[np.int64],
               err: npt.NDArray[np.int32]) -> int: ...
 def parse_stat_bytes(data: bytes) -> tuple[tuple[int, ...], bytes]: ...
+
+NI_LADDR: int
+NI_LPORT: int
+NI_RADDR: int
+NI_RPORT: int
+NI_STATE: int
+NI_TXQ: int
+NI_RXQ: int
+NI_NCOLS: int
+
+def parse_inet(data: bytes, out: npt.NDArray[np.uint32]) -> int: ...
+def parse_diag(data: bytes | bytearray | memoryview, nbytes: int, out: npt.NDArray[np.uint32],
+               row: int) -> tuple[int, int]: ...

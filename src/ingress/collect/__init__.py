@@ -4,6 +4,7 @@ See ``docs/collectors.md`` (generated from the declarations by
 :func:`ingress.collect.docs.render`) for every metric, unit, tag and option.
 """
 from ingress.collect.base import Collector, CollectorSettings, Columns, MetricSpec, OptionSpec
+from ingress.collect.connections import ConnectionsCollector
 from ingress.collect.cpu import CpuCollector
 from ingress.collect.disk import DiskCollector
 from ingress.collect.memory import MemoryCollector
@@ -16,8 +17,10 @@ COLLECTORS: dict[str, type[Collector]] = {
     "disk": DiskCollector,
     "network": NetworkCollector,
     "processes": ProcessesCollector,
+    "connections": ConnectionsCollector,
 }
 
 __all__ = ["COLLECTORS", "Collector", "CollectorSettings", "Columns", "MetricSpec", "OptionSpec",
            "CpuCollector", "MemoryCollector",
-           "DiskCollector", "NetworkCollector", "ProcessesCollector"]
+           "DiskCollector", "NetworkCollector", "ProcessesCollector",
+           "ConnectionsCollector"]
