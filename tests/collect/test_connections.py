@@ -52,7 +52,7 @@ def test_ports_option_extends_and_overrides(tree):
     t = tree("host-a")
     c = ConnectionsCollector(t.settings(ports={"web": [8080, 80], "admin": 22}))
     s = samples(c, c.collect(T0))
-    # 80 and 8080 are claimed by both "http" (default) and "web": the later name in sorted order wins
+    # a configured name wins a port over a default one: "web" takes 80 and 8080 from "http", "admin" 22
     assert s[key("connections.service.count", service="web", direction="out")] == 2
     assert s[key("connections.service.count", service="web", direction="in")] == 1
     assert s[key("connections.service.count", service="http", direction="out")] == 0

@@ -71,9 +71,11 @@ def _ports_table(extra) -> tuple[tuple[str, ...], np.ndarray]:
         ports[str(name)] = list(vals)  # a name given here replaces the default ports of that name
     names = tuple(sorted(ports))
     table = np.full(65536, -1, np.int32)
-    for i, name in enumerate(names):
+    # A port claimed twice goes to the configured name over a default one (the operator
+    # knows what runs there), and among equals to the name later in sorted order.
+    for name in sorted(ports, key=lambda nm: (nm in extra, nm)):
         for p in ports[name]:
-            table[p] = i  # a port claimed twice goes to the name later in sorted order
+            table[p] = names.index(name)
     return names, table
 
 
