@@ -7,6 +7,7 @@ from ingress.collect.base import Collector, CollectorSettings, Columns, MetricSp
 from ingress.collect.connections import ConnectionsCollector
 from ingress.collect.cpu import CpuCollector
 from ingress.collect.disk import DiskCollector
+from ingress.collect.health import HealthCollector
 from ingress.collect.memory import MemoryCollector
 from ingress.collect.network import NetworkCollector
 from ingress.collect.processes import ProcessesCollector
@@ -18,9 +19,10 @@ COLLECTORS: dict[str, type[Collector]] = {
     "network": NetworkCollector,
     "processes": ProcessesCollector,
     "connections": ConnectionsCollector,
+    "health": HealthCollector,
 }
 
 __all__ = ["COLLECTORS", "Collector", "CollectorSettings", "Columns", "MetricSpec", "OptionSpec",
            "CpuCollector", "MemoryCollector",
            "DiskCollector", "NetworkCollector", "ProcessesCollector",
-           "ConnectionsCollector"]
+           "ConnectionsCollector", "HealthCollector"]
