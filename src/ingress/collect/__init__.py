@@ -3,6 +3,7 @@
 See ``docs/collectors.md`` (generated from the declarations by
 :func:`ingress.collect.docs.render`) for every metric, unit, tag and option.
 """
+from ingress.collect.agent_self import AgentCollector
 from ingress.collect.base import Collector, CollectorSettings, Columns, MetricSpec, OptionSpec
 from ingress.collect.connections import ConnectionsCollector
 from ingress.collect.cpu import CpuCollector
@@ -20,9 +21,11 @@ COLLECTORS: dict[str, type[Collector]] = {
     "processes": ProcessesCollector,
     "connections": ConnectionsCollector,
     "health": HealthCollector,
+    "agent": AgentCollector,
 }
 
 __all__ = ["COLLECTORS", "Collector", "CollectorSettings", "Columns", "MetricSpec", "OptionSpec",
            "CpuCollector", "MemoryCollector",
            "DiskCollector", "NetworkCollector", "ProcessesCollector",
-           "ConnectionsCollector", "HealthCollector"]
+           "ConnectionsCollector", "HealthCollector",
+           "AgentCollector"]
