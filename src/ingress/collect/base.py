@@ -12,7 +12,9 @@ Conventions every collector follows (checked when a subclass is defined):
   collector's ``name`` (``cpu.time``, ``disk.io.bytes``), so a tenant's
   ``include = ["cpu.*"]`` selects exactly one collector's output;
 * a cumulative counter and the per-second rate derived from it are two metrics,
-  ``x`` (``COUNTER``) and ``x_rate`` (``GAUGE``);
+  ``x`` (``COUNTER``) and ``x_rate`` (``GAUGE``); where the rate is a share of
+  time (CPU seconds per second, busy time per second) it is ``x.utilization``
+  instead, 1 meaning one whole CPU or device;
 * the tags a series carries are exactly the tag keys its :class:`MetricSpec`
   declares (checked when the series is interned, never per sample);
 * a ``NaN`` value in a pass means "no sample for this series this time" (the

@@ -52,6 +52,20 @@ from ingress.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# One pass, as docs/collectors.md draws it.
+DIAGRAM = """
+flowchart TD
+    L["list_pids: readdir /proc"] --> R["read_stat: every pid's stat, nogil<br/>-> int64 columns + comm + euid"]
+    R --> K["key = starttime << 22 | pid"]
+    K --> RT["CPU rate: searchsorted against last pass's keys"]
+    K --> X["exited keys: drop cached cmdline, I/O history, series"]
+    RT --> S["select: match / users / cmdline, + top N CPU, top N RSS"]
+    S --> F["selected: 7 series every pass"]
+    S --> SL["every slow_every-th pass, selected only:<br/>count_fds, read_io, read_status"]
+    RT --> G["np.unique(comm) + bincount: per-name sums"]
+    R --> T["totals by state; tree snapshot"]
+"""
+
 PF_KTHREAD = 0x00200000
 STATES = ("other", "running", "sleeping", "disk_sleep", "stopped", "tracing_stop", "zombie", "dead",
           "idle", "parked")
@@ -98,7 +112,7 @@ class ProcessesCollector(Collector):
         MetricSpec("processes.memory.rss", "By", "Resident set size", GAUGE, _PT),
         MetricSpec("processes.memory.vms", "By", "Virtual memory size", GAUGE, _PT),
         MetricSpec("processes.threads", "1", "Threads", GAUGE, _PT),
-        MetricSpec("processes.state", "1", "Scheduler state as a number (see the table above)", GAUGE, _PT),
+        MetricSpec("processes.state", "1", "Scheduler state as a number (codes listed above)", GAUGE, _PT),
         MetricSpec("processes.age", "s", "Time since the process started", GAUGE, _PT),
         MetricSpec("processes.open_fds", "1", "Open file descriptors (slow cadence)", GAUGE, _PT),
         MetricSpec("processes.io.bytes", "By", "Bytes read from / written to storage (slow cadence)", COUNTER,
