@@ -89,7 +89,8 @@ def _diag_msg(sport, dport, src, dst, state, rq, wq, attrs=b""):
 
 def test_parse_diag_messages():
     attr = struct.pack("=HHB", 5, 8, 0) + b"\0\0\0"  # an INET_DIAG_SHUTDOWN attribute, padded
-    chunk = _diag_msg(22, 5000, "10.0.0.1", "10.0.0.2", 1, 3, 7, attr) + _diag_msg(80, 0, "0.0.0.0", "0.0.0.0", 10, 1, 128)
+    chunk = (_diag_msg(22, 5000, "10.0.0.1", "10.0.0.2", 1, 3, 7, attr)
+             + _diag_msg(80, 0, "0.0.0.0", "0.0.0.0", 10, 1, 128))
     out = np.zeros((8, pf.NI_NCOLS), np.uint32)
     row, status = pf.parse_diag(bytearray(chunk), len(chunk), out, 0)
     assert (row, status) == (2, 0)

@@ -58,7 +58,8 @@ def test_io_counters_first_pass(tree):
     c = DiskCollector(tree("host-a").settings())
     c.statvfs = fake_statvfs(VFS)
     s = samples(c, c.collect(T0))
-    # sda: 1000 reads (100 merged, 80000 sectors, 5000 ms), 2000 writes (300, 160000, 8000 ms), 2 in flight, 6000 ms busy
+    # sda: 1000 reads (100 merged, 80000 sectors, 5000 ms), 2000 writes (300, 160000, 8000 ms),
+    # 2 in flight, 6000 ms busy
     assert s[key("disk.io.ops", device="sda", direction="read")] == 1000
     assert s[key("disk.io.ops", device="sda", direction="write")] == 2000
     assert s[key("disk.io.merged", device="sda", direction="write")] == 300

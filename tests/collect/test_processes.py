@@ -216,7 +216,7 @@ def test_denied_reads_are_counted_not_raised():
         os.chmod(tmp, 0o755)
         root = os.path.join(tmp, "proc")
         shutil.copytree(FIXTURES / "proc" / "procs-a", root)
-        for dirpath, dirs, files in os.walk(root):
+        for dirpath, _dirs, files in os.walk(root):
             os.chmod(dirpath, 0o755)
             for f in files:
                 os.chmod(os.path.join(dirpath, f), 0o644)

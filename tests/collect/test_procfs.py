@@ -16,9 +16,9 @@ _COLS = {4: "ST_PPID", 9: "ST_FLAGS", 10: "ST_MINFLT", 12: "ST_MAJFLT", 14: "ST_
 
 
 def ref_parse_stat(data: bytes):
-    l, r = data.index(b"("), data.rindex(b")")
-    comm = data[l + 1:r][: pf.COMM_LEN_ - 1]
-    rest = data[r + 2:].split()
+    left, right = data.index(b"("), data.rindex(b")")
+    comm = data[left + 1:right][: pf.COMM_LEN_ - 1]
+    rest = data[right + 2:].split()
     fields = [-1] * pf.ST_NFIELDS
     fields[pf.ST_STATE] = rest[0][0]
     for num, name in _COLS.items():

@@ -152,7 +152,7 @@ def parse_checks(raw) -> list[Check]:
             if u.scheme not in ("http", "https") or not u.hostname:
                 raise ConfigError(f"{where}.url: {target!r} is not an http:// or https:// URL")
             try:
-                u.port
+                _ = u.port  # raises on a port that is not a number
             except ValueError:
                 raise ConfigError(f"{where}.url: {target!r} has an invalid port") from None
         elif kind == "tcp":

@@ -507,7 +507,7 @@ class ProcessesCollector(Collector):
                 node["cmdline"] = self.cmdline(int(keys[i]))
             nodes[p] = node
         roots = []
-        for p, node in nodes.items():
+        for node in nodes.values():
             parent = nodes.get(node["ppid"])
             if parent is not None and parent is not node:
                 parent["children"].append(node)
