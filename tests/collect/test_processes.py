@@ -252,7 +252,7 @@ def test_live_host_sanity():
         s = samples(c, c.collect(time.time_ns()))
         mine = {dict(k[1])["pid"]: v for k, v in s.items() if k[0] == "processes.memory.rss"}
         assert str(child.pid) in mine and mine[str(child.pid)] > 0
-        assert str(os.getpid()) in named(s, "processes.cpu.time") or len(mine) >= 5
+        assert len(mine) >= 5  # the sleep, plus the top 5 by memory (the sleep is not among them)
         for (name, tags), v in s.items():
             assert math.isfinite(v) and v >= 0, (name, tags, v)
             if name == "processes.cpu.utilization":
