@@ -5,19 +5,39 @@ A collector never builds a Python object per sample in steady state. It keeps a
 interned once to a small *local* id) and hands over whole columns per pass:
 local ids and values as numpy arrays (:class:`Columns`). The fan-out maps local
 ids to each tenant's series ids with one vectorised lookup per tenant.
+
+Conventions every collector follows (checked when a subclass is defined):
+
+* metric names are dotted, lower case, and their first segment is the
+  collector's ``name`` (``cpu.time``, ``disk.io.bytes``), so a tenant's
+  ``include = ["cpu.*"]`` selects exactly one collector's output;
+* a cumulative counter and the per-second rate derived from it are two metrics,
+  ``x`` (``COUNTER``) and ``x_rate`` (``GAUGE``); where the rate is a share of
+  time (CPU seconds per second, busy time per second) it is ``x.utilization``
+  instead, 1 meaning one whole CPU or device;
+* the tags a series carries are exactly the tag keys its :class:`MetricSpec`
+  declares (checked when the series is interned, never per sample);
+* a ``NaN`` value in a pass means "no sample for this series this time" (the
+  first pass of a rate, a counter that went backwards): :class:`ColumnBuilder`
+  drops it, so nothing downstream ever sees it.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
+
+from ingress.errors import ConfigError
 
 GAUGE = 0
 COUNTER = 1
 
 Tags = tuple[tuple[str, str], ...]
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9][a-z0-9_]*)+$")
 
 
 @dataclass(frozen=True)
@@ -29,6 +49,15 @@ class MetricSpec:
     description: str
     kind: int = GAUGE
     tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option a collector accepts, with its default and help, declared once."""
+
+    name: str
+    default: Any
+    help: str
 
 
 def proc_root() -> str:
@@ -96,6 +125,10 @@ class SeriesTable:
         self.keys[sid] = None
         self._free.append(sid)
 
+    def live(self) -> int:
+        """How many ids currently name a series (interned and not retired)."""
+        return len(self._ids)
+
 
 @dataclass
 class Columns:
@@ -107,6 +140,60 @@ class Columns:
 
     def __len__(self) -> int:
         return len(self.values)
+
+
+class ColumnBuilder:
+    """Preallocated, growable id/value columns that a collector fills per pass.
+
+    ``put`` copies whole arrays in (one numpy slice assignment per entity or per
+    block, not per sample); ``finish`` hands out a compact copy with every
+    ``NaN`` dropped, so the buffers can be reused on the next pass while the
+    consumer still holds the previous :class:`Columns`.
+    """
+
+    __slots__ = ("ids", "values", "n")
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.ids = np.empty(capacity, np.uint32)
+        self.values = np.empty(capacity, np.float64)
+        self.n = 0
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def _grow(self, need: int) -> None:
+        cap = max(need, 2 * len(self.ids))
+        ids = np.empty(cap, np.uint32)
+        vals = np.empty(cap, np.float64)
+        ids[: self.n] = self.ids[: self.n]
+        vals[: self.n] = self.values[: self.n]
+        self.ids, self.values = ids, vals
+
+    def put(self, ids: np.ndarray, values: np.ndarray) -> None:
+        """Append aligned ``ids`` and ``values`` (same length)."""
+        k = len(ids)
+        end = self.n + k
+        if end > len(self.ids):
+            self._grow(end)
+        self.ids[self.n:end] = ids
+        self.values[self.n:end] = values
+        self.n = end
+
+    def put1(self, sid: int, value: float) -> None:
+        """Append one sample (for the few scalar series a collector has)."""
+        if self.n >= len(self.ids):
+            self._grow(self.n + 1)
+        self.ids[self.n] = sid
+        self.values[self.n] = value
+        self.n += 1
+
+    def finish(self, ts: int) -> Columns:
+        vals = self.values[: self.n]
+        ids = self.ids[: self.n]
+        keep = ~np.isnan(vals)
+        if keep.all():
+            return Columns(ids.copy(), vals.copy(), int(ts))
+        return Columns(ids[keep], vals[keep], int(ts))
 
 
 @dataclass
@@ -123,15 +210,61 @@ class Collector:
 
     ``priority``: lower is stretched first under CPU pressure
     (processes 0, connections 1, disk/network 2, memory 3, health/cpu 4).
+
+    ``options`` declares the keys accepted in ``CollectorSettings.options``
+    with their defaults; an unknown key is a :class:`~ingress.errors.ConfigError`
+    naming it. The resolved values are in ``self.opts``.
     """
 
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 4
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
+    options: ClassVar[tuple[OptionSpec, ...]] = ()
+    _specs: ClassVar[dict[str, MetricSpec]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        specs: dict[str, MetricSpec] = {}
+        for m in cls.metrics:
+            if m.name in specs:
+                raise TypeError(f"{cls.__name__}: metric {m.name!r} declared twice")
+            if cls.name and not (_NAME_RE.match(m.name) and m.name.split(".", 1)[0] == cls.name):
+                raise TypeError(f"{cls.__name__}: metric {m.name!r} must be dotted lower case "
+                                f"and start with {cls.name + '.'!r}")
+            specs[m.name] = m
+        cls._specs = specs
 
     def __init__(self, settings: CollectorSettings | None = None) -> None:
         self.settings = settings or CollectorSettings()
         self.table = SeriesTable()
+        self.opts = self._resolve_options(self.settings.options or {})
+
+    @classmethod
+    def _resolve_options(cls, given: dict) -> dict:
+        known = {o.name: o for o in cls.options}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ConfigError(f"collector {cls.name!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                              f"known: {', '.join(sorted(known)) or 'none'}")
+        out = {k: o.default for k, o in known.items()}
+        out.update(given)
+        return out
+
+    def series(self, metric: str, /, **tags: str) -> int:
+        """Intern one declared series; its tag keys must be exactly the declared ones."""
+        spec = self._specs.get(metric)
+        if spec is None:
+            raise KeyError(f"{type(self).__name__}: metric {metric!r} is not declared")
+        if set(tags) != set(spec.tags):
+            raise KeyError(f"{type(self).__name__}: {metric} takes tags {sorted(spec.tags)}, got {sorted(tags)}")
+        return self.table.intern(metric, tuple(sorted((k, str(v)) for k, v in tags.items())), spec.kind)
+
+    def series_ids(self, items: Iterable[tuple[str, dict[str, str]]]) -> np.ndarray:
+        """Intern several series at once; their local ids as a ``uint32`` array."""
+        return np.fromiter((self.series(n, **t) for n, t in items), np.uint32)
 
     def collect(self, now_ns: int) -> Columns:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release threads or files the collector holds; safe to call twice."""

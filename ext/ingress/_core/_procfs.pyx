@@ -1,0 +1,552 @@
+# cython: language_level=3
+"""Compiled readers for the per-process files under /proc.
+
+Why compiled: a host runs hundreds to thousands of processes, and the
+Python way (psutil, or open()/split() per file) builds dozens of objects per
+process per pass. Here every pid's ``stat`` is opened relative to one
+directory fd, read into a stack buffer, parsed in C and written into numpy
+columns the caller owns, all without the GIL.
+
+Failure is a per-pid status, never an exception: ``err[i]`` is 0 or the
+``errno`` of the failed open/read (``ENOENT``/``ESRCH``: the process exited
+between listing and reading; ``EACCES``/``EPERM``: not ours to read). Only a
+root directory that cannot be opened at all raises ``OSError``.
+
+/proc/PID/stat layout (man 5 proc), the parts read here::
+
+    pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt
+    majflt cmajflt utime stime cutime cstime priority nice num_threads
+    itrealvalue starttime vsize rss ...
+
+``comm`` may contain spaces and parentheses, so it runs from the first ``(``
+to the *last* ``)``.
+"""
+from libc.errno cimport errno, ENOENT
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint32_t
+from libc.stdio cimport snprintf
+from libc.string cimport memset, memcpy, strlen
+from posix.fcntl cimport O_RDONLY, openat, open as c_open
+from posix.unistd cimport read, close
+from posix.stat cimport struct_stat, fstat
+
+cdef extern from "<fcntl.h>" nogil:
+    enum: O_DIRECTORY
+    enum: O_CLOEXEC
+
+cdef extern from "<dirent.h>" nogil:
+    ctypedef struct DIR
+    struct dirent:
+        char d_name[256]
+    DIR* fdopendir(int fd)
+    dirent* readdir(DIR* d)
+    int closedir(DIR* d)
+
+DEF BUF = 4096
+
+ST_STATE = <int>SF_STATE
+ST_PPID = <int>SF_PPID
+ST_FLAGS = <int>SF_FLAGS
+ST_MINFLT = <int>SF_MINFLT
+ST_MAJFLT = <int>SF_MAJFLT
+ST_UTIME = <int>SF_UTIME
+ST_STIME = <int>SF_STIME
+ST_NICE = <int>SF_NICE
+ST_NUM_THREADS = <int>SF_NUM_THREADS
+ST_STARTTIME = <int>SF_STARTTIME
+ST_VSIZE = <int>SF_VSIZE
+ST_RSS = <int>SF_RSS
+ST_UID = <int>SF_UID
+ST_NFIELDS = <int>SF_NFIELDS
+COMM_LEN_ = <int>COMM_LEN
+
+IO_FIELDS = ("rchar", "wchar", "read_bytes", "write_bytes")
+STATUS_FIELDS = ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+
+cdef const char* _IO_KEYS[4]
+_IO_KEYS[0] = b"rchar:"
+_IO_KEYS[1] = b"wchar:"
+_IO_KEYS[2] = b"read_bytes:"
+_IO_KEYS[3] = b"write_bytes:"
+cdef const char* _STATUS_KEYS[2]
+_STATUS_KEYS[0] = b"voluntary_ctxt_switches:"
+_STATUS_KEYS[1] = b"nonvoluntary_ctxt_switches:"
+
+# stat field number (1-based, man 5 proc) -> column, for the fields after "(comm)".
+cdef int _COL_OF[25]
+for _i in range(25):
+    _COL_OF[_i] = -1
+_COL_OF[4] = SF_PPID
+_COL_OF[9] = SF_FLAGS
+_COL_OF[10] = SF_MINFLT
+_COL_OF[12] = SF_MAJFLT
+_COL_OF[14] = SF_UTIME
+_COL_OF[15] = SF_STIME
+_COL_OF[19] = SF_NICE
+_COL_OF[20] = SF_NUM_THREADS
+_COL_OF[22] = SF_STARTTIME
+_COL_OF[23] = SF_VSIZE
+_COL_OF[24] = SF_RSS
+
+
+cdef inline const char* _parse_int(const char* p, const char* end, int64_t* v) noexcept nogil:
+    cdef int neg = 0
+    cdef int64_t x = 0
+    while p < end and (p[0] == c' ' or p[0] == c'\t'):
+        p += 1
+    if p < end and p[0] == c'-':
+        neg = 1
+        p += 1
+    while p < end and p[0] >= c'0' and p[0] <= c'9':
+        x = x * 10 + (p[0] - c'0')
+        p += 1
+    v[0] = -x if neg else x
+    return p
+
+
+cdef int parse_stat(const char* buf, Py_ssize_t n, int64_t* out, uint8_t* comm) noexcept nogil:
+    """Parse one stat file into ``out[0:SF_UID]`` and ``comm``; 0 on success, -1 if malformed."""
+    cdef const char* end = buf + n
+    cdef const char* open_p = buf
+    cdef const char* close_p = NULL
+    cdef const char* p
+    cdef Py_ssize_t k, clen
+    cdef int field
+    cdef int64_t v
+    while open_p < end and open_p[0] != c'(':
+        open_p += 1
+    p = end - 1
+    while p > open_p:
+        if p[0] == c')':
+            close_p = p
+            break
+        p -= 1
+    if open_p >= end or close_p == NULL or close_p + 2 >= end:
+        return -1
+    clen = close_p - open_p - 1
+    if clen > COMM_LEN - 1:
+        clen = COMM_LEN - 1
+    memset(comm, 0, COMM_LEN)
+    memcpy(comm, open_p + 1, clen)
+    p = close_p + 2  # the state letter
+    out[<int>SF_STATE] = <unsigned char>p[0]
+    p += 1
+    field = 4
+    while field <= 24:
+        if p >= end or p[0] != c' ':
+            return -1
+        p = _parse_int(p + 1, end, &v)
+        if _COL_OF[field] >= 0:
+            out[_COL_OF[field]] = v
+        field += 1
+    return 0
+
+
+cdef int parse_keyed(const char* buf, Py_ssize_t n, const char** keys, int nkeys, int64_t* out) noexcept nogil:
+    """Parse ``key: value`` lines; each key found fills its slot. Returns how many were found."""
+    cdef const char* p = buf
+    cdef const char* end = buf + n
+    cdef const char* line
+    cdef int j, found = 0
+    cdef Py_ssize_t kl, i
+    cdef int64_t v
+    while p < end:
+        line = p
+        for j in range(nkeys):
+            kl = strlen(keys[j])
+            if line + kl <= end:
+                i = 0
+                while i < kl and line[i] == keys[j][i]:
+                    i += 1
+                if i == kl:
+                    _parse_int(line + kl, end, &v)
+                    out[j] = v
+                    found += 1
+                    break
+        while p < end and p[0] != c'\n':
+            p += 1
+        p += 1
+    return found
+
+
+cdef inline Py_ssize_t _slurp(int dfd, int pid, const char* leaf, char* buf, int* err,
+                              struct_stat* st) noexcept nogil:
+    """Read ``<pid>/<leaf>`` relative to ``dfd`` into ``buf``; -1 and ``err`` set on failure."""
+    cdef char path[64]
+    cdef int fd
+    cdef Py_ssize_t got = 0, r
+    snprintf(path, 64, "%d/%s", pid, leaf)
+    fd = openat(dfd, path, O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        err[0] = errno
+        return -1
+    if st != NULL and fstat(fd, st) != 0:
+        err[0] = errno
+        close(fd)
+        return -1
+    while got < BUF - 1:
+        r = read(fd, buf + got, BUF - 1 - got)
+        if r < 0:
+            err[0] = errno  # ESRCH when the process died after the open
+            close(fd)
+            return -1
+        if r == 0:
+            break
+        got += r
+        if r < BUF - 1 - (got - r):
+            # /proc files made by single_open hand out everything in the first read;
+            # a short read is the end, and skipping the read that returns 0 saves a syscall.
+            break
+    close(fd)
+    buf[got] = 0
+    return got
+
+
+cdef int _open_root(bytes root) except -1:
+    cdef int dfd = c_open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if dfd < 0:
+        import os
+        raise OSError(errno, os.strerror(errno), root.decode(errors="replace"))
+    return dfd
+
+
+def list_pids(bytes root, int32_t[::1] out) -> int:
+    """Fill ``out`` with the numeric entries of ``root``; return how many there are.
+
+    When the return value exceeds ``len(out)`` only the first ``len(out)``
+    were stored: grow ``out`` and call again.
+    """
+    cdef int dfd = _open_root(root)
+    cdef DIR* d = fdopendir(dfd)
+    cdef dirent* e
+    cdef Py_ssize_t n = 0, cap = out.shape[0]
+    cdef const char* s
+    cdef int32_t v
+    if d == NULL:
+        close(dfd)
+        raise OSError(errno, "fdopendir failed", root.decode(errors="replace"))
+    with nogil:
+        while True:
+            e = readdir(d)
+            if e == NULL:
+                break
+            s = e.d_name
+            if s[0] < c'0' or s[0] > c'9':
+                continue
+            v = 0
+            while s[0] >= c'0' and s[0] <= c'9':
+                v = v * 10 + (s[0] - c'0')
+                s += 1
+            if s[0] != 0:
+                continue
+            if n < cap:
+                out[n] = v
+            n += 1
+        closedir(d)
+    return n
+
+
+def read_stat(bytes root, const int32_t[::1] pids, int64_t[:, ::1] out, uint8_t[:, ::1] comm,
+              int32_t[::1] err) -> int:
+    """Read ``<root>/<pid>/stat`` for every pid into row ``i`` of ``out`` and ``comm``.
+
+    ``out`` has ``ST_NFIELDS`` columns (see the ``ST_*`` constants), ``comm``
+    ``COMM_LEN`` bytes per row (NUL-padded). ``err[i]`` is 0 or the errno.
+    Returns how many rows were read successfully.
+    """
+    cdef Py_ssize_t n = pids.shape[0], i, got
+    cdef int ok = 0, e
+    cdef char buf[BUF]
+    cdef struct_stat st
+    if out.shape[0] < n or comm.shape[0] < n or err.shape[0] < n:
+        raise ValueError("out, comm and err need a row per pid")
+    if out.shape[1] < SF_NFIELDS or comm.shape[1] < COMM_LEN:
+        raise ValueError(f"out needs {SF_NFIELDS} columns and comm {COMM_LEN}")
+    cdef int dfd = _open_root(root)
+    with nogil:
+        for i in range(n):
+            e = 0
+            got = _slurp(dfd, pids[i], "stat", buf, &e, &st)
+            if got < 0:
+                err[i] = e
+                continue
+            if parse_stat(buf, got, &out[i, 0], &comm[i, 0]) != 0:
+                err[i] = ENOENT if got == 0 else 22  # empty: a zombie being reaped; else EINVAL
+                continue
+            out[i, <int>SF_UID] = st.st_uid
+            err[i] = 0
+            ok += 1
+        close(dfd)
+    return ok
+
+
+cdef int _read_keyed_many(bytes root, const int32_t[::1] pids, const char* leaf, const char** keys,
+                          int nkeys, int64_t[:, ::1] out, int32_t[::1] err) except -1:
+    cdef Py_ssize_t n = pids.shape[0], i, got
+    cdef int ok = 0, e, j
+    cdef char buf[BUF]
+    if out.shape[0] < n or err.shape[0] < n or out.shape[1] < nkeys:
+        raise ValueError(f"out needs {nkeys} columns and out, err a row per pid")
+    cdef int dfd = _open_root(root)
+    with nogil:
+        for i in range(n):
+            e = 0
+            for j in range(nkeys):
+                out[i, j] = -1
+            got = _slurp(dfd, pids[i], leaf, buf, &e, NULL)
+            if got < 0:
+                err[i] = e
+                continue
+            if parse_keyed(buf, got, keys, nkeys, &out[i, 0]) != nkeys:
+                err[i] = ENOENT if got == 0 else 22
+                continue
+            err[i] = 0
+            ok += 1
+        close(dfd)
+    return ok
+
+
+def read_io(bytes root, const int32_t[::1] pids, int64_t[:, ::1] out, int32_t[::1] err) -> int:
+    """``<pid>/io``: columns ``IO_FIELDS`` (rchar, wchar, read_bytes, write_bytes)."""
+    return _read_keyed_many(root, pids, "io", _IO_KEYS, 4, out, err)
+
+
+def read_status(bytes root, const int32_t[::1] pids, int64_t[:, ::1] out, int32_t[::1] err) -> int:
+    """``<pid>/status``: columns ``STATUS_FIELDS`` (voluntary, nonvoluntary context switches)."""
+    return _read_keyed_many(root, pids, "status", _STATUS_KEYS, 2, out, err)
+
+
+def count_fds(bytes root, const int32_t[::1] pids, int64_t[::1] out, int32_t[::1] err) -> int:
+    """Number of open file descriptors: the entries of ``<pid>/fd``."""
+    cdef Py_ssize_t n = pids.shape[0], i
+    cdef int ok = 0, fd
+    cdef int64_t c
+    cdef char path[64]
+    cdef DIR* d
+    cdef dirent* e
+    if out.shape[0] < n or err.shape[0] < n:
+        raise ValueError("out and err need a row per pid")
+    cdef int dfd = _open_root(root)
+    with nogil:
+        for i in range(n):
+            out[i] = -1
+            snprintf(path, 64, "%d/fd", pids[i])
+            fd = openat(dfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd < 0:
+                err[i] = errno
+                continue
+            d = fdopendir(fd)
+            if d == NULL:
+                err[i] = errno
+                close(fd)
+                continue
+            c = 0
+            while True:
+                e = readdir(d)
+                if e == NULL:
+                    break
+                if e.d_name[0] != c'.':
+                    c += 1
+            closedir(d)
+            out[i] = c
+            err[i] = 0
+            ok += 1
+        close(dfd)
+    return ok
+
+
+def parse_stat_bytes(bytes data):
+    """Parse one stat file's content (for tests and one-off use): ``(fields, comm)``.
+
+    ``fields`` is a tuple of the ``ST_*`` columns (``ST_UID`` is -1: it comes
+    from the open file, not the text). Raises ``ValueError`` if malformed.
+    """
+    cdef int64_t out[SF_NFIELDS]
+    cdef uint8_t comm[COMM_LEN]
+    cdef int i
+    for i in range(SF_NFIELDS):
+        out[i] = -1
+    if parse_stat(data, len(data), out, comm) != 0:
+        raise ValueError(f"not a /proc/PID/stat line: {data[:80]!r}")
+    return tuple([out[i] for i in range(<int>SF_NFIELDS)]), bytes(comm).rstrip(b"\0")
+
+
+# -- /proc/net/{tcp,tcp6,udp,udp6} ----------------------------------------------------------------
+# One line per socket (include/net/tcp.h, net/ipv4/tcp_ipv4.c: get_tcp4_sock)::
+#
+#   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt uid timeout inode
+#    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000   0       0 12345 ...
+#
+# Addresses are 8 (IPv4) or 32 (IPv6) hex digits: the 32-bit words of the address as the kernel
+# holds them, each printed with %08X, so on a little-endian host a word's bytes come out reversed.
+# Ports are 4 hex digits in host order. For a LISTEN socket rx_queue is the accept queue's length
+# and tx_queue its limit (the backlog).
+NI_LADDR = <int>NC_LADDR
+NI_LPORT = <int>NC_LPORT
+NI_RADDR = <int>NC_RADDR
+NI_RPORT = <int>NC_RPORT
+NI_STATE = <int>NC_STATE
+NI_TXQ = <int>NC_TXQ
+NI_RXQ = <int>NC_RXQ
+NI_NCOLS = <int>NC_NCOLS
+
+
+cdef inline int _hexval(unsigned char c) noexcept nogil:
+    if c >= c'0' and c <= c'9':
+        return c - c'0'
+    if c >= c'A' and c <= c'F':
+        return c - c'A' + 10
+    if c >= c'a' and c <= c'f':
+        return c - c'a' + 10
+    return -1
+
+
+cdef inline Py_ssize_t _hex(const unsigned char* d, Py_ssize_t i, Py_ssize_t end, int maxdigits,
+                            uint32_t* v) noexcept nogil:
+    """Parse up to ``maxdigits`` hex digits at ``d[i]``; index after them, or -1 if there were none."""
+    cdef uint32_t x = 0
+    cdef int k = 0, h
+    while i < end and k < maxdigits:
+        h = _hexval(d[i])
+        if h < 0:
+            break
+        x = (x << 4) | <uint32_t>h
+        i += 1
+        k += 1
+    v[0] = x
+    return i if k > 0 else -1
+
+
+cdef inline Py_ssize_t _addr(const unsigned char* d, Py_ssize_t i, Py_ssize_t end, uint32_t* words,
+                             uint32_t* port) noexcept nogil:
+    """``HEX:PORT`` with 8 or 32 hex address digits; index after it, or -1."""
+    cdef Py_ssize_t start = i, j
+    cdef int w
+    while i < end and _hexval(d[i]) >= 0:
+        i += 1
+    if i >= end or d[i] != c':' or (i - start != 8 and i - start != 32):
+        return -1
+    words[1] = words[2] = words[3] = 0
+    j = start
+    for w in range((i - start) // 8):
+        j = _hex(d, j, i, 8, &words[w])
+    return _hex(d, i + 1, end, 4, port)
+
+
+def parse_inet(const unsigned char[::1] data, uint32_t[:, ::1] out) -> int:
+    """Parse the content of /proc/net/tcp, tcp6, udp or udp6 into rows of ``NI_NCOLS`` columns.
+
+    ``out`` needs a row per socket line (``data.count(b"\\n")`` is always enough).
+    Malformed lines are skipped. Returns the number of rows filled.
+    """
+    cdef Py_ssize_t n = data.shape[0], i = 0, row = 0, cap = out.shape[0], j
+    cdef const unsigned char* d = &data[0] if n > 0 else NULL
+    cdef uint32_t v
+    if out.shape[1] < NC_NCOLS:
+        raise ValueError(f"out needs {<int>NC_NCOLS} columns")
+    if n == 0:
+        return 0
+    with nogil:
+        # skip the header line
+        while i < n and d[i] != c'\n':
+            i += 1
+        i += 1
+        while i < n and row < cap:
+            # "   sl: "
+            while i < n and d[i] != c':' and d[i] != c'\n':
+                i += 1
+            if i >= n or d[i] == c'\n':
+                i += 1
+                continue
+            i += 1
+            while i < n and d[i] == c' ':
+                i += 1
+            j = _addr(d, i, n, &out[row, 0], &out[row, 4])
+            if j > 0 and j < n and d[j] == c' ':
+                j = _addr(d, j + 1, n, &out[row, 5], &out[row, 9])
+            if j > 0 and j < n and d[j] == c' ':
+                j = _hex(d, j + 1, n, 2, &out[row, 10])
+            if j > 0 and j < n and d[j] == c' ':
+                j = _hex(d, j + 1, n, 8, &out[row, 11])
+            if j > 0 and j < n and d[j] == c':':
+                j = _hex(d, j + 1, n, 8, &out[row, 12])
+                if j > 0:
+                    row += 1
+            i = j if j > 0 else i
+            while i < n and d[i] != c'\n':
+                i += 1
+            i += 1
+    return row
+
+
+# -- NETLINK_SOCK_DIAG replies (what `ss` reads) ---------------------------------------------------
+# A dump reply is a run of netlink messages, each (include/uapi/linux/netlink.h, inet_diag.h)::
+#
+#   nlmsghdr      u32 len | u16 type | u16 flags | u32 seq | u32 pid          16 bytes
+#   inet_diag_msg u8 family | u8 state | u8 timer | u8 retrans                 4
+#                 be16 sport | be16 dport | be32 src[4] | be32 dst[4]           36
+#                 u32 if | u32 cookie[2]                                       12
+#                 u32 expires | u32 rqueue | u32 wqueue | u32 uid | u32 inode   20
+#   attributes    (shutdown, cgroup id, ... : skipped)                         len - 88
+#
+# padded to 4 bytes; type 20 (SOCK_DIAG_BY_FAMILY) carries a socket, 3 (NLMSG_DONE) ends the
+# dump, 2 (NLMSG_ERROR) carries -errno. Rows come out in the same NI_* layout as parse_inet:
+# the address words are the same bytes read as host-order u32, which is what /proc prints.
+cdef extern from "<arpa/inet.h>" nogil:
+    unsigned short ntohs(unsigned short)
+
+
+def parse_diag(const unsigned char[::1] data, Py_ssize_t nbytes, uint32_t[:, ::1] out, Py_ssize_t row):
+    """Parse one ``recv`` of a sock_diag dump into ``out`` from ``row`` on.
+
+    Returns ``(rows_after, status)``: status 0 when more messages follow, 1 at
+    the end of the dump, or ``-errno`` when the kernel refused the request.
+    ``out`` needs ``nbytes // 88`` free rows; rows past its end are dropped.
+    """
+    cdef Py_ssize_t off = 0, cap = out.shape[0], mlen
+    cdef const unsigned char* d
+    cdef const unsigned char* m
+    cdef unsigned short mtype, sport, dport
+    cdef int status = 0, w
+    cdef uint32_t word
+    if out.shape[1] < NC_NCOLS:
+        raise ValueError(f"out needs {<int>NC_NCOLS} columns")
+    if nbytes > data.shape[0]:
+        raise ValueError("nbytes is past the end of data")
+    if nbytes == 0:
+        return row, 0
+    d = &data[0]
+    with nogil:
+        while off + 16 <= nbytes:
+            memcpy(&word, d + off, 4)
+            mlen = word
+            memcpy(&mtype, d + off + 4, 2)
+            if mlen < 16 or off + mlen > nbytes:
+                status = -22
+                break
+            if mtype == 3:
+                status = 1
+                break
+            if mtype == 2:
+                if mlen >= 20:
+                    memcpy(&word, d + off + 16, 4)
+                    status = <int>word
+                    if status == 0:  # an ACK, not an error
+                        status = 1
+                else:
+                    status = -22
+                break
+            if mtype == 20 and mlen >= 88 and row < cap:
+                m = d + off + 16
+                memcpy(&sport, m + 4, 2)
+                memcpy(&dport, m + 6, 2)
+                for w in range(4):
+                    memcpy(&out[row, NC_LADDR + w], m + 8 + 4 * w, 4)
+                    memcpy(&out[row, NC_RADDR + w], m + 24 + 4 * w, 4)
+                out[row, <int>NC_LPORT] = ntohs(sport)
+                out[row, <int>NC_RPORT] = ntohs(dport)
+                out[row, <int>NC_STATE] = m[1]
+                memcpy(&out[row, <int>NC_RXQ], m + 56, 4)
+                memcpy(&out[row, <int>NC_TXQ], m + 60, 4)
+                row += 1
+            off += (mlen + 3) & ~3
+    return row, status
