@@ -12,7 +12,7 @@ from ingress.transport.delivery import Delivery, first_line
 from ingress.transport.retry import Backoff
 from ingress.transport.validate import TenantChecker, TenantRule, env_credential
 
-from .conftest import FakeSpool
+from .fakes import FakeSpool, fill, wait_for
 
 
 class ScriptedOutput(Output):
@@ -58,24 +58,6 @@ class ScriptedOutput(Output):
             with self.lock:
                 self.inflight[b.tenant] -= 1
             done(b, err)
-
-
-def fill(spool, tenant, n, samples=2):
-    ids = []
-    for i in range(n):
-        bid = os.urandom(16)
-        spool.append(tenant, bid, b"payload-" + tenant.encode() + b"-%d" % i, samples)
-        ids.append(bid)
-    return ids
-
-
-def wait_for(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def mk(spool, outputs, tmp_path, tenants=("acme",), checker=None, **kw):

@@ -34,6 +34,7 @@ Dead letters::
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -321,7 +322,8 @@ class _Pair:
         return True
 
     def _latency(self, flight: _Flight, now: float) -> float:
-        closed_ns = getattr(flight.rec, "closed_ns", None) or getattr(flight.rec, "appended_ns", None)
+        # The spool stamps each record when appended, right after the batch closed.
+        closed_ns = getattr(flight.rec, "closed_ns", None) or getattr(flight.rec, "append_ns", None)
         t0 = self.first_seen.pop(flight.key, flight.t0)
         if closed_ns:
             return max(0.0, (self.d.wall_ns() - int(closed_ns)) / 1e9)
@@ -416,8 +418,9 @@ class Delivery:
     clock, wall_ns
         Monotonic seconds and wall-clock nanoseconds; injectable for tests.
     spool_lock
-        Serialises this object's calls into the spool (pass the spool's own lock
-        to share it, or a no-op context manager if the spool is thread-safe).
+        A lock to hold around every call into the spool; by default none, as
+        :class:`ingress.spool.Spool` is thread-safe (workers call ``pending``
+        and ``ack`` concurrently).
     """
 
     def __init__(
@@ -461,7 +464,7 @@ class Delivery:
         self.idle_poll_s = idle_poll_s
         self.clock = clock
         self.wall_ns = wall_ns
-        self.spool_lock = spool_lock if spool_lock is not None else threading.RLock()
+        self.spool_lock = spool_lock if spool_lock is not None else contextlib.nullcontext()
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
         self._pairs: dict[tuple[str, str], _Pair] = {}
