@@ -228,6 +228,26 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     sink: "SinkServer"
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake runs here, in the connection's own thread: wrapping
+        # the listening socket would run it in the accept loop, where one
+        # silent client could stall every other.
+        if self.tls is not None:
+            try:
+                request.settimeout(30)
+                request = self.tls.wrap_socket(request, server_side=True)
+                request.settimeout(None)
+            except (OSError, ssl.SSLError) as e:
+                log.info("sink: TLS handshake with %s failed: %s", client_address[0], e)
+                return
+            try:
+                super().finish_request(request, client_address)
+            finally:
+                request.close()  # the server closes the raw socket, which the wrapper detached
+            return
+        super().finish_request(request, client_address)
 
 
 class SinkServer:
@@ -299,8 +319,7 @@ class SinkServer:
             httpd = _Server(self.listen, _Handler)
         except OSError as e:
             raise ConfigError(f"sink --listen {self.listen[0]}:{self.listen[1]}: {e.strerror or e}") from None
-        if self._ctx is not None:
-            httpd.socket = self._ctx.wrap_socket(httpd.socket, server_side=True)
+        httpd.tls = self._ctx
         httpd.sink = self
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, name="sink", daemon=True)
