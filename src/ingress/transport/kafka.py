@@ -26,9 +26,15 @@ Explicit ``options`` win over these computed values.
 
 Errors in delivery reports are retryable except those no retry can fix
 (message too large, invalid record or topic, topic authorization): those make
-the batch a dead letter. A fatal producer error (idempotence state lost, e.g.
-after a broker lost its state) fails the outstanding batches as retryable and
-replaces the producer.
+the batch a dead letter.
+
+Producer replacement: a fatal producer error, or a message that timed out
+(``message.timeout.ms``, 30 s here instead of librdkafka's 5 minutes), fails
+the batches the producer still holds as retryable and replaces it with a new
+one, which gets a new producer id. This is what recovers from a broker that
+lost its idempotence state (a restarted in-memory broker answers "unknown
+producer id" forever, and librdkafka would keep bumping the epoch of the old
+id); during a plain outage the new producer simply waits like the old one.
 """
 from __future__ import annotations
 
@@ -46,6 +52,23 @@ log = logging.getLogger("ingress.transport.kafka")
 # Keys ingress sets itself; options may not change them.
 _FIXED = {"enable.idempotence": ("true", True, 1), "acks": ("all", "-1", -1)}
 _RESERVED = ("bootstrap.servers", "on_delivery", "error_cb", "logger")
+
+
+class _LibLog:
+    """librdkafka's log lines, demoted: a refused connection during an outage is
+    expected (the delivery loop reports the outage once, with its counters)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        fac = args[0] if args else ""
+        if fac in ("FAIL", "BROKERFAIL", "CONNECT", "ERROR"):
+            level = min(level, logging.INFO)
+        self.logger.log(min(level, logging.WARNING), fmt, *args)
+
+
+_liblog = _LibLog(log)
 
 
 def _kafka():
@@ -85,9 +108,10 @@ def classify(err: Any) -> TransportError:
 class _Tracker:
     """Completes one batch once every message of it has its delivery report."""
 
-    __slots__ = ("batch", "done", "lock", "pending", "sealed", "error", "finished")
+    __slots__ = ("owner", "batch", "done", "lock", "pending", "sealed", "error", "finished")
 
-    def __init__(self, batch: OutgoingBatch, done: Done) -> None:
+    def __init__(self, owner: "KafkaOutput", batch: OutgoingBatch, done: Done) -> None:
+        self.owner = owner
         self.batch = batch
         self.done = done
         self.lock = threading.Lock()
@@ -97,6 +121,8 @@ class _Tracker:
         self.finished = False
 
     def report(self, err: Any, msg: Any) -> None:
+        if err is not None and err.code() == _kafka().KafkaError._MSG_TIMED_OUT:
+            self.owner._stale = f"{err.name()}: {err.str()}"
         with self.lock:
             self.pending -= 1
             if err is not None and self.error is None:
@@ -190,6 +216,8 @@ class KafkaOutput(Output):
         self._producer: Any = None
         self._lock = threading.Lock()
         self._fatal: str | None = None
+        self._stale: str | None = None
+        self.replacements = 0
         self.last_error: str | None = None
 
     # -- configuration ----------------------------------------------------------
@@ -201,13 +229,16 @@ class KafkaOutput(Output):
             "acks": "all",
             "client.id": f"ingress-{self.name}",
             "compression.type": "lz4" if self.format == "json" else "none",
+            # librdkafka's 300 s default keeps a stuck batch out of the spool's
+            # retry (and the producer-replacing watchdog) for five minutes.
+            "message.timeout.ms": 30000,
         }
         conf.update(self._budget)
         conf.update(self.options)
         conf["enable.idempotence"] = True
         conf["acks"] = "all"
         conf["error_cb"] = self._on_error
-        conf["logger"] = log
+        conf["logger"] = _liblog
         return conf
 
     def _build(self) -> Any:
@@ -226,7 +257,7 @@ class KafkaOutput(Output):
             # librdkafka names the canonical property; find which option of ours it was.
             for k, v in self.options.items():
                 try:
-                    _kafka().Producer({k: v, "logger": log})
+                    _kafka().Producer({k: v, "logger": _liblog})
                 except _kafka().KafkaException:
                     key = k
                     break
@@ -286,7 +317,7 @@ class KafkaOutput(Output):
         ]
         topic = self.topic_for(batch.tenant)
         key = batch.tenant.encode()
-        tracker = _Tracker(batch, done)
+        tracker = _Tracker(self, batch, done)
         error: BaseException | None = None
         for v in values:
             with tracker.lock:
@@ -317,14 +348,15 @@ class KafkaOutput(Output):
         if p is None:
             return
         p.poll(timeout)
-        if self._fatal:
+        if self._fatal or self._stale:
             self._replace()
 
     def _replace(self) -> None:
         with self._lock:
-            old, reason = self._producer, self._fatal
-            self._fatal = None
+            old, reason = self._producer, self._fatal or self._stale
+            self._fatal = self._stale = None
             self._producer = self._build()
+            self.replacements += 1
         # Fail what the dead producer still holds; the spool sends it again.
         try:
             old.purge()
