@@ -89,9 +89,18 @@ class PairStats:
     latencies: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
 
 
+def _key(rec: Any) -> Any:
+    """Identity of a spool record: its ref (the same batch id may be spooled twice)."""
+    try:
+        hash(rec.ref)
+        return ("ref", rec.ref)
+    except TypeError:
+        return ("id", bytes(rec.batch_id))
+
+
 @dataclass
 class _Flight:
-    key: bytes
+    key: Any
     rec: Any
     batch: OutgoingBatch
     t0: float  # monotonic time of this submission
@@ -109,8 +118,8 @@ class _Pair:
         self.cond = threading.Condition()
         self.results: deque[tuple[_Flight, BaseException | None]] = deque()
         self.wake = False
-        self.inflight: dict[bytes, _Flight] = {}
-        self.first_seen: dict[bytes, float] = {}
+        self.inflight: dict[Any, _Flight] = {}
+        self.first_seen: dict[Any, float] = {}
         self.attempts = 0
         self.retry_at = 0.0
         self.blocked: str | None = None  # tenant check category while blocked
@@ -148,7 +157,13 @@ class _Pair:
                     results = list(self.results)
                     self.results.clear()
                 for flight, err in results:
-                    self._complete(flight, err)
+                    try:
+                        self._complete(flight, err)
+                    except Exception as e:  # noqa: BLE001 - the batch is still in the spool
+                        self.inflight.pop(flight.key, None)
+                        log.exception("delivery %s -> %s: completing a batch failed",
+                                      self.tenant, self.output.name)
+                        self._note_error(f"internal: {first_line(e)}")
                 if d._stopping.is_set():
                     remaining = d._stop_deadline - d.clock()
                     if not self.inflight or remaining <= 0:
@@ -194,7 +209,7 @@ class _Pair:
         if free <= 0:
             return d.idle_poll_s
         recs = self._fetch(len(self.inflight) + free)
-        fresh = [r for r in recs if bytes(r.batch_id) not in self.inflight][:free]
+        fresh = [r for r in recs if _key(r) not in self.inflight][:free]
         if not fresh:
             self.blocked = None
             return d.idle_poll_s
@@ -223,8 +238,8 @@ class _Pair:
 
     def _submit(self, rec: Any) -> None:
         d = self.d
-        key = bytes(rec.batch_id)
-        batch = OutgoingBatch(tenant=self.tenant, batch_id=key, payload=bytes(rec.payload),
+        key = _key(rec)
+        batch = OutgoingBatch(tenant=self.tenant, batch_id=bytes(rec.batch_id), payload=bytes(rec.payload),
                               sample_count=int(rec.sample_count), host=d.host_of(rec))
         flight = _Flight(key, rec, batch, d.clock())
         self.first_seen.setdefault(key, flight.t0)
@@ -279,7 +294,7 @@ class _Pair:
         self._note_error(first_line(err))
         self.first_seen.pop(flight.key, None)
         log.warning("delivery %s -> %s: batch %s set aside as a dead letter: %s",
-                    self.tenant, self.output.name, flight.key.hex(), first_line(err))
+                    self.tenant, self.output.name, flight.batch.batch_id.hex(), first_line(err))
 
     def _retry_later(self, flight: _Flight, err: BaseException, now: float, note: str | None = None) -> None:
         self.breaker.record_failure()
@@ -295,7 +310,7 @@ class _Pair:
         if self.attempts == 1 or now - self.last_log >= _LOG_EVERY_S:
             self.last_log = now
             log.warning("delivery %s -> %s: batch %s failed (attempt %d, retry in %.1fs, breaker %s): %s",
-                        self.tenant, self.output.name, flight.key.hex(), self.attempts, delay,
+                        self.tenant, self.output.name, flight.batch.batch_id.hex(), self.attempts, delay,
                         self.breaker.state, msg)
 
     def _blocked_by(self, e: TenantCheckError) -> None:
@@ -316,7 +331,7 @@ class _Pair:
                 d.spool.ack(self.tenant, self.output.name, flight.rec.ref)
         except Exception as e:  # noqa: BLE001 - the batch stays pending and is sent again (same id)
             log.error("delivery %s -> %s: spool ack of %s failed: %s",
-                      self.tenant, self.output.name, flight.key.hex(), e)
+                      self.tenant, self.output.name, flight.batch.batch_id.hex(), e)
             self._note_error(f"spool ack failed: {first_line(e)}")
             return False
         return True
@@ -338,7 +353,7 @@ class _Pair:
         d = self.d
         folder = d.deadletter_dir / self.tenant / self.output.name
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        name = flight.key.hex()
+        name = flight.batch.batch_id.hex()
         reason = {
             "batch_id": name,
             "tenant": self.tenant,
