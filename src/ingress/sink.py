@@ -9,13 +9,13 @@ duplicate batch ids and stores each tenant's batches in its own files::
 Request checks, in order, each failure a JSON error ``{"error": {"code", "message"}}``:
 
 ====  =========================  ==============================================
+411   length_required            no Content-Length
+413   too_large                  body larger than ``max_body``
 415   unsupported_media_type     Content-Type is not application/vnd.ingress.batch.v1
 401   unauthorized               no ``Authorization: Bearer``, no ``X-Tenant-ID``
                                  known to the sink, or a key that is not the
                                  tenant's (one answer for all three, so tenant
                                  ids cannot be probed)
-411   length_required            no Content-Length
-413   too_large                  body larger than ``max_body``
 400   bad_batch                  the body is not a valid batch (wire error text)
 400   tenant_mismatch            the batch's tenant is not X-Tenant-ID
 400   idempotency_key_mismatch   Idempotency-Key is not the batch's id

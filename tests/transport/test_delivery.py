@@ -340,3 +340,22 @@ def test_bad_arguments(tmp_path):
         Delivery(FakeSpool([]), [], None, tenants=[], data_dir=tmp_path, window=0)
     with pytest.raises(ValueError, match="unique"):
         Delivery(FakeSpool([]), [ScriptedOutput("a"), ScriptedOutput("a")], None, tenants=[], data_dir=tmp_path)
+
+
+def test_foreign_tenant_check_error_from_an_output_holds_the_batch(tmp_path):
+    class CredentialEmpty(Exception):
+        category, tenant = "credential_empty", "acme"
+
+    state = {"bad": True}
+    out = ScriptedOutput("o1", lambda b: CredentialEmpty("key file is empty") if state["bad"] else None)
+    sp = FakeSpool(["o1"])
+    fill(sp, "acme", 2)
+    d = mk(sp, [out], tmp_path, check_retry_s=0.05)
+    try:
+        assert wait_for(lambda: d.stats()["acme"]["o1"]["tenant_check_failures"].get("credential_empty", 0) >= 2)
+        assert len(sp.unacked("acme", "o1")) == 2
+        assert d.breaker("acme", "o1").snapshot()["failures"] == 0  # not the endpoint's fault
+        state["bad"] = False
+        assert wait_for(lambda: not sp.unacked("acme", "o1"))
+    finally:
+        d.stop(5)

@@ -109,3 +109,17 @@ def test_update_replaces_rules():
     ch.check("acme")
     ch.update({})
     assert _err(ch.check, "acme").category == "tenant_unknown"
+
+
+def test_any_resolver_failure_is_credential_missing():
+    class OtherCheckError(Exception):
+        def __init__(self):
+            super().__init__("tenant 'acme': credential_unreadable: key file /k: Permission denied")
+            self.category, self.tenant, self.detail = "credential_unreadable", "acme", "key file /k: Permission denied"
+
+    def resolver():
+        raise OtherCheckError()
+
+    ch = TenantChecker({"acme": TenantRule(credential=resolver)})
+    e = _err(ch.check, "acme", needs_credential=True)
+    assert e.category == "credential_missing" and e.message == "key file /k: Permission denied"

@@ -89,6 +89,13 @@ class PairStats:
     latencies: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
 
 
+def _is_check_error(err: BaseException) -> bool:
+    """A tenant check failure: ours, or any error carrying ``category`` and ``tenant``
+    (``ingress.tenants.TenantCheckError`` from a credential resolver)."""
+    return isinstance(err, TenantCheckError) or (
+        isinstance(getattr(err, "category", None), str) and isinstance(getattr(err, "tenant", None), str))
+
+
 def _key(rec: Any) -> Any:
     """Identity of a spool record: its ref (the same batch id may be spooled twice)."""
     try:
@@ -271,7 +278,7 @@ class _Pair:
                 s.latencies.append(self._latency(flight, now))
                 s.in_flight = len(self.inflight)
             return
-        if isinstance(err, TenantCheckError):
+        if _is_check_error(err):
             self._blocked_by(err)
             with self.stats_lock:
                 self.stats.in_flight = len(self.inflight)
@@ -313,12 +320,13 @@ class _Pair:
                         self.tenant, self.output.name, flight.batch.batch_id.hex(), self.attempts, delay,
                         self.breaker.state, msg)
 
-    def _blocked_by(self, e: TenantCheckError) -> None:
+    def _blocked_by(self, e: BaseException) -> None:
         d = self.d
-        wait = e.retry_after if e.retry_after is not None else d.check_retry_s
-        self.retry_at = d.clock() + wait
+        ra = getattr(e, "retry_after", None)
+        self.retry_at = d.clock() + (ra if ra is not None else d.check_retry_s)
         with self.stats_lock:
-            self.stats.tenant_check_failures[e.category] += 1
+            c = self.stats.tenant_check_failures
+            c[e.category] = c.get(e.category, 0) + 1
         self._note_error(str(e))
         if self.blocked != e.category:
             log.warning("delivery %s -> %s: held in the spool: %s", self.tenant, self.output.name, e)

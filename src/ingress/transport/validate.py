@@ -122,7 +122,9 @@ class TenantRule:
         ``enabled`` from the tenant's configuration.
     credential
         Resolves the tenant's credential (:func:`env_credential`,
-        :func:`file_credential`); ``None`` when none is configured.
+        :func:`file_credential`, or any ``() -> str`` such as
+        ``ingress.tenants.Tenant.credential``; whatever it raises counts as
+        ``credential_missing``); ``None`` when none is configured.
     max_samples_per_s
         Outgoing quota in samples per second; ``None`` for no quota.
     burst_samples
@@ -207,6 +209,10 @@ class TenantChecker:
             return rule.credential()
         except CredentialMissing as e:
             self._fail("credential_missing", tenant, str(e))
+        except Exception as e:  # noqa: BLE001 - any resolver (e.g. ingress.tenants.Tenant.credential)
+            # A resolver of its own may classify finer (credential_unreadable, ...);
+            # here every such failure is one category, the message keeps the detail.
+            self._fail("credential_missing", tenant, getattr(e, "detail", None) or str(e))
         raise AssertionError("unreachable")
 
     def check(self, tenant: str, needs_credential: bool = False, samples: int = 0) -> None:
