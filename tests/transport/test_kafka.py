@@ -124,3 +124,17 @@ def test_error_classification():
     assert isinstance(classify(KafkaError(KafkaError._TRANSPORT)), RetryableError)
     # A fatal error is the producer's problem, not the batch's: retry with a new producer.
     assert isinstance(classify(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, fatal=True)), RetryableError)
+
+
+def test_docs_list_the_permanent_errors():
+    """docs/outputs.md names exactly the codes the output treats as permanent."""
+    import pathlib
+    import re
+
+    from ingress.transport.kafka import PERMANENT_ERRORS
+
+    doc = pathlib.Path(__file__).resolve().parents[2] / "docs" / "outputs.md"
+    text = doc.read_text()
+    para = text[text.index("**Errors.**"):text.index("**Producer replacement.**")]
+    named = set(re.findall(r"`(_?[A-Z][A-Z_]+)`", para))
+    assert named == set(PERMANENT_ERRORS)

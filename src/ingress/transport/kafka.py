@@ -89,12 +89,15 @@ def budget_options(memory_budget_mb: float) -> dict[str, int]:
     }
 
 
+# Delivery errors no retry can fix (docs/outputs.md lists the same names).
+PERMANENT_ERRORS = ("MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "INVALID_MSG", "TOPIC_EXCEPTION",
+                    "RECORD_LIST_TOO_LARGE", "TOPIC_AUTHORIZATION_FAILED", "INVALID_REQUIRED_ACKS",
+                    "_INVALID_ARG", "_INVALID_TYPE")
+
+
 def _permanent_codes() -> set[int]:
     E = _kafka().KafkaError
-    names = ("MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "CORRUPT_MESSAGE",
-             "INVALID_MSG", "TOPIC_EXCEPTION", "RECORD_LIST_TOO_LARGE", "TOPIC_AUTHORIZATION_FAILED",
-             "_INVALID_ARG", "INVALID_REQUIRED_ACKS", "_INVALID_TYPE")
-    return {getattr(E, n) for n in names if hasattr(E, n)}
+    return {getattr(E, n) for n in PERMANENT_ERRORS}
 
 
 def classify(err: Any) -> TransportError:
