@@ -1,0 +1,399 @@
+"""The HTTP output: one POST per batch.
+
+Request (schema ``ingress-batch/1``)::
+
+    POST <url with {tenant} expanded>
+    Content-Type: application/vnd.ingress.batch.v1
+    Content-Length: <bytes>
+    X-Tenant-ID: <tenant id>
+    Authorization: Bearer <the tenant's credential>
+    Idempotency-Key: <batch id, 32 lowercase hex>
+    User-Agent: ingress/<version>
+
+    <one encoded batch>
+
+Responses are classified here, once:
+
+=====================================  ===================================
+2xx                                    acknowledged: the spool forgets it
+408, 429, 5xx, timeouts, network       :class:`RetryableError`, with
+errors                                 ``retry_after`` from ``Retry-After``
+                                       (seconds or an HTTP date)
+any other status (other 4xx, 3xx)      :class:`PermanentError` carrying the
+                                       status and the body's first line
+=====================================  ===================================
+
+Isolation: every tenant gets its own small set of worker threads (at most
+``concurrency``), each holding one keep-alive connection, so a tenant whose
+endpoint hangs only ties up its own threads until ``timeout_s``; ``submit``
+never blocks. Threads exit after ``idle_s`` without work.
+"""
+from __future__ import annotations
+
+import email.utils
+import http.client
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from typing import Callable, Mapping
+from urllib.parse import urlsplit
+
+from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError
+from ingress.transport.base import Done, OutgoingBatch, Output
+
+log = logging.getLogger("ingress.transport.http")
+
+CONTENT_TYPE = "application/vnd.ingress.batch.v1"
+_MAX_BODY = 1 << 20  # response bytes read; past it the connection is dropped instead
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def _first_line(body: bytes) -> str:
+    text = body.decode("utf-8", "replace")
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return ""
+
+
+class HttpRetryableError(RetryableError):
+    """A retryable HTTP answer; ``status`` and the body's ``first_line`` are kept."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None,
+                 first_line: str = "") -> None:
+        super().__init__(message, retry_after)
+        self.status = status
+        self.first_line = first_line
+
+
+class HttpPermanentError(PermanentError):
+    """A permanent HTTP answer (a 4xx other than 408/429); ``status`` and ``first_line`` kept."""
+
+    def __init__(self, message: str, status: int, first_line: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.first_line = first_line
+
+
+def classify(status: int, body: bytes, retry_after: str | None) -> TransportError | None:
+    """None for 2xx, else the error that status means (see the module table)."""
+    if 200 <= status < 300:
+        return None
+    line = _first_line(body)
+    msg = f"HTTP {status}" + (f": {line}" if line else "")
+    if status in (408, 429) or status >= 500:
+        return HttpRetryableError(msg, status, parse_retry_after(retry_after), line)
+    return HttpPermanentError(msg, status, line)
+
+
+class _Lane:
+    """The queue and worker threads of one tenant."""
+
+    __slots__ = ("queue", "threads", "idle", "busy")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[OutgoingBatch, Done]] = deque()
+        self.threads = 0
+        self.idle = 0
+        self.busy = 0
+
+
+class HttpOutput(Output):
+    """POST batches to an HTTP(S) endpoint, one request per batch.
+
+    Parameters
+    ----------
+    name
+        The output's name.
+    url
+        ``http://`` or ``https://`` URL; ``{tenant}`` in it expands to the tenant id.
+    credential
+        ``credential(tenant) -> str`` (or ``{tenant: callable()}``), the
+        tenant's bearer token, resolved for every request; may raise
+        :class:`~ingress.transport.validate.TenantCheckError`, which is passed
+        to ``done`` so the batch stays in the spool. ``None`` sends no
+        Authorization header.
+    tenants
+        Tenants this output serves; ``None`` for every tenant.
+    timeout_s
+        Socket timeout for sending the request and for each read of the answer.
+    connect_timeout_s
+        Timeout of the TCP (and TLS) connect.
+    verify
+        Verify the server's certificate and host name (default).
+    ca_file
+        CA bundle to verify against instead of the system's.
+    cert_file, key_file
+        Client certificate and key for mutual TLS.
+    concurrency
+        Requests in flight per tenant (threads, each with a keep-alive connection).
+    idle_s
+        A worker thread with nothing to do for this long closes its connection and exits.
+    headers
+        Extra request headers (they cannot replace the contract's headers).
+    """
+
+    type = "http"
+    needs_credential = True
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        credential: Callable[[str], str] | Mapping[str, Callable[[], str]] | None = None,
+        tenants: frozenset[str] | None = None,
+        *,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+        verify: bool = True,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        concurrency: int = 4,
+        idle_s: float = 60.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(name, tenants)
+        parts = urlsplit(url.replace("{tenant}", "tenant"))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"outputs.{name}.url: {url!r} is not an http:// or https:// URL")
+        if (cert_file is None) != (key_file is None) and key_file is not None:
+            raise ConfigError(f"outputs.{name}.key_file: given without cert_file")
+        if concurrency < 1:
+            raise ConfigError(f"outputs.{name}.concurrency: {concurrency!r} must be at least 1")
+        if isinstance(credential, Mapping):
+            creds = dict(credential)
+
+            def credential(tenant: str, _c=creds) -> str:
+                return _c[tenant]()
+
+        self.url = url
+        self.credential = credential
+        self.needs_credential = credential is not None
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.verify = verify
+        self.ca_file = ca_file
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.concurrency = concurrency
+        self.idle_s = idle_s
+        reserved = {"content-type", "content-length", "x-tenant-id", "authorization", "idempotency-key", "host"}
+        bad = [k for k in (headers or {}) if k.lower() in reserved]
+        if bad:
+            raise ConfigError(f"outputs.{name}.headers: {bad[0]!r} is set by ingress and cannot be overridden")
+        self.extra_headers = dict(headers or {})
+        from ingress import __version__
+
+        self.user_agent = f"ingress/{__version__}"
+        self._ssl: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._lanes: dict[str, _Lane] = {}
+        self._closed = False
+        self.connections_opened = 0
+        self.requests = 0
+
+    # -- set-up ---------------------------------------------------------------
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context (built once); file problems are ConfigErrors naming the file."""
+        if self._ssl is None:
+            try:
+                ctx = ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"outputs.{self.name}.ca_file: {self.ca_file}: {e}") from e
+            if not self.verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            if self.cert_file:
+                try:
+                    ctx.load_cert_chain(self.cert_file, self.key_file)
+                except (OSError, ssl.SSLError) as e:
+                    raise ConfigError(f"outputs.{self.name}.cert_file: {self.cert_file}: {e}") from e
+            self._ssl = ctx
+        return self._ssl
+
+    def start(self) -> None:
+        if urlsplit(self.url).scheme == "https":
+            self.ssl_context()
+
+    def target(self, tenant: str) -> tuple[str, str, int, str]:
+        """(scheme, host, port, path with query) of ``tenant``'s URL."""
+        p = urlsplit(self.url.replace("{tenant}", tenant))
+        port = p.port or (443 if p.scheme == "https" else 80)
+        path = (p.path or "/") + (f"?{p.query}" if p.query else "")
+        return p.scheme, p.hostname, port, path
+
+    # -- the output contract ----------------------------------------------------
+    def submit(self, batch: OutgoingBatch, done: Done) -> None:
+        with self._lock:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                lane = self._lanes.get(batch.tenant)
+                if lane is None:
+                    lane = self._lanes[batch.tenant] = _Lane()
+                lane.queue.append((batch, done))
+                spawn = len(lane.queue) > lane.idle and lane.threads < self.concurrency
+                if spawn:
+                    lane.threads += 1
+                else:
+                    self._cond.notify_all()
+        if closed:
+            done(batch, RetryableError(f"http output {self.name} is closed"))
+            return
+        if spawn:
+            threading.Thread(target=self._worker, args=(batch.tenant, lane),
+                             name=f"http-{self.name}-{batch.tenant}", daemon=True).start()
+
+    def _worker(self, tenant: str, lane: _Lane) -> None:
+        conn: http.client.HTTPConnection | None = None
+        key = None
+        try:
+            while True:
+                with self._lock:
+                    lane.idle += 1
+                    deadline = time.monotonic() + self.idle_s
+                    while not lane.queue and not self._closed:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    lane.idle -= 1
+                    if not lane.queue:
+                        lane.threads -= 1
+                        self._cond.notify_all()
+                        return
+                    batch, done = lane.queue.popleft()
+                    lane.busy += 1
+                try:
+                    conn, key, err = self._send(batch, conn, key)
+                except Exception as e:  # noqa: BLE001 - reported through done, never lost
+                    err = RetryableError(f"http output {self.name}: {type(e).__name__}: {e}")
+                    conn = self._drop(conn)
+                with self._lock:
+                    lane.busy -= 1
+                    self._cond.notify_all()
+                try:
+                    done(batch, err)
+                except Exception:  # noqa: BLE001
+                    log.exception("http output %s: done callback failed", self.name)
+        finally:
+            self._drop(conn)
+
+    @staticmethod
+    def _drop(conn: http.client.HTTPConnection | None) -> None:
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        return None
+
+    def _connect(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
+        if scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                host, port, timeout=self.connect_timeout_s, context=self.ssl_context())
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout_s)
+        conn.connect()
+        conn.sock.settimeout(self.timeout_s)
+        with self._lock:
+            self.connections_opened += 1
+        return conn
+
+    def _send(self, batch: OutgoingBatch, conn, key):
+        """One request; returns (connection to keep or None, its key, error or None)."""
+        scheme, host, port, path = self.target(batch.tenant)
+        headers = dict(self.extra_headers)
+        headers.update({
+            "Content-Type": CONTENT_TYPE,
+            "X-Tenant-ID": batch.tenant,
+            "Idempotency-Key": batch.batch_id.hex(),
+            "User-Agent": self.user_agent,
+        })
+        if self.credential is not None:
+            try:
+                headers["Authorization"] = f"Bearer {self.credential(batch.tenant)}"
+            except TransportError as e:
+                return self._drop(conn), None, e
+            except Exception as e:  # noqa: BLE001 - TenantCheckError and friends: keep the batch
+                return conn, key, e
+        want = (scheme, host, port)
+        if conn is not None and key != want:
+            conn = self._drop(conn)
+        where = f"{scheme}://{host}:{port}{path}"
+        for fresh_try in (False, True):
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = self._connect(scheme, host, port)
+                conn.request("POST", path, body=batch.payload, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read(_MAX_BODY)
+                with self._lock:
+                    self.requests += 1
+                if resp.will_close or not resp.isclosed():  # not closed: unread body left over
+                    conn = self._drop(conn)
+                return conn, want, classify(resp.status, body, resp.getheader("Retry-After"))
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                conn = self._drop(conn)
+                # A keep-alive connection the server closed while idle: try once on a new one.
+                if reused and not fresh_try:
+                    continue
+                return None, None, RetryableError(f"{where}: connection lost: {e}")
+            except socket.timeout:
+                conn = self._drop(conn)
+                return None, None, RetryableError(f"{where}: timed out after {self.timeout_s:g}s")
+            except ssl.SSLCertVerificationError as e:
+                conn = self._drop(conn)
+                return None, None, RetryableError(f"{where}: TLS certificate not trusted: {e.verify_message}")
+            except (OSError, http.client.HTTPException) as e:
+                conn = self._drop(conn)
+                return None, None, RetryableError(f"{where}: {type(e).__name__}: {e}")
+        raise AssertionError("unreachable")
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(len(l.queue) + l.busy for l in self._lanes.values())
+
+    def flush(self, timeout: float) -> int:
+        end = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                n = sum(len(l.queue) + l.busy for l in self._lanes.values())
+                left = end - time.monotonic()
+                if n == 0 or left <= 0:
+                    return n
+                self._cond.wait(min(left, 0.1))
+
+    def close(self) -> None:
+        """Stop the workers; batches still queued are reported failed (they stay in the spool)."""
+        with self._lock:
+            self._closed = True
+            queued = [item for l in self._lanes.values() for item in l.queue]
+            for l in self._lanes.values():
+                l.queue.clear()
+            self._cond.notify_all()
+        for batch, done in queued:
+            done(batch, RetryableError(f"http output {self.name} closed before sending"))

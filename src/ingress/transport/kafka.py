@@ -1,0 +1,392 @@
+"""The Kafka output (confluent-kafka / librdkafka).
+
+One message per batch (format ``batch``) or one message per sample (format
+``json``)::
+
+    topic   = the configured topic, "{tenant}" replaced by the tenant id
+    key     = tenant id (all of a tenant's messages land on one partition, in order)
+    headers = tenant-id:    tenant id
+              batch-id:     32 lowercase hex characters
+              schema:       ingress-batch/1 | ingress-json/1
+              host:         the agent's host name
+              sample-count: samples in this message (the batch's count; 1 for json)
+    value   = the encoded batch | one JSON object (see ingress.transport.jsonfmt)
+
+The producer is idempotent with ``acks=all`` (neither can be turned off through
+``options``). A batch counts as delivered only when librdkafka's delivery
+report says so for every message of it; until then it stays in the spool.
+
+Memory bound: librdkafka's own queue defaults to 1 GiB / 100 000 messages,
+enough for a burst after an outage to take the agent far past its memory cap.
+``memory_budget_mb`` sets ``queue.buffering.max.kbytes`` (half the budget),
+``queue.buffering.max.messages`` and ``message.max.bytes`` (an eighth, at
+least 64 KiB and at most 16 MiB); a produce past the bound fails at once with
+a retryable "local queue full" and the batch waits in the spool instead.
+Explicit ``options`` win over these computed values.
+
+Errors in delivery reports are retryable except those no retry can fix
+(message too large, invalid record or topic, topic authorization): those make
+the batch a dead letter.
+
+Producer replacement: a fatal producer error, or a message that timed out
+(``message.timeout.ms``, 30 s here instead of librdkafka's 5 minutes), fails
+the batches the producer still holds as retryable and replaces it with a new
+one, which gets a new producer id. This is what recovers from a broker that
+lost its idempotence state (a restarted in-memory broker answers "unknown
+producer id" forever, and librdkafka would keep bumping the epoch of the old
+id); during a plain outage the new producer simply waits like the old one.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any, Callable, Mapping
+
+from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError, WireError
+from ingress.transport.base import Done, OutgoingBatch, Output
+from ingress.transport.jsonfmt import FORMATS, SCHEMA_BATCH, SCHEMA_JSON, sample_lines
+
+log = logging.getLogger("ingress.transport.kafka")
+
+# Keys ingress sets itself; options may not change them.
+_FIXED = {"enable.idempotence": ("true", True, 1), "acks": ("all", "-1", -1)}
+_RESERVED = ("bootstrap.servers", "on_delivery", "error_cb", "logger")
+
+
+class _LibLog:
+    """librdkafka's log lines, demoted: a refused connection during an outage is
+    expected (the delivery loop reports the outage once, with its counters)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        fac = args[0] if args else ""
+        if fac in ("FAIL", "BROKERFAIL", "CONNECT", "ERROR"):
+            level = min(level, logging.INFO)
+        self.logger.log(min(level, logging.WARNING), fmt, *args)
+
+
+_liblog = _LibLog(log)
+
+
+def _kafka():
+    import confluent_kafka
+
+    return confluent_kafka
+
+
+def budget_options(memory_budget_mb: float) -> dict[str, int]:
+    """The librdkafka queue bounds derived from a memory budget (MiB)."""
+    budget = int(memory_budget_mb * (1 << 20))
+    if budget < (1 << 20):
+        raise ConfigError(f"memory_budget_mb: {memory_budget_mb!r} must be at least 1")
+    return {
+        "queue.buffering.max.kbytes": max(512, budget // 2 // 1024),
+        "queue.buffering.max.messages": max(1000, budget // 512),
+        "message.max.bytes": max(64 << 10, min(budget // 8, 16 << 20)),
+    }
+
+
+# Delivery errors no retry can fix (docs/outputs.md lists the same names).
+PERMANENT_ERRORS = ("MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "INVALID_MSG", "TOPIC_EXCEPTION",
+                    "RECORD_LIST_TOO_LARGE", "TOPIC_AUTHORIZATION_FAILED", "INVALID_REQUIRED_ACKS",
+                    "_INVALID_ARG", "_INVALID_TYPE")
+
+
+def _permanent_codes() -> set[int]:
+    E = _kafka().KafkaError
+    return {getattr(E, n) for n in PERMANENT_ERRORS}
+
+
+def classify(err: Any) -> TransportError:
+    """A librdkafka ``KafkaError`` as a retryable or permanent error."""
+    msg = f"kafka: {err.name()}: {err.str()}"
+    if not err.fatal() and err.code() in _permanent_codes():
+        return PermanentError(msg)
+    return RetryableError(msg)
+
+
+class _Tracker:
+    """Completes one batch once every message of it has its delivery report."""
+
+    __slots__ = ("owner", "batch", "done", "lock", "pending", "sealed", "error", "finished")
+
+    def __init__(self, owner: "KafkaOutput", batch: OutgoingBatch, done: Done) -> None:
+        self.owner = owner
+        self.batch = batch
+        self.done = done
+        self.lock = threading.Lock()
+        self.pending = 0
+        self.sealed = False  # every message is produced (or producing stopped)
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def report(self, err: Any, msg: Any) -> None:
+        if err is not None and err.code() == _kafka().KafkaError._MSG_TIMED_OUT:
+            self.owner._stale = f"{err.name()}: {err.str()}"
+        with self.lock:
+            self.pending -= 1
+            if err is not None and self.error is None:
+                self.error = classify(err)
+            fire = self._ready()
+        if fire:
+            self.done(self.batch, self.error)
+
+    def seal(self, error: BaseException | None = None) -> None:
+        with self.lock:
+            if error is not None and self.error is None:
+                self.error = error
+            self.sealed = True
+            fire = self._ready()
+        if fire:
+            self.done(self.batch, self.error)
+
+    def _ready(self) -> bool:
+        if self.sealed and self.pending == 0 and not self.finished:
+            self.finished = True
+            return True
+        return False
+
+
+class KafkaOutput(Output):
+    """Produce batches to Kafka.
+
+    Parameters
+    ----------
+    name
+        The output's name.
+    brokers
+        ``bootstrap.servers``: ``host:port[,host:port...]``.
+    topic
+        Topic name; ``{tenant}`` expands to the tenant id.
+    tenants
+        Tenants this output serves; ``None`` for every tenant.
+    format
+        ``"batch"`` (one message per batch) or ``"json"`` (one message per sample).
+    options
+        librdkafka configuration passed through (TLS ``ssl.*``, SASL ``sasl.*``,
+        ``security.protocol``, ``linger.ms``, ...). Unknown keys are a
+        :class:`ConfigError` at :meth:`start` naming the key.
+    memory_budget_mb
+        Bound of librdkafka's own buffers (see the module docstring).
+    host
+        Unused unless a batch carries no host; kept for symmetry with other outputs.
+    producer_factory
+        Builds the producer from a config dict (tests); ``confluent_kafka.Producer`` by default.
+    """
+
+    type = "kafka"
+    needs_credential = False
+
+    def __init__(
+        self,
+        name: str,
+        brokers: str,
+        topic: str,
+        tenants: frozenset[str] | None = None,
+        *,
+        format: str = "batch",
+        options: Mapping[str, Any] | None = None,
+        memory_budget_mb: float = 32,
+        producer_factory: Callable[[dict], Any] | None = None,
+    ) -> None:
+        super().__init__(name, tenants)
+        if format not in FORMATS:
+            raise ConfigError(f"outputs.{name}.format: {format!r} is not one of {', '.join(FORMATS)}")
+        if not brokers:
+            raise ConfigError(f"outputs.{name}.brokers: must name at least one host:port")
+        if not topic or not topic.replace("{tenant}", "t").strip():
+            raise ConfigError(f"outputs.{name}.topic: must not be empty")
+        if not re.fullmatch(r"[A-Za-z0-9._\-{}]+", topic) or topic.replace("{tenant}", "").count("{"):
+            raise ConfigError(f"outputs.{name}.topic: {topic!r} is not a valid topic name "
+                              f"(letters, digits, '.', '_', '-' and {{tenant}})")
+        self.brokers = brokers
+        self.topic = topic
+        self.format = format
+        self.schema = SCHEMA_JSON if format == "json" else SCHEMA_BATCH
+        self.options = dict(options or {})
+        for k in self.options:
+            if k in _RESERVED:
+                raise ConfigError(f"outputs.{name}.options.{k}: set by ingress, cannot be given in options")
+            if k in _FIXED and self.options[k] not in _FIXED[k]:
+                raise ConfigError(f"outputs.{name}.options.{k}: {self.options[k]!r}: the producer must stay "
+                                  f"idempotent with acks=all")
+        self.memory_budget_mb = memory_budget_mb
+        self._budget = budget_options(memory_budget_mb)
+        self._factory = producer_factory
+        self._producer: Any = None
+        self._lock = threading.Lock()
+        self._fatal: str | None = None
+        self._stale: str | None = None
+        self.replacements = 0
+        self.last_error: str | None = None
+
+    # -- configuration ----------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The complete librdkafka configuration the producer is built with."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.brokers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "client.id": f"ingress-{self.name}",
+            "compression.type": "lz4" if self.format == "json" else "none",
+            # librdkafka's 300 s default keeps a stuck batch out of the spool's
+            # retry (and the producer-replacing watchdog) for five minutes.
+            "message.timeout.ms": 30000,
+        }
+        conf.update(self._budget)
+        conf.update(self.options)
+        conf["enable.idempotence"] = True
+        conf["acks"] = "all"
+        conf["error_cb"] = self._on_error
+        conf["logger"] = _liblog
+        return conf
+
+    def _build(self) -> Any:
+        factory = self._factory or _kafka().Producer
+        try:
+            return factory(self.config())
+        except _kafka().KafkaException as e:
+            raise self._config_error(e) from None
+
+    def _config_error(self, e: Exception) -> ConfigError:
+        kerr = e.args[0] if e.args else e
+        text = kerr.str() if hasattr(kerr, "str") else str(kerr)
+        m = re.search(r'property "([^"]+)"', text)
+        key = m.group(1) if m else None
+        if key not in self.options:
+            # librdkafka names the canonical property; find which option of ours it was.
+            for k, v in self.options.items():
+                try:
+                    _kafka().Producer({k: v, "logger": _liblog})
+                except _kafka().KafkaException:
+                    key = k
+                    break
+                except Exception:  # noqa: BLE001
+                    continue
+        where = f"outputs.{self.name}.options" + (f".{key}" if key else "")
+        return ConfigError(f"{where}: {text}")
+
+    def start(self) -> None:
+        """Build the producer; an unknown or invalid librdkafka option is a ConfigError naming it."""
+        with self._lock:
+            if self._producer is None:
+                self._producer = self._build()
+
+    def probe(self, timeout: float = 5.0) -> None:
+        """Raise RetryableError unless the brokers answer a metadata request within ``timeout``."""
+        self.start()
+        try:
+            self._producer.list_topics(timeout=timeout)
+        except _kafka().KafkaException as e:
+            raise RetryableError(f"kafka output {self.name}: brokers {self.brokers} unreachable: "
+                                 f"{e.args[0].str() if e.args else e}") from None
+
+    def _on_error(self, err: Any) -> None:
+        self.last_error = f"{err.name()}: {err.str()}"
+        if err.fatal():
+            self._fatal = self.last_error
+            log.error("kafka output %s: fatal producer error, the producer will be replaced: %s",
+                      self.name, self.last_error)
+        else:
+            log.debug("kafka output %s: %s", self.name, self.last_error)
+
+    def topic_for(self, tenant: str) -> str:
+        return self.topic.replace("{tenant}", tenant)
+
+    # -- the output contract ----------------------------------------------------
+    def submit(self, batch: OutgoingBatch, done: Done) -> None:
+        if self._producer is None:
+            self.start()
+        producer = self._producer
+        if self.format == "json":
+            try:
+                values = sample_lines(batch.payload)
+            except WireError as e:
+                done(batch, PermanentError(f"batch {batch.batch_id.hex()} cannot be decoded for json: {e}"))
+                return
+            count = b"1"
+        else:
+            values = [batch.payload]
+            count = str(batch.sample_count).encode()
+        headers = [
+            ("tenant-id", batch.tenant.encode()),
+            ("batch-id", batch.batch_id.hex().encode()),
+            ("schema", self.schema.encode()),
+            ("host", batch.host.encode()),
+            ("sample-count", count),
+        ]
+        topic = self.topic_for(batch.tenant)
+        key = batch.tenant.encode()
+        tracker = _Tracker(self, batch, done)
+        error: BaseException | None = None
+        for v in values:
+            with tracker.lock:
+                tracker.pending += 1
+            try:
+                producer.produce(topic, value=v, key=key, headers=headers, on_delivery=tracker.report)
+            except BufferError:
+                with tracker.lock:
+                    tracker.pending -= 1
+                error = RetryableError(
+                    f"kafka output {self.name}: local queue full (memory_budget_mb={self.memory_budget_mb:g}); "
+                    f"batch kept in the spool")
+                break
+            except _kafka().KafkaException as e:
+                with tracker.lock:
+                    tracker.pending -= 1
+                error = classify(e.args[0])
+                break
+            except Exception as e:  # noqa: BLE001 - e.g. a closed producer
+                with tracker.lock:
+                    tracker.pending -= 1
+                error = RetryableError(f"kafka output {self.name}: {type(e).__name__}: {e}")
+                break
+        tracker.seal(error)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        p = self._producer
+        if p is None:
+            return
+        p.poll(timeout)
+        if self._fatal or self._stale:
+            self._replace()
+
+    def _replace(self) -> None:
+        with self._lock:
+            old, reason = self._producer, self._fatal or self._stale
+            self._fatal = self._stale = None
+            self._producer = self._build()
+            self.replacements += 1
+        # Fail what the dead producer still holds; the spool sends it again.
+        try:
+            old.purge()
+        except Exception:  # noqa: BLE001
+            pass
+        old.flush(1.0)
+        log.warning("kafka output %s: producer replaced after fatal error: %s", self.name, reason)
+
+    def flush(self, timeout: float) -> int:
+        p = self._producer
+        if p is None:
+            return 0
+        return p.flush(timeout)
+
+    def in_queue(self) -> int:
+        """Messages librdkafka holds (queued or awaiting a delivery report)."""
+        p = self._producer
+        return len(p) if p is not None else 0
+
+    def close(self) -> None:
+        with self._lock:
+            p, self._producer = self._producer, None
+        if p is None:
+            return
+        # Unacknowledged messages are dropped here; their batches are still in the spool.
+        try:
+            p.purge()
+        except Exception:  # noqa: BLE001
+            pass
+        p.flush(0.5)
