@@ -100,6 +100,8 @@ BAD = [
      "agent.toml:11: tenants[0].spool.encrypt: expected true or false, got a string \"yes\""),
     ("[agent.spool]\nfsync = \"sometimes\"\n" + BASE.replace("[agent]\n", "[agent]\n", 1),
      'agent.toml:2: agent.spool.fsync: expected "batch" or a duration such as "1s", got "sometimes"'),
+    (BASE + '[agent.collect]\njitter = 0.7\n',
+     "agent.toml:11: agent.collect.jitter: 0.7 is above the maximum 0.5"),
     (BASE.replace("[agent]", "[agent]\nlimits.memory_mb = 1.5"),
      "agent.toml:2: agent.limits.memory_mb: expected an integer, got a float 1.5"),
     (BASE + '[[outputs]]\ntype = "kafka"\nbrokers = "a:1"\n[outputs.options]\n"enable.idempotence" = false\n',
@@ -151,8 +153,8 @@ def test_base_is_valid_and_defaults_apply():
     assert a.data_dir == Path("./ingress-data") and a.shutdown_timeout_s == 10.0
     assert (a.limits.memory_mb, a.limits.cpu_percent, a.limits.disk_write_mb_s, a.limits.ring_mb) == (256, 5.0, 20.0, 32)
     assert (a.batch.max_samples, a.batch.max_bytes, a.batch.max_delay_s) == (50000, 1 << 20, 1.0)
-    assert (a.spool.fsync, a.spool.segment_mb) == ("batch", 16)
-    assert (a.collect.min_interval_s, a.collect.max_interval_s, a.collect.jitter_s) == (1.0, 300.0, 0.0)
+    assert (a.spool.fsync, a.spool.segment_mb) == ("batch", 8)
+    assert (a.collect.min_interval_s, a.collect.max_interval_s, a.collect.jitter) == (1.0, 300.0, 0.1)
     assert a.hostname  # the system's
     assert s.control.listen == "127.0.0.1:8787" and s.control.port == 8787
     o = s.outputs[0]

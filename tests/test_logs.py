@@ -69,3 +69,10 @@ def test_rate_limited_once_per_key_per_interval():
     evs = [json.loads(x) for x in lines(s)]
     assert [(e["msg"], e.get("n"), e.get("suppressed")) for e in evs] == [
         ("refused", 0, None), ("other key", None, None), ("refused", 5, 4)]
+
+
+def test_stdlib_extra_becomes_fields(stream):
+    import logging
+    logging.getLogger("ingress.collect").warning("collector %s slow", "cpu", extra={"collector": "cpu"})
+    ev = json.loads(lines(stream)[0])
+    assert ev["msg"] == "collector cpu slow" and ev["collector"] == "cpu" and "args" not in ev

@@ -34,7 +34,7 @@ __all__ = [
     "HealthCheck", "TenantSpoolSettings", "OutputSettings", "RetrySettings",
     "BreakerSettings", "OPTIONS", "SECTIONS", "TENANT_ID_RE", "KNOWN_COLLECTORS",
     "load", "loads", "default_settings", "parse_duration", "reference_markdown",
-    "Locator",
+    "Locator", "locate",
 ]
 
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -63,7 +63,7 @@ class Limits:
 class CollectSettings:
     min_interval_s: float
     max_interval_s: float
-    jitter_s: float
+    jitter: float
 
 
 @dataclass(frozen=True)
@@ -621,14 +621,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("agent.collect", "max_interval", Duration(positive=True), "5m",
            "Longest interval: a tenant may not ask for more, and the scheduler never "
            "stretches an interval past it under CPU pressure."),
-    Option("agent.collect", "jitter", Duration(), "0s",
-           "Each tenant's first collection is delayed by a random amount up to this, "
-           "so many agents started together do not collect in step."),
+    Option("agent.collect", "jitter", Float(0.0, 0.5), 0.1,
+           "Random offset of each pass, as a fraction of its interval (0 to 0.5), so "
+           "agents started together do not read /proc in step."),
     # [agent.spool]
     Option("agent.spool", "fsync", Fsync(), "batch",
            "`\"batch\"`: every batch is fsynced before it counts as accepted; a duration: "
            "fsync at most that often (faster, loses up to that much on power loss)."),
-    Option("agent.spool", "segment_mb", Int(1, 1024), 16, "Size at which a spool segment file is closed, MiB."),
+    Option("agent.spool", "segment_mb", Int(1, 1024), 8, "Size at which a spool segment file is closed, MiB."),
     # [agent.batch]
     Option("agent.batch", "max_samples", Int(1, 10_000_000), 50000, "Most samples in one batch."),
     Option("agent.batch", "max_bytes", Int(1024), MIB,
@@ -645,7 +645,8 @@ OPTIONS: tuple[Option, ...] = (
            f"The tenant's id, `{TENANT_ID_RE.pattern}`; appears unchanged in topics, "
            "headers, paths and logs."),
     Option("tenants", "enabled", Bool(), True,
-           "A disabled tenant is not collected; what it already spooled is still delivered."),
+           "A disabled tenant is neither collected nor sent; what it already spooled stays "
+           "in the spool until it is enabled again."),
     Option("tenants", "collectors", StrList(Str(), nonempty=True), ["cpu", "memory"],
            "Collectors this tenant receives samples of: "
            + ", ".join(f"`{c}`" for c in KNOWN_COLLECTORS) + "."),
@@ -1254,6 +1255,23 @@ def default_settings() -> Settings:
     return loads(default_text(), DEFAULT_SOURCE)
 
 
+def locate(settings: Settings, path: Iterable) -> str:
+    """``FILE:LINE: path`` of a key in the file ``settings`` came from.
+
+    For errors found after loading (a collector missing from this build, an
+    output setting a transport does not support). The line is omitted when the
+    source cannot be read again.
+    """
+    p = tuple(path)
+    try:
+        text = default_text() if settings.source == DEFAULT_SOURCE else Path(settings.source).read_text("utf-8")
+        line = Locator(text).line(p)
+    except (OSError, UnicodeDecodeError):
+        line = None
+    where = f"{settings.source}:{line}" if line else settings.source
+    return f"{where}: {format_path(p)}"
+
+
 # --------------------------------------------------------------------------- docs
 
 def reference_markdown() -> str:
@@ -1272,5 +1290,23 @@ def reference_markdown() -> str:
     return "\n".join(out)
 
 
-if __name__ == "__main__":  # python -m ingress.config > reference for docs/configuration.md
-    print(reference_markdown(), end="")
+REFERENCE_BEGIN = "<!-- BEGIN reference (generated: python -m ingress.config --write FILE) -->\n"
+REFERENCE_END = "<!-- END reference -->"
+
+
+def write_reference(path: str | Path) -> None:
+    """Replace the generated reference between the markers of ``path`` (docs/configuration.md)."""
+    p = Path(path)
+    text = p.read_text("utf-8")
+    start = text.index(REFERENCE_BEGIN) + len(REFERENCE_BEGIN)
+    end = text.index(REFERENCE_END, start)
+    p.write_text(text[:start] + reference_markdown() + text[end:], "utf-8")
+
+
+if __name__ == "__main__":  # python -m ingress.config [--write docs/configuration.md]
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        write_reference(sys.argv[2])
+    else:
+        print(reference_markdown(), end="")

@@ -29,6 +29,8 @@ from typing import Any, Callable, Hashable, TextIO
 __all__ = ["configure", "get_logger", "Logger", "RateLimiter", "StructuredFormatter"]
 
 ROOT = "ingress"
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -73,9 +75,10 @@ class StructuredFormatter(logging.Formatter):
         event: dict[str, Any] = {"ts": _ts(record.created), "level": record.levelname.lower(),
                                  "logger": record.name, "msg": record.getMessage()}
         fields = getattr(record, "fields", None)
-        if fields:
-            for k, v in fields.items():
-                event[k if k not in ("ts", "level", "logger", "msg") else f"field.{k}"] = v
+        if fields is None:  # a stdlib call with extra={...}: its keys are the fields
+            fields = {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+        for k, v in fields.items():
+            event[k if k not in ("ts", "level", "logger", "msg") else f"field.{k}"] = v
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
         if self.fmt == "json":

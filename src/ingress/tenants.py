@@ -8,7 +8,7 @@ fan-out caches the decision per series).
 
 ``index`` is the tenant's slot in the per-tenant structures (rings, series
 registry): enabled tenants get 0..n-1 in configuration order, disabled tenants
-get ``None`` (they are not collected, but what they spooled is still delivered).
+get ``None`` (they are neither collected nor sent; their spool is kept).
 """
 from __future__ import annotations
 
