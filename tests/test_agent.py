@@ -327,12 +327,12 @@ def test_oversized_batches_are_split(tmp_path):
 PLAN = """
 [[tenants]]
 id = "a"
-collectors = ["cpu", "processes"]
+collectors = ["cpu", "processes", "agent"]
 [tenants.processes]
 match = ["nginx*"]
 [[tenants]]
 id = "b"
-collectors = ["cpu", "processes"]
+collectors = ["cpu", "processes", "agent"]
 [tenants.processes]
 match = ["nginx*"]
 [[tenants]]
@@ -355,10 +355,58 @@ def test_plan_shares_collectors_with_equal_options():
     got = {k: ([t.id for t in b.tenants], b.name, b.options) for k, b in plan.items()}
     assert got == {
         "cpu": (["a", "b"], "cpu", {}),
-        "processes:a": (["a", "b"], "processes", {"match": ["nginx*"], "top": 10, "users": [], "cmdline": []}),
-        "processes:c": (["c"], "processes", {"match": ["postgres"], "top": 3, "users": [], "cmdline": []}),
+        "processes:a": (["a", "b"], "processes", {"match": ["nginx*"], "top": 10, "users": [], "cmdline": ""}),
+        "processes:c": (["c"], "processes", {"match": ["postgres"], "top": 3, "users": [], "cmdline": ""}),
         "memory": (["c"], "memory", {}),
+        # the agent's own figures name tenants: one instance per tenant, never shared
+        "agent:a": (["a"], "agent", {"for_tenant": "a"}),
+        "agent:b": (["b"], "agent", {"for_tenant": "b"}),
     }  # "disk" is only wanted by a disabled tenant: not built at all
+
+
+def test_health_options_are_the_collectors_check_tables():
+    from ingress.agent import collector_options
+
+    s = loads("""
+[[tenants]]
+id = "a"
+collectors = ["health"]
+[[tenants.health]]
+name = "api"
+url = "https://127.0.0.1:8443/h"
+expect_status = 204
+insecure = true
+[[tenants.health]]
+name = "db"
+tcp = "127.0.0.1:5432"
+timeout = "500ms"
+[[outputs]]
+type = "file"
+""")
+    assert collector_options("health", s.tenants[0]) == {"checks": [
+        {"name": "api", "url": "https://127.0.0.1:8443/h", "timeout": 2.0, "expect_status": 204, "insecure": True},
+        {"name": "db", "tcp": "127.0.0.1:5432", "timeout": 0.5}]}
+
+
+def test_agent_figures_only_name_the_asking_tenant(tmp_path):
+    rec = Recorder()
+    agent, holder = make_agent(tmp_path, rec)
+
+    class Rings(FakeRings):
+        def capacity(self, t):
+            return 100
+
+        def dropped(self, t):
+            return 7 * (t + 1)
+
+    agent.rings = Rings(2)
+    agent.registry.refused = lambda t: 0
+    agent.pipeline.on_columns("cpu", agent.pipeline.bindings["cpu"].collector.collect(1))
+    figs = agent.stats_for(["globex"])
+    assert figs["agent.ring.dropped"] == [({"tenant": "globex"}, 14.0)]
+    assert figs["agent.series.count"] == [({"tenant": "globex"}, 2.0)]
+    assert figs["agent.collector.samples"] == [({"collector": "cpu"}, 2.0)]
+    assert "acme" not in json.dumps(figs)
 
 
 def test_collect_once_applies_rules_and_tags(tmp_path):

@@ -70,7 +70,7 @@ BAD = [
      "agent.toml:12: outputs[1].name: 'file-0' is already the name of outputs[0]"),
     (BASE.replace('id = "acme"', 'id = "acme"\ncollectors = ["cpu", "gpu"]'),
      "agent.toml:6: tenants[0].collectors[1]: 'gpu' is not a collector; known: "
-     "cpu, memory, disk, network, connections, processes, health (did you mean 'cpu'?)"),
+     "cpu, memory, disk, network, connections, processes, health, agent (did you mean 'cpu'?)"),
     (BASE.replace('id = "acme"', 'id = "acme"\ncollectors = ["cpu", "cpu"]'),
      "agent.toml:6: tenants[0].collectors[1]: 'cpu' is listed twice (also at [0])"),
     (BASE.replace('id = "acme"', 'id = "acme"\ntags = { team = 5 }'),
@@ -91,9 +91,12 @@ BAD = [
     (BASE + '[tenants.processes]\ntop = 3\n',
      "agent.toml:10: tenants[0].processes: [tenants.processes] is configured but 'processes' is not in this tenant's collectors"),
     (BASE.replace('id = "acme"', 'id = "acme"\ncollectors = ["processes"]') +
-     '[tenants.processes]\ncmdline = ["ok", "bad("]\n',
-     "agent.toml:12: tenants[0].processes.cmdline[1]: 'bad(' is not a valid regular expression: "
+     '[tenants.processes]\ncmdline = "bad("\n',
+     "agent.toml:12: tenants[0].processes.cmdline: 'bad(' is not a valid regular expression: "
      "missing ), unterminated subpattern at position 3"),
+    (BASE.replace('id = "acme"', 'id = "acme"\ncollectors = ["health"]') +
+     '[[tenants.health]]\nname = "db"\ntcp = "127.0.0.1:1"\ninsecure = false\n',
+     "agent.toml:14: tenants[0].health[0].insecure: applies to url checks only"),
     (BASE + '[tenants.spool]\nmax_mb = 0\n',
      "agent.toml:11: tenants[0].spool.max_mb: 0 is below the minimum 1"),
     (BASE + '[tenants.spool]\nencrypt = "yes"\n',
@@ -148,7 +151,7 @@ def test_base_is_valid_and_defaults_apply():
     assert (t.id, t.enabled, t.collectors, t.include, t.exclude) == ("acme", True, ("cpu", "memory"), ("*",), ())
     assert t.interval_s == 10.0 and t.max_series == 10000 and dict(t.tags) == {}
     assert (t.spool.max_mb, t.spool.retention_s, t.spool.encrypt) == (256, 86400.0, False)
-    assert t.processes == config.ProcessesSettings(match=(), top=10, users=(), cmdline=())
+    assert t.processes == config.ProcessesSettings(match=(), top=10, users=(), cmdline="")
     a = s.agent
     assert a.data_dir == Path("./ingress-data") and a.shutdown_timeout_s == 10.0
     assert (a.limits.memory_mb, a.limits.cpu_percent, a.limits.disk_write_mb_s, a.limits.ring_mb) == (256, 5.0, 20.0, 32)

@@ -60,11 +60,21 @@ def collector_options(name: str, t: TenantSettings) -> dict:
     """The ``CollectorSettings.options`` a tenant's configuration asks of collector ``name``."""
     if name == "processes":
         p = t.processes
-        return {"match": list(p.match), "top": p.top, "users": list(p.users), "cmdline": list(p.cmdline)}
+        return {"match": list(p.match), "top": p.top, "users": list(p.users), "cmdline": p.cmdline}
     if name == "health":
-        return {"checks": [{"name": h.name, "url": h.url, "tcp": h.tcp, "process": h.process,
-                            "timeout_s": h.timeout_s, "expect_status": h.expect_status}
-                           for h in t.health]}
+        checks = []
+        for h in t.health:
+            c: dict[str, Any] = {"name": h.name, h.kind: getattr(h, h.kind), "timeout": h.timeout_s}
+            if h.expect_status is not None:
+                c["expect_status"] = h.expect_status
+            if h.insecure:
+                c["insecure"] = True
+            checks.append(c)
+        return {"checks": checks}
+    if name == "agent":
+        # One instance per tenant: its figures name tenants and collectors, and a
+        # tenant may only see its own.
+        return {"for_tenant": t.id}
     return {}
 
 
@@ -113,8 +123,12 @@ def plan_collectors(tenants: Sequence[Tenant]) -> dict[str, Binding]:
     return out
 
 
-def build_collectors(plan: Mapping[str, Binding], settings: Settings) -> dict[str, Binding]:
+def build_collectors(plan: Mapping[str, Binding], settings: Settings,
+                     stats_provider: Callable[[Binding], Callable[[], dict]] | None = None) -> dict[str, Binding]:
     """Instantiate the planned collectors from ``ingress.collect.COLLECTORS``.
+
+    ``stats_provider(binding)`` returns the figures callable handed to an
+    ``agent`` collector (see :meth:`Agent.stats_for`).
 
     Raises
     ------
@@ -127,6 +141,10 @@ def build_collectors(plan: Mapping[str, Binding], settings: Settings) -> dict[st
 
     ids = [t.id for t in settings.tenants]
     for b in plan.values():
+        options = dict(b.options)
+        if b.name == "agent":
+            del options["for_tenant"]
+            options["stats_provider"] = stats_provider(b) if stats_provider is not None else None
         first = b.tenants[0]
         where = locate(settings, ("tenants", ids.index(first.id), "collectors",
                                   first.collectors.index(b.name)))
@@ -135,7 +153,7 @@ def build_collectors(plan: Mapping[str, Binding], settings: Settings) -> dict[st
             raise ConfigError(f"{where}: collector {b.name!r} is not available in this build "
                               f"(available: {', '.join(sorted(COLLECTORS))})")
         try:
-            b.collector = cls(CollectorSettings(options=dict(b.options)))
+            b.collector = cls(CollectorSettings(options=options))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return dict(plan)
@@ -245,6 +263,7 @@ class Pipeline:
         self.encode = encode
         self.stats = {t.id: TenantStats() for t in self.tenants}
         self.flush_wanted = threading.Event()
+        self.last_samples: dict[str, int] = {}
         self._by_id = {t.id: t for t in self.tenants}
         self._lock = threading.Lock()
         self._s = np.empty(max_samples, np.uint32)
@@ -260,6 +279,7 @@ class Pipeline:
 
     def on_columns(self, name: str, cols: Any, tenant_ids: Iterable[str] = ()) -> None:
         """Scheduler callback: fan a pass out and push each tenant's share into its ring."""
+        self.last_samples[name] = len(cols)
         if len(cols) == 0:
             return
         with self._lock:
@@ -472,7 +492,7 @@ class Agent:
             rings = RingSet(n, settings.agent.limits.ring_mb * MIB, "drop_oldest")
         self.registry, self.rings = registry, rings
         if bindings is None:
-            bindings = build_collectors(plan_collectors(enabled), settings)
+            bindings = build_collectors(plan_collectors(enabled), settings, self._stats_provider)
         a = settings.agent
         self.pipeline = Pipeline(enabled, bindings, self.registry, self.rings, a.hostname,
                                  a.batch.max_samples, a.batch.max_bytes, encode)
@@ -488,6 +508,41 @@ class Agent:
         self._started = False
         self._summary = all(o.type == "file" for o in settings.outputs)
         self._last_summary: dict[str, int] = {}
+
+    # -- self metrics ---------------------------------------------------------------------
+
+    def _stats_provider(self, b: Binding) -> Callable[[], dict]:
+        tenant_ids = tuple(t.id for t in b.tenants)
+        return lambda: self.stats_for(tenant_ids)
+
+    def stats_for(self, tenant_ids: Iterable[str]) -> dict:
+        """Pipeline figures for the ``agent`` collector, limited to ``tenant_ids``.
+
+        Ring fill and drops, series counts and refusals per tenant; the effective
+        interval and last sample count of each collector serving those tenants.
+        """
+        wanted = set(tenant_ids)
+        p = getattr(self, "pipeline", None)
+        if p is None:  # called before construction finished
+            return {}
+        fill, dropped, count, refused = [], [], [], []
+        for t in p.tenants:
+            if t.id not in wanted:
+                continue
+            tags = {"tenant": t.id}
+            cap = self.rings.capacity(t.index)
+            fill.append((tags, self.rings.size(t.index) / cap if cap else 0.0))
+            dropped.append((tags, float(self.rings.dropped(t.index))))
+            count.append((tags, float(self.registry.count(t.index))))
+            refused.append((tags, float(self.registry.refused(t.index))))
+        out: dict[str, Any] = {"agent.ring.fill": fill, "agent.ring.dropped": dropped,
+                               "agent.series.count": count, "agent.series.refused": refused}
+        mine = [k for k, b in p.bindings.items() if wanted & {t.id for t in b.tenants}]
+        intervals = getattr(self.scheduler, "effective_intervals", lambda: {})()
+        out["agent.collector.interval"] = [({"collector": k}, float(intervals[k])) for k in mine if k in intervals]
+        out["agent.collector.samples"] = [({"collector": k}, float(p.last_samples[k]))
+                                          for k in mine if k in p.last_samples]
+        return out
 
     # -- one cycle, nothing sent ----------------------------------------------------------
 
@@ -551,14 +606,13 @@ class Agent:
                  data_dir=str(a.data_dir), host=a.hostname)
 
     def _tenant_checker(self) -> Any:
-        from ingress.transport.validate import TenantChecker, TenantRule, env_credential, file_credential
+        from ingress.transport.validate import TenantChecker, TenantRule
 
-        rules = {}
-        for t in self.settings.tenants:
-            cred = (env_credential(t.api_key_env) if t.api_key_env else
-                    file_credential(t.api_key_file) if t.api_key_file else None)
-            rules[t.id] = TenantRule(enabled=t.enabled, credential=cred)
-        return TenantChecker(rules)
+        # Credentials are resolved by ingress.tenants at every use (a key file can
+        # be rotated); the checker counts failures per tenant and category.
+        return TenantChecker({t.id: TenantRule(enabled=t.enabled,
+                                               credential=t.credential if t.has_credential else None)
+                              for t in self.tenants})
 
     def _default_delivery(self, checker: Any) -> Callable[[Any], Any]:
         from ingress.transport.breaker import CircuitBreaker

@@ -42,7 +42,7 @@ OUTPUT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 CHECK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 TAG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 KAFKA_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-KNOWN_COLLECTORS = ("cpu", "memory", "disk", "network", "connections", "processes", "health")
+KNOWN_COLLECTORS = ("cpu", "memory", "disk", "network", "connections", "processes", "health", "agent")
 OUTPUT_TYPES = ("kafka", "http", "file")
 # Headers whose meaning the contract fixes; an output may not override them.
 RESERVED_HEADERS = frozenset({"authorization", "x-tenant-id", "content-type", "idempotency-key"})
@@ -111,7 +111,7 @@ class ProcessesSettings:
     match: tuple[str, ...]
     top: int
     users: tuple[str, ...]
-    cmdline: tuple[str, ...]
+    cmdline: str
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ class HealthCheck:
     process: str | None
     timeout_s: float
     expect_status: int | None
+    insecure: bool
 
     @property
     def kind(self) -> str:
@@ -649,7 +650,9 @@ OPTIONS: tuple[Option, ...] = (
            "in the spool until it is enabled again."),
     Option("tenants", "collectors", StrList(Str(), nonempty=True), ["cpu", "memory"],
            "Collectors this tenant receives samples of: "
-           + ", ".join(f"`{c}`" for c in KNOWN_COLLECTORS) + "."),
+           + ", ".join(f"`{c}`" for c in KNOWN_COLLECTORS)
+           + " (`agent`: the agent's own figures, this tenant's only). docs/collectors.md lists "
+           "their metrics."),
     Option("tenants", "include", StrList(Glob(), doc="list of globs"), ["*"],
            "Metric-name globs; a sample is kept when its name matches one."),
     Option("tenants", "exclude", StrList(Glob(), doc="list of globs"), [],
@@ -671,14 +674,15 @@ OPTIONS: tuple[Option, ...] = (
            "Cardinality cap: series past it are refused and counted."),
     # [tenants.processes]
     Option("tenants.processes", "match", StrList(Glob(), doc="list of globs"), [],
-           "Process-name globs to report."),
+           "Process-name globs (the kernel's `comm`) of processes reported individually; "
+           "empty: none, only the top N."),
     Option("tenants.processes", "top", Int(0, 1000), 10,
-           "Also report the top N processes by CPU and the top N by memory."),
+           "Also report the top N processes by CPU and the top N by resident memory."),
     Option("tenants.processes", "users", StrList(Str()), [],
-           "When not empty, only processes of these user names are considered."),
-    Option("tenants.processes", "cmdline", StrList(Regex(), doc="list of regexes"), [],
-           "Regular expressions; a process whose command line matches one (`re.search`) "
-           "is reported."),
+           "When not empty, a matched process must also run as one of these users (names or uids)."),
+    Option("tenants.processes", "cmdline", Regex(doc="regex", empty=True), "",
+           "When not empty, a matched process's command line must also contain this regular "
+           "expression (`re.search`)."),
     # [[tenants.health]]
     Option("tenants.health", "name", Str(CHECK_NAME_RE, "check name"), REQUIRED,
            "The check's name, unique within the tenant; the `check` tag of its samples."),
@@ -690,6 +694,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("tenants.health", "timeout", Duration(positive=True), "2s", "Time limit of one check."),
     Option("tenants.health", "expect_status", Int(100, 599), None,
            "HTTP status that counts as healthy (url checks only).", default_doc="any 2xx"),
+    Option("tenants.health", "insecure", Bool(), False,
+           "Skip TLS certificate verification (https url checks only)."),
     # [tenants.spool]
     Option("tenants.spool", "max_mb", Int(1), 256,
            "Spool quota, MiB: past it the tenant's oldest data goes first."),
@@ -1112,6 +1118,7 @@ def _build_tenant(ctx: _Ctx, raw: Any, i: int, agent: AgentSettings) -> TenantSe
         _check_interval(ctx, path + ("interval",), t["interval_s"], agent.collect)
     checks = []
     names: dict[str, int] = {}
+    raw_checks = raw.get("health", [])
     for j, h in enumerate(t.pop("health")):
         hp = path + ("health", j)
         given = [k for k in ("url", "tcp", "process") if h[k] is not None]
@@ -1119,8 +1126,9 @@ def _build_tenant(ctx: _Ctx, raw: Any, i: int, agent: AgentSettings) -> TenantSe
             msg = ("needs one of url, tcp, process" if not given
                    else f"give one of url, tcp, process, not {' and '.join(given)}")
             raise ctx.error(hp + ((given[1],) if len(given) > 1 else ()), msg)
-        if h["expect_status"] is not None and h["url"] is None:
-            raise ctx.error(hp + ("expect_status",), "applies to url checks only")
+        for k in ("expect_status", "insecure"):
+            if k in raw_checks[j] and h["url"] is None:
+                raise ctx.error(hp + (k,), "applies to url checks only")
         if h["name"] in names:
             raise ctx.error(hp + ("name",), f"{h['name']!r} is already the name of "
                                             f"{format_path(path + ('health', names[h['name']]))}")
