@@ -157,6 +157,8 @@ def test_run_duration_spools_delivers_decodes_and_reports(tmp_path):
     assert st.returncode == 0, st.stderr.decode()
     stats = json.loads(st.stdout)
     assert set(stats) == {"acme", "globex"}
+    # the stop let the healthy file output take everything, the last flush included
+    assert [v["samples_pending"] for v in stats.values()] == [0, 0]
     assert all({"segments", "bytes", "oldest_age_s", "samples_pending"} <= set(v) for v in stats.values())
     table = ingress_cmd("spool", "stats", "-c", cfg).stdout.decode().splitlines()
     assert table[0].split()[:3] == ["tenant", "segments", "bytes"] and [r.split()[0] for r in table[1:]] == ["acme", "globex"]

@@ -507,7 +507,7 @@ class Agent:
         self._stop = threading.Event()
         self._started = False
         self._summary = all(o.type == "file" for o in settings.outputs)
-        self._last_summary: dict[str, int] = {}
+        self._last_summary: dict[str, tuple[int, int]] = {}
 
     # -- self metrics ---------------------------------------------------------------------
 
@@ -688,18 +688,39 @@ class Agent:
             d.notify(t.id)
 
     def _log_summary(self) -> None:
-        samples = {}
+        # One line per interval while only file outputs run (`make run`): the
+        # samples and batches since the last line, per tenant.
+        samples, batches = {}, {}
         for tid, st in self.pipeline.stats.items():
-            samples[tid] = st.collected - self._last_summary.get(tid, 0)
-            self._last_summary[tid] = st.collected
+            last = self._last_summary.get(tid, (0, 0))
+            samples[tid] = st.collected - last[0]
+            batches[tid] = st.spooled_batches - last[1]
+            self._last_summary[tid] = (st.collected, st.spooled_batches)
         if any(samples.values()):
-            log.info("collected", samples=samples,
-                     series={t.id: self.registry.count(t.index) for t in self.tenants.enabled},
-                     spooled_batches={tid: st.spooled_batches for tid, st in self.pipeline.stats.items()})
+            log.info("collected", samples=samples, batches=batches,
+                     series={t.id: self.registry.count(t.index) for t in self.tenants.enabled})
 
     def stop(self) -> None:
         """Graceful stop: collectors, then rings -> spool, then outputs within the timeout."""
         self._shutdown(timeout=self.settings.agent.shutdown_timeout_s, flush=True)
+
+    def _pending_batches(self) -> int:
+        stats = getattr(self.spool, "stats", None)
+        if stats is None:
+            return 0
+        return sum(int(v.get("batches_pending", 0)) for v in stats().values())
+
+    def _drain(self, deadline: float) -> None:
+        """Let healthy outputs take what is spooled, until ``deadline``.
+
+        A stop should not leave the last batches behind when the outputs could
+        take them; but an output that is failing gets no extra wait (its
+        batches stay in the spool for the next start).
+        """
+        while time.monotonic() < deadline and self._pending_batches():
+            if any(getattr(d, "problems", lambda: [])() for d in self.deliveries):
+                return
+            time.sleep(0.05)
 
     def _shutdown(self, timeout: float, flush: bool) -> None:
         deadline = time.monotonic() + timeout
@@ -712,6 +733,7 @@ class Agent:
             steps.append(("collectors", lambda: self.scheduler.stop(timeout=max(left(), 1.0))))
         if flush and self.spool is not None:
             steps.append(("flush", self.flush))
+            steps.append(("drain", lambda: self._drain(deadline)))
         for d in self.deliveries:
             steps.append(("delivery", lambda d=d: d.stop(timeout=left())))
         for o in self.outputs:
