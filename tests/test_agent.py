@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from ingress.agent import Agent, Binding, LoopScheduler, Pipeline, plan_collectors, sample_json
+from ingress.agent import Agent, Binding, plan_collectors, sample_json
 from ingress.collect.base import COUNTER, GAUGE, Columns, SeriesTable
 from ingress.config import loads
 from ingress.errors import IngressError, RetryableError
@@ -423,22 +423,6 @@ def test_sample_json_is_the_contract_line():
     line = sample_json("acme", "cpu.time", {"cpu": "0"}, 17, 1.5)
     assert line == '{"tenant": "acme", "name": "cpu.time", "tags": {"cpu": "0"}, "ts": 17, "value": 1.5}'
     assert json.loads(sample_json("a", "m", {}, 1, float("nan"), host="h"))["value"] is None
-
-
-def test_loop_scheduler_serves_due_tenants():
-    got = []
-    done = threading.Event()
-    col = FakeCollector("cpu", SERIES[:1])
-
-    def on_columns(name, cols, tenants):
-        got.append((name, tenants, len(cols)))
-        done.set()
-
-    s = LoopScheduler({"cpu": col}, {"cpu": {"a": 5.0, "b": 10.0}}, on_columns)
-    s.start()
-    assert done.wait(10)
-    assert s.stop(10)
-    assert got[0] == ("cpu", ("a", "b"), 1)  # every tenant is due on the first pass
 
 
 def test_spool_refusal_is_counted_not_raised(tmp_path):

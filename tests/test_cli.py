@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import ingress
 
 SAMPLE_KEYS = ["tenant", "name", "tags", "ts", "value"]

@@ -96,9 +96,9 @@ def oracle(tenant, registry, table, local_ids, values):
     return out
 
 
-def received(registry, delivery, kinds=False):
-    t = delivery.tenant.index
-    rows = zip(delivery.series.tolist(), delivery.values.tolist(), delivery.kinds.tolist())
+def received(registry, share, kinds=False):
+    t = share.tenant.index
+    rows = zip(share.series.tolist(), share.values.tolist(), share.kinds.tolist())
     return [(*registry.key(t, s), v) + ((k,) if kinds else ()) for s, v, k in rows]
 
 
@@ -156,7 +156,7 @@ def test_rules_and_interning_run_once_per_new_series():
     reg = FakeRegistry(3, [100, 100, 100])
     fan = FanOut(reg)
     table = SeriesTable()
-    ids = np.array([table.intern(f"cpu.user", {"cpu": str(i)}) for i in range(10)], np.uint32)
+    ids = np.array([table.intern("cpu.user", {"cpu": str(i)}) for i in range(10)], np.uint32)
     vals = np.arange(10, dtype=np.float64)
     fan.route("x", table, ids, vals, 0, ts.enabled)
     decided, interned = fan.new_series, reg.interns

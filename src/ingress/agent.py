@@ -34,7 +34,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -47,7 +47,7 @@ from ingress.logs import get_logger
 from ingress.tenants import Tenant, TenantSet
 
 __all__ = ["Agent", "Pipeline", "Binding", "plan_collectors", "build_collectors", "build_outputs",
-           "collector_options", "sample_json", "LoopScheduler"]
+           "collector_options", "sample_json", "make_scheduler"]
 
 MIB = 1 << 20
 EVICT_EVERY_S = 60.0
@@ -271,7 +271,7 @@ class Pipeline:
         self._v = np.empty(max_samples, np.float64)
 
     def route(self, name: str, cols: Any, tenant_ids: Iterable[str] = ()) -> list:
-        """Fan one pass out; returns the per-tenant deliveries (no ring involved)."""
+        """Fan one pass out; returns the per-tenant shares (no ring involved)."""
         b = self.bindings[name]
         ids = tuple(tenant_ids)
         tenants = [self._by_id[t] for t in ids if t in self._by_id] if ids else b.tenants
@@ -351,65 +351,17 @@ def sample_json(tenant: str, name: str, tags: Mapping[str, str], ts: int, value:
 
 # --------------------------------------------------------------------------- scheduling
 
-class LoopScheduler:
-    """Runs each collector when one of its tenants is due, in turn, on one thread.
-
-    The stand-in for :class:`ingress.collect.scheduler.Scheduler` (same
-    constructor keywords and ``start``/``stop``); :func:`make_scheduler` prefers
-    the real one. No stretching, no per-collector workers.
-    """
-
-    def __init__(self, collectors: Mapping[str, Any], tenant_intervals: Mapping[str, Mapping[str, float]],
-                 on_columns: Callable[[str, Any, tuple[str, ...]], None],
-                 wall_clock: Callable[[], int] = time.time_ns, clock: Callable[[], float] = time.monotonic) -> None:
-        self._collectors = dict(collectors)
-        self._intervals = {n: dict(v) for n, v in tenant_intervals.items()}
-        self._on_columns = on_columns
-        self._wall, self._clock = wall_clock, clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="ingress-collect", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        now = self._clock()
-        due = {(n, t): now for n, ts in self._intervals.items() for t in ts}
-        while not self._stop.is_set():
-            now = self._clock()
-            for name, col in self._collectors.items():
-                tenants = tuple(t for t in self._intervals[name] if due[(name, t)] <= now)
-                if not tenants:
-                    continue
-                try:
-                    self._on_columns(name, col.collect(self._wall()), tenants)
-                except Exception as e:  # one broken collector must not stop the others
-                    log.every(("collector failed", name), 60.0).exception(
-                        "collector pass failed", collector=name, error=str(e))
-                for t in tenants:
-                    every = self._intervals[name][t]
-                    due[(name, t)] = max(due[(name, t)] + every, now + every / 2)
-            wake = min(due.values(), default=now + 1.0)
-            self._stop.wait(max(0.0, wake - self._clock()))
-
-    def stop(self, timeout: float = 10.0) -> bool:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
-
-
 def make_scheduler(settings: Settings, bindings: Mapping[str, Binding],
                    on_columns: Callable[[str, Any, tuple[str, ...]], None]) -> Any:
-    """The adaptive scheduler when this build has it, else :class:`LoopScheduler`."""
+    """The adaptive scheduler over the planned collectors, each tenant at its interval.
+
+    A collector runs at the shortest interval of its tenants; each pass names
+    the tenants it is for (see :class:`ingress.collect.scheduler.Scheduler`).
+    """
+    from ingress.collect.scheduler import Scheduler
+
     collectors = {k: b.collector for k, b in bindings.items()}
     tenant_intervals = {k: {t.id: t.interval_s for t in b.tenants} for k, b in bindings.items()}
-    try:
-        from ingress.collect.scheduler import Scheduler
-    except ImportError:
-        return LoopScheduler(collectors, tenant_intervals, on_columns)
     c = settings.agent.collect
     return Scheduler(collectors, {k: min(v.values()) for k, v in tenant_intervals.items()},
                      min_interval=c.min_interval_s, max_interval=c.max_interval_s,

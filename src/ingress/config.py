@@ -15,16 +15,15 @@ another's.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import math
 import re
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from ingress.errors import ConfigError
 
@@ -426,16 +425,6 @@ class StrList(Kind):
         return tuple(out)
 
 
-class Glob(Str):
-    def convert(self, v: Any) -> str:
-        s = super().convert(v)
-        try:
-            re.compile(fnmatch.translate(s))
-        except re.error as e:  # pragma: no cover - translate escapes nearly everything
-            raise _Bad(f"{s!r} is not a valid glob: {e}") from None
-        return s
-
-
 class Regex(Str):
     def convert(self, v: Any) -> str:
         s = super().convert(v)
@@ -653,9 +642,9 @@ OPTIONS: tuple[Option, ...] = (
            + ", ".join(f"`{c}`" for c in KNOWN_COLLECTORS)
            + " (`agent`: the agent's own figures, this tenant's only). docs/collectors.md lists "
            "their metrics."),
-    Option("tenants", "include", StrList(Glob(), doc="list of globs"), ["*"],
+    Option("tenants", "include", StrList(Str(), doc="list of globs"), ["*"],
            "Metric-name globs; a sample is kept when its name matches one."),
-    Option("tenants", "exclude", StrList(Glob(), doc="list of globs"), [],
+    Option("tenants", "exclude", StrList(Str(), doc="list of globs"), [],
            "Metric-name globs; a matching sample is dropped even when included."),
     Option("tenants", "interval", Duration(positive=True), COMPUTED,
            "This tenant's collection interval.", default_doc="`agent.interval`"),
@@ -673,7 +662,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tenants", "max_series", Int(1, 10_000_000), 10000,
            "Cardinality cap: series past it are refused and counted."),
     # [tenants.processes]
-    Option("tenants.processes", "match", StrList(Glob(), doc="list of globs"), [],
+    Option("tenants.processes", "match", StrList(Str(), doc="list of globs"), [],
            "Process-name globs (the kernel's `comm`) of processes reported individually; "
            "empty: none, only the top N."),
     Option("tenants.processes", "top", Int(0, 1000), 10,
@@ -689,7 +678,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tenants.health", "url", Url(), None, "HTTP(S) URL to GET.", default_doc="none"),
     Option("tenants.health", "tcp", HostPort(), None, "Address to open a TCP connection to.",
            default_doc="none"),
-    Option("tenants.health", "process", Glob(), None,
+    Option("tenants.health", "process", Str(), None,
            "Process-name glob; healthy while a matching process runs.", default_doc="none"),
     Option("tenants.health", "timeout", Duration(positive=True), "2s", "Time limit of one check."),
     Option("tenants.health", "expect_status", Int(100, 599), None,
@@ -1134,14 +1123,13 @@ def _build_tenant(ctx: _Ctx, raw: Any, i: int, agent: AgentSettings) -> TenantSe
                                             f"{format_path(path + ('health', names[h['name']]))}")
         names[h["name"]] = j
         checks.append(HealthCheck(**h))
-    has = (raw if isinstance(raw, dict) else {})
     if "health" in t["collectors"] and not checks:
         raise ctx.error(path + ("collectors",), "the health collector needs at least one "
                                                 "[[tenants.health]] check")
     if checks and "health" not in t["collectors"]:
         raise ctx.error(path + ("health",), "checks are configured but 'health' is not "
                                             "in this tenant's collectors")
-    if "processes" in has and "processes" not in t["collectors"]:
+    if "processes" in raw and "processes" not in t["collectors"]:
         raise ctx.error(path + ("processes",), "[tenants.processes] is configured but "
                                                "'processes' is not in this tenant's collectors")
     return TenantSettings(

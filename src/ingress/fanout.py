@@ -26,14 +26,14 @@ Invalidation:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Hashable, Iterable, Mapping, Protocol
 
 import numpy as np
 
 from ingress.tenants import Tenant
 
-__all__ = ["FanOut", "Route", "Delivery", "UNMAPPED", "EXCLUDED", "REFUSED"]
+__all__ = ["FanOut", "Route", "Share", "UNMAPPED", "EXCLUDED", "REFUSED"]
 
 UNMAPPED = np.uint32(0xFFFFFFFF)
 EXCLUDED = np.uint32(0xFFFFFFFE)
@@ -46,7 +46,7 @@ class Registry(Protocol):
 
 
 @dataclass
-class Delivery:
+class Share:
     """What one tenant gets from one pass: aligned columns ready for ``RingSet.push``."""
 
     tenant: Tenant
@@ -112,14 +112,14 @@ class FanOut:
         self.new_series = 0  # rule evaluations + interns so far (for tests and metrics)
 
     def route(self, source: Hashable, table: Any, local_ids: np.ndarray, values: np.ndarray,
-              ts: int, tenants: Iterable[Tenant]) -> list[Delivery]:
+              ts: int, tenants: Iterable[Tenant]) -> list[Share]:
         """Fan one pass of ``source`` (a collector) out to ``tenants``.
 
         ``local_ids`` index ``table`` (the collector's SeriesTable); ``values`` is
-        aligned with it. Returns one :class:`Delivery` per tenant with at least
+        aligned with it. Returns one :class:`Share` per tenant with at least
         one sample kept.
         """
-        out: list[Delivery] = []
+        out: list[Share] = []
         if len(local_ids) == 0:
             return out
         kinds_all = table.kinds[local_ids]
@@ -134,7 +134,7 @@ class FanOut:
                 counts = self.counts[tenant.id] = TenantCounts()
             if m.max() < _FIRST_SENTINEL:  # steady state: every series known and kept
                 counts.delivered += len(m)
-                out.append(Delivery(tenant, m, values, kinds_all, ts))
+                out.append(Share(tenant, m, values, kinds_all, ts))
                 continue
             unmapped = m == UNMAPPED
             if unmapped.any():
@@ -147,7 +147,7 @@ class FanOut:
             counts.excluded += len(m) - n_keep - refused
             counts.delivered += n_keep
             if n_keep:
-                out.append(Delivery(tenant, m[keep], values[keep], kinds_all[keep], ts))
+                out.append(Share(tenant, m[keep], values[keep], kinds_all[keep], ts))
         return out
 
     def _decide(self, r: Route, table: Any, ids: np.ndarray, tenant: Tenant) -> None:
