@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import ingress
 
 SAMPLE_KEYS = ["tenant", "name", "tags", "ts", "value"]
@@ -206,3 +208,51 @@ url = "http://127.0.0.1:9/in"
     assert p.returncode == 1
     assert one_error_line(p) == ("tenant 'acme': credential_missing: environment variable "
                                  "INGRESS_TEST_UNSET_KEY is not set")
+
+
+@pytest.mark.integration
+def test_run_delivers_to_the_reference_sink_with_each_tenants_credential(tmp_path):
+    """Agent -> HTTP output -> sink over loopback; credentials from env and from a key file."""
+    from ingress import wire
+    from ingress.sink import SinkServer
+    from ingress.transport.file import read_batches
+
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[tenants]\nacme = "acme-key"\nglobex = "globex-key"\n')
+    (tmp_path / "globex.key").write_text("globex-key\n")
+    sink = SinkServer("127.0.0.1:0", tmp_path / "sink", keys).start()
+    try:
+        cfg = write_config(tmp_path, f"""\
+[agent]
+data_dir = "{tmp_path / 'data'}"
+interval = "1s"
+[agent.batch]
+max_delay = "200ms"
+
+[[tenants]]
+id = "acme"
+api_key_env = "INGRESS_TEST_ACME_KEY"
+
+[[tenants]]
+id = "globex"
+collectors = ["memory"]
+api_key_file = "{tmp_path / 'globex.key'}"
+
+[[outputs]]
+type = "http"
+url = "{sink.url}v1/batches"
+""")
+        env = dict(os.environ, INGRESS_TEST_ACME_KEY="acme-key")
+        p = ingress_cmd("run", "-c", cfg, "--duration", "3", env=env, timeout=90)
+        assert p.returncode == 0, p.stderr.decode()
+        stats = json.loads(ingress_cmd("spool", "stats", "-c", cfg, "--json").stdout)
+    finally:
+        sink.stop()
+    for tenant in ("acme", "globex"):
+        files = sorted((tmp_path / "sink" / tenant).glob("*.ibatch"))
+        batches = [wire.decode(b) for f in files for b in read_batches(f)]
+        assert batches and {b.tenant for b in batches} == {tenant}
+        assert stats[tenant]["samples_pending"] == 0  # every spooled batch was acknowledged
+    globex_names = {b.series[i][0] for f in sorted((tmp_path / "sink" / "globex").glob("*.ibatch"))
+                    for b in map(wire.decode, read_batches(f)) for i in b.series_index.tolist()}
+    assert globex_names and all(n.startswith("memory.") for n in globex_names)

@@ -95,7 +95,7 @@ class Route:
 
 
 class FanOut:
-    """Maps collector passes to per-tenant deliveries.
+    """Maps collector passes to per-tenant shares.
 
     Parameters
     ----------
