@@ -491,10 +491,10 @@ class SteppedTime:
         self._go.release()
 
 
-def threaded(cols, base=5.0, **kw):
+def threaded(cols, base=5.0, wrap_clock=lambda clock: clock, **kw):
     t = SteppedTime()
     got: queue.Queue = queue.Queue()
-    sched = Scheduler(cols, dict.fromkeys(cols, base), clock=t.clock, wait=t.wait, load=Load(), rng=NoPhase(),
+    sched = Scheduler(cols, dict.fromkeys(cols, base), clock=wrap_clock(t.clock), wait=t.wait, load=Load(), rng=NoPhase(),
                       jitter=0.0, wall_clock=lambda: 1_700_000_000 * NS,
                       on_columns=lambda name, columns, tenants: got.put((name, columns, tenants)), **kw)
     return sched, t, got
@@ -544,6 +544,34 @@ def test_tenants_reach_on_columns():
     finally:
         t.release()
         assert sched.stop(SAFETY)
+
+
+def test_a_failing_decision_step_is_logged_and_collection_goes_on(caplog):
+    boom = {"on": False}
+
+    def flaky(clock):
+        def read():
+            if boom["on"]:
+                boom["on"] = False
+                raise RuntimeError("clock went backwards")
+            return clock()
+        return read
+
+    sched, t, got = threaded({"cpu": Fake("cpu", 4)}, wrap_clock=flaky)
+    with caplog.at_level(logging.ERROR, logger="ingress.collect"):
+        sched.start()
+        try:
+            t.parked()
+            assert got.get(timeout=SAFETY)[0] == "cpu"
+            assert sched.wait_idle(timeout=SAFETY)
+            boom["on"] = True
+            t.advance(5 * NS)  # this turn fails
+            t.advance(10 * NS)  # this one collects again
+            assert got.get(timeout=SAFETY)[0] == "cpu"
+        finally:
+            t.release()
+            assert sched.stop(SAFETY)
+    assert [r.getMessage() for r in caplog.records] == ["scheduler tick failed; retrying"]
 
 
 def test_collector_errors_are_counted_and_logged_once_per_streak(caplog):

@@ -546,10 +546,16 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            due = self.tick(self._clock())
-            if due and not self._stop.is_set():
-                self.dispatch(due)
-            delay = (self.next_wakeup_ns() - self._clock()) / NS
+            try:
+                due = self.tick(self._clock())
+                if due and not self._stop.is_set():
+                    self.dispatch(due)
+                delay = (self.next_wakeup_ns() - self._clock()) / NS
+            except Exception:
+                # A bug in a decision must not end collection for good: say so
+                # and try again one load period later.
+                log.exception("scheduler tick failed; retrying", extra={"reason": "tick failed"})
+                delay = self._sample_ns / NS
             self._wait(max(0.0, delay))
 
     def _work(self, slot: _Slot) -> None:
