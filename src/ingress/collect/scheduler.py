@@ -1,0 +1,657 @@
+"""The adaptive collection scheduler: when each collector runs, and for whom.
+
+Design (docs/scheduling.md has the long form and the state diagram)::
+
+    dispatcher thread                       one worker thread per collector
+    -----------------                       -------------------------------
+    loop:                                   loop:
+      now = clock()                           due = queue.get()
+      due = tick(now)   # pure decisions      cols = collector.collect(wall_ns)
+      dispatch(due)     # hand to workers     on_columns(name, cols, due.tenants)
+      wait(until the next pass is due)        mark idle
+
+* Every collector has a nominal grid ``phase + k * interval``; each pass fires at
+  its grid point plus a small random offset (``jitter`` x interval) and the
+  phase is random per collector, so a fleet of agents started together does not
+  read /proc in step. The grid, not the jittered fire time, decides which
+  tenants a pass is for, so jitter never makes a tenant miss a pass.
+* A collector whose previous pass is still running when the next one is due
+  skips it and counts an *overrun*; passes never queue up behind a slow one, and
+  a slow one never delays another collector (each has its own worker).
+* Every ``sample_every`` seconds ``tick`` reads the load source. Above any high
+  threshold (agent CPU over its budget, host CPU, CPU pressure, load per core)
+  the scheduler doubles the interval of one priority class, lowest priority
+  first (:class:`StretchLadder`); once every reading is below its low threshold
+  it undoes the most recent step. Stretching waits ``stretch_dwell_s`` after any
+  change and restoring waits ``restore_dwell_s``, so a load hovering around a
+  threshold does not make the intervals flip-flop.
+
+Everything time- and load-dependent is injected (clock, wait, load, rng), so
+tests drive ``tick`` with scripted time and load and never sleep.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from ingress.collect.base import Collector, Columns
+from ingress.collect.pressure import LoadSource, PressureSample, ProcPressure
+
+log = logging.getLogger("ingress.collect")
+
+__all__ = ["Scheduler", "Due", "Thresholds", "StretchLadder", "classify", "HIGH", "LOW", "HOLD"]
+
+NS = 1_000_000_000
+
+HIGH = "high"
+LOW = "low"
+HOLD = "hold"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When load counts as high (stretch) or low (restore), and how long to dwell.
+
+    The agent CPU thresholds are fractions of ``cpu_budget_percent``
+    (``agent.limits.cpu_percent``); the others are absolute. Between a pair's
+    low and high value the scheduler holds what it has: that band is the
+    hysteresis.
+
+    Attributes
+    ----------
+    agent_cpu_high, agent_cpu_low
+        Agent CPU above ``high x budget`` is pressure; below ``low x budget`` is calm.
+    host_cpu_high, host_cpu_low
+        Host CPU busy %, 0-100.
+    psi_high, psi_low
+        ``/proc/pressure/cpu`` ``some avg10`` %; ignored where the kernel has no PSI.
+    load_high, load_low
+        1-minute load average per CPU.
+    stretch_dwell_s
+        Minimum time after any change before the next stretch step.
+    restore_dwell_s
+        Minimum time after any change before the next restore step; longer than
+        ``stretch_dwell_s`` so that the agent backs off fast and returns slowly.
+    """
+
+    agent_cpu_high: float = 1.0
+    agent_cpu_low: float = 0.6
+    host_cpu_high: float = 95.0
+    host_cpu_low: float = 85.0
+    psi_high: float = 50.0
+    psi_low: float = 25.0
+    load_high: float = 2.0
+    load_low: float = 1.25
+    stretch_dwell_s: float = 15.0
+    restore_dwell_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for key in ("agent_cpu", "host_cpu", "psi", "load"):
+            lo, hi = getattr(self, f"{key}_low"), getattr(self, f"{key}_high")
+            if not 0 <= lo < hi:
+                raise ValueError(f"thresholds: {key}_low={lo} must be >= 0 and below {key}_high={hi}")
+        for key in ("stretch_dwell_s", "restore_dwell_s"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"thresholds: {key}={getattr(self, key)} must be >= 0")
+
+
+def classify(sample: PressureSample, cpu_budget_percent: float, th: Thresholds) -> tuple[str, str]:
+    """Classify one sample as ``HIGH``, ``LOW`` or ``HOLD``, with a reason.
+
+    High when any reading is above its high threshold (the reason lists each
+    one); low only when every reading is below its low threshold; otherwise hold.
+    """
+    a_hi, a_lo = cpu_budget_percent * th.agent_cpu_high, cpu_budget_percent * th.agent_cpu_low
+    s = sample
+    high = []
+    if s.agent_cpu_percent > a_hi:
+        high.append(f"agent cpu {s.agent_cpu_percent:.1f}% > budget {a_hi:.1f}%")
+    if s.host_cpu_percent > th.host_cpu_high:
+        high.append(f"host cpu {s.host_cpu_percent:.1f}% > {th.host_cpu_high:g}%")
+    if s.psi_cpu_some_avg10 is not None and s.psi_cpu_some_avg10 > th.psi_high:
+        high.append(f"cpu pressure {s.psi_cpu_some_avg10:.1f}% > {th.psi_high:g}%")
+    if s.load_per_core > th.load_high:
+        high.append(f"load per core {s.load_per_core:.2f} > {th.load_high:g}")
+    if high:
+        return HIGH, "; ".join(high)
+    calm = (
+        s.agent_cpu_percent < a_lo
+        and s.host_cpu_percent < th.host_cpu_low
+        and (s.psi_cpu_some_avg10 is None or s.psi_cpu_some_avg10 < th.psi_low)
+        and s.load_per_core < th.load_low
+    )
+    if calm:
+        return LOW, (
+            f"pressure eased: agent cpu {s.agent_cpu_percent:.1f}% < {a_lo:.1f}%, "
+            f"host cpu {s.host_cpu_percent:.1f}% < {th.host_cpu_low:g}%, "
+            f"load per core {s.load_per_core:.2f} < {th.load_low:g}"
+        )
+    return HOLD, "between the low and high thresholds"
+
+
+class StretchLadder:
+    """Which priority class the next stretch step doubles, and how to undo it.
+
+    Every priority class has an exponent ``e``: its collectors run every
+    ``base x 2**e`` seconds, clamped to ``[min_ns, max_ns]``. A stretch step
+    doubles the lowest-priority class that is not yet at ``max`` everywhere and
+    not already a doubling ahead of the next higher class that can still grow.
+    With classes 0..4 the steps go 0, 1, 0, 2, 1, 0, 3, 2, 1, 0, 4, ...: the
+    lowest priority is always stretched the most, and the highest (health, cpu)
+    only once every other class has been doubled. Restoring undoes the steps in
+    reverse (last in, first out), so the highest priority comes back first.
+    """
+
+    def __init__(self, priorities: Mapping[str, int], base_ns: Mapping[str, int], min_ns: int, max_ns: int) -> None:
+        self._prio = dict(priorities)
+        self._base = {n: min(max(int(b), min_ns), max_ns) for n, b in base_ns.items()}
+        self._min, self._max = min_ns, max_ns
+        self.classes = sorted(set(self._prio.values()))
+        self._members = {p: sorted(n for n, q in self._prio.items() if q == p) for p in self.classes}
+        self.exponent = {p: 0 for p in self.classes}
+        self.steps: list[int] = []
+
+    def interval_ns(self, name: str) -> int:
+        """The current interval of one collector, in nanoseconds."""
+        v = self._base[name] << self.exponent[self._prio[name]]
+        return min(max(v, self._min), self._max)
+
+    def _capped(self, p: int) -> bool:
+        e = self.exponent[p]
+        return all((self._base[n] << e) >= self._max for n in self._members[p])
+
+    def next_class(self) -> int | None:
+        """The class the next stretch would double, or ``None`` when all are at max."""
+        open_ = [p for p in self.classes if not self._capped(p)]
+        for i, p in enumerate(open_):
+            above = open_[i + 1] if i + 1 < len(open_) else None
+            if above is None or self.exponent[p] <= self.exponent[above]:
+                return p
+        return None
+
+    def stretch(self) -> int | None:
+        """Take one step; return the class doubled, or ``None`` if nothing can grow."""
+        p = self.next_class()
+        if p is not None:
+            self.exponent[p] += 1
+            self.steps.append(p)
+        return p
+
+    def restore(self) -> int | None:
+        """Undo the most recent step; return its class, or ``None`` at base."""
+        if not self.steps:
+            return None
+        p = self.steps.pop()
+        self.exponent[p] -= 1
+        return p
+
+
+@dataclass(frozen=True)
+class Due:
+    """One pass to run: which collector, its grid time, and the tenants it is for."""
+
+    name: str
+    nominal_ns: int
+    tenants: tuple[str, ...]
+
+
+class _Slot:
+    """Per-collector schedule state; fields change under ``Scheduler._lock``."""
+
+    __slots__ = (
+        "name", "collector", "base_ns", "interval_ns", "next_nominal", "offset", "last_nominal",
+        "tenant_ns", "tenant_due", "busy", "idle", "queue", "thread", "overruns", "overrunning",
+        "errors", "failing", "passes",
+    )
+
+    def __init__(self, name: str, collector: Collector, base_ns: int, tenant_ns: dict[str, int]) -> None:
+        self.name = name
+        self.collector = collector
+        self.base_ns = base_ns
+        self.interval_ns = base_ns
+        self.next_nominal = 0
+        self.offset = 0
+        self.last_nominal: int | None = None
+        self.tenant_ns = tenant_ns
+        self.tenant_due: dict[str, int | None] = {t: None for t in tenant_ns}
+        self.busy = False
+        self.idle = threading.Event()
+        self.idle.set()
+        self.queue: queue.SimpleQueue[Due | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.overruns = 0
+        self.overrunning = False
+        self.errors = 0
+        self.failing = False
+        self.passes = 0
+
+
+def _seconds_ns(what: str, v: float) -> int:
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+        raise ValueError(f"{what}: {v!r} is not a positive number of seconds")
+    return int(round(v * NS))
+
+
+class Scheduler:
+    """Runs collectors at their tenants' intervals, stretching them under load.
+
+    Parameters
+    ----------
+    collectors
+        ``{name: Collector}``; each gets its own worker thread.
+    base_intervals
+        ``{name: seconds}``: the smallest interval among the tenants using the
+        collector. Clamped to ``[min_interval, max_interval]`` (logged).
+    priorities
+        ``{name: int}``, lower is stretched first; default each collector's
+        ``priority`` class attribute.
+    min_interval, max_interval
+        Bounds (seconds) no effective interval ever leaves.
+    cpu_budget_percent
+        ``agent.limits.cpu_percent``: the agent's CPU budget in % of one core.
+    on_columns
+        ``on_columns(name, columns, tenants)``, called on the collector's worker
+        after each successful pass; ``tenants`` is the tuple of tenant ids whose
+        interval this pass serves (empty when ``tenant_intervals`` is not given).
+        At most one pass per collector is in flight, so calls for one collector
+        never overlap.
+    tenant_intervals
+        ``{name: {tenant_id: seconds}}``: which tenants want a collector and how
+        often. A tenant receives the pass nearest to its due time, so with a 5 s
+        collector a 10 s tenant gets every second pass.
+    thresholds
+        :class:`Thresholds`; the defaults are documented in docs/scheduling.md.
+    sample_every
+        Seconds between two readings of ``load``.
+    clock
+        Monotonic nanoseconds; drives every decision.
+    wall_clock
+        Nanoseconds since the epoch, handed to ``collect``.
+    wait
+        ``wait(seconds)`` blocks the dispatcher until the next pass is due; it may
+        return early. Default: waits on the stop event, so :meth:`stop` is prompt.
+    load
+        A :class:`~ingress.collect.pressure.LoadSource`; default
+        :class:`~ingress.collect.pressure.ProcPressure`.
+    rng
+        ``random.Random`` or a seed for phases and jitter.
+    jitter
+        Per-pass random offset as a fraction of the interval, in ``[0, 0.5]``.
+    """
+
+    def __init__(
+        self,
+        collectors: Mapping[str, Collector],
+        base_intervals: Mapping[str, float],
+        priorities: Mapping[str, int] | None = None,
+        min_interval: float = 1.0,
+        max_interval: float = 300.0,
+        cpu_budget_percent: float = 5.0,
+        on_columns: Callable[[str, Columns, tuple[str, ...]], None] | None = None,
+        *,
+        tenant_intervals: Mapping[str, Mapping[str, float]] | None = None,
+        thresholds: Thresholds | None = None,
+        sample_every: float = 5.0,
+        clock: Callable[[], int] = time.monotonic_ns,
+        wall_clock: Callable[[], int] = time.time_ns,
+        wait: Callable[[float], object] | None = None,
+        load: LoadSource | None = None,
+        rng: random.Random | int | None = None,
+        jitter: float = 0.1,
+    ) -> None:
+        names = set(collectors)
+        for what, keys in (("base_intervals", base_intervals), ("tenant_intervals", tenant_intervals or {}),
+                           ("priorities", priorities or {})):
+            extra = sorted(set(keys) - names)
+            if extra:
+                raise ValueError(f"{what}: {extra[0]!r} is not one of the collectors {sorted(names)}")
+        missing = sorted(names - set(base_intervals))
+        if missing:
+            raise ValueError(f"base_intervals: no interval for collector {missing[0]!r}")
+        self._min_ns = _seconds_ns("min_interval", min_interval)
+        self._max_ns = _seconds_ns("max_interval", max_interval)
+        if self._min_ns > self._max_ns:
+            raise ValueError(f"min_interval: {min_interval} is above max_interval {max_interval}")
+        if not (isinstance(cpu_budget_percent, (int, float)) and cpu_budget_percent > 0):
+            raise ValueError(f"cpu_budget_percent: {cpu_budget_percent!r} must be > 0")
+        if not 0 <= jitter <= 0.5:
+            raise ValueError(f"jitter: {jitter!r} must be within [0, 0.5] of the interval")
+        _seconds_ns("sample_every", sample_every)
+        if on_columns is None:
+            on_columns = _discard
+        try:
+            inspect.signature(on_columns).bind(None, None, None)
+        except TypeError:
+            raise TypeError("on_columns must accept (name, columns, tenants)") from None
+        except ValueError:  # builtins without a signature: trust them
+            pass
+
+        prio = {n: int(priorities[n]) if priorities and n in priorities else int(collectors[n].priority)
+                for n in names}
+        base_ns = {n: _seconds_ns(f"base_intervals[{n!r}]", base_intervals[n]) for n in names}
+        self._ladder = StretchLadder(prio, base_ns, self._min_ns, self._max_ns)
+        self._slots: dict[str, _Slot] = {}
+        for n in sorted(names):
+            tenants = {t: _seconds_ns(f"tenant_intervals[{n!r}][{t!r}]", s)
+                       for t, s in sorted(((tenant_intervals or {}).get(n) or {}).items())}
+            slot = _Slot(n, collectors[n], base_ns[n], tenants)
+            slot.interval_ns = self._ladder.interval_ns(n)
+            if slot.interval_ns != base_ns[n]:
+                bound = "min_interval" if slot.interval_ns > base_ns[n] else "max_interval"
+                self._log_change(n, base_ns[n], slot.interval_ns, f"bounded by {bound}", logging.INFO)
+            self._slots[n] = slot
+
+        self._priorities = prio
+        self._budget = float(cpu_budget_percent)
+        self._th = thresholds or Thresholds()
+        self._sample_ns = _seconds_ns("sample_every", sample_every)
+        self._on_columns = on_columns
+        self._clock = clock
+        self._wall = wall_clock
+        self._stop = threading.Event()
+        self._wait = wait or self._stop.wait
+        self._load: LoadSource = load if load is not None else ProcPressure(clock=clock)
+        self._rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        self._jitter = float(jitter)
+        self._lock = threading.RLock()
+        self._armed = False
+        self._next_sample = 0
+        self._last_change: int | None = None
+        self._saturated = False
+        self._load_failing = False
+        self._last_sample: PressureSample | None = None
+        self._verdict = HOLD
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ decisions
+
+    def tick(self, now_ns: int) -> list[Due]:
+        """Decide at ``now_ns``: re-evaluate load when due, then return the due passes.
+
+        Runs no collector and starts no thread; :meth:`dispatch` hands the result
+        to the workers. Each call advances the schedule: a pass returned (or
+        skipped as an overrun) is not returned again.
+        """
+        with self._lock:
+            if not self._armed:
+                self._arm(now_ns)
+            if now_ns >= self._next_sample:
+                self._evaluate(now_ns)
+                self._next_sample = now_ns + self._sample_ns
+            due: list[Due] = []
+            for slot in self._slots.values():
+                if now_ns < slot.next_nominal + slot.offset:
+                    continue
+                nominal = slot.next_nominal
+                if now_ns - nominal >= slot.interval_ns:
+                    # The dispatcher was late (suspended process, long GC): this
+                    # pass stands for the latest grid point, and the schedule goes
+                    # on from there rather than firing a burst of catch-up passes.
+                    nominal += slot.interval_ns * ((now_ns - nominal) // slot.interval_ns)
+                self._advance(slot, nominal)
+                if slot.busy:
+                    slot.overruns += 1
+                    if not slot.overrunning:
+                        slot.overrunning = True
+                        log.warning("collector %s still running when its next pass was due; skipping (overrun)",
+                                    slot.name, extra={"collector": slot.name, "reason": "overrun"})
+                    continue
+                slot.overrunning = False
+                tenants = self._due_tenants(slot, nominal)
+                self._delivered(slot, tenants, nominal)
+                slot.passes += 1
+                due.append(Due(slot.name, nominal, tenants))
+            return due
+
+    def due_tenants(self, name: str, pass_ns: int) -> tuple[str, ...]:
+        """Tenants a pass of ``name`` at grid time ``pass_ns`` would serve (no state change).
+
+        A tenant is due when its next due time is at most half the collector's
+        current interval after ``pass_ns``: it gets the pass nearest to its due
+        time. Every tenant is due on the collector's first pass.
+        """
+        with self._lock:
+            return self._due_tenants(self._slot(name), pass_ns)
+
+    def next_wakeup_ns(self) -> int:
+        """Clock time of the earliest pending pass or load reading."""
+        with self._lock:
+            if not self._armed:
+                self._arm(self._clock())
+            fire = [s.next_nominal + s.offset for s in self._slots.values()]
+            return min([self._next_sample, *fire])
+
+    def _slot(self, name: str) -> _Slot:
+        try:
+            return self._slots[name]
+        except KeyError:
+            raise KeyError(f"no collector {name!r}; known: {sorted(self._slots)}") from None
+
+    def _draw_offset(self, interval_ns: int) -> int:
+        return int(self._rng.uniform(-self._jitter, self._jitter) * interval_ns)
+
+    def _arm(self, now_ns: int) -> None:
+        # A random phase in [0, interval) per collector: agents started by the
+        # same deploy spread their reads over a whole interval.
+        for slot in self._slots.values():
+            slot.next_nominal = now_ns + int(self._rng.random() * slot.interval_ns)
+            slot.offset = self._draw_offset(slot.interval_ns)
+        self._next_sample = now_ns + self._sample_ns
+        self._armed = True
+
+    def _advance(self, slot: _Slot, nominal: int) -> None:
+        slot.last_nominal = nominal
+        slot.next_nominal = nominal + slot.interval_ns
+        slot.offset = self._draw_offset(slot.interval_ns)
+
+    def _due_tenants(self, slot: _Slot, pass_ns: int) -> tuple[str, ...]:
+        tol = slot.interval_ns // 2
+        return tuple(t for t, due in slot.tenant_due.items() if due is None or due - tol <= pass_ns)
+
+    def _delivered(self, slot: _Slot, tenants: Iterable[str], pass_ns: int) -> None:
+        for t in tenants:
+            every = slot.tenant_ns[t]
+            due = slot.tenant_due[t]
+            # Due one tenant interval after the previous due time, which keeps the
+            # tenant's rate when a pass came a little early; but never sooner than
+            # one interval after this pass, so a tenant that fell behind (overruns,
+            # a late dispatcher) does not take several passes in a row to catch up.
+            nxt = pass_ns + every if due is None else max(due + every, pass_ns + every)
+            slot.tenant_due[t] = nxt
+
+    def _evaluate(self, now_ns: int) -> None:
+        try:
+            sample = self._load()
+        except Exception as e:  # a broken load source must not stop collection
+            if not self._load_failing:
+                self._load_failing = True
+                log.warning("load source failed, intervals held: %s", e, extra={"reason": "load source failed"})
+            return
+        self._load_failing = False
+        self._last_sample = sample
+        verdict, reason = classify(sample, self._budget, self._th)
+        self._verdict = verdict
+        since = math.inf if self._last_change is None else (now_ns - self._last_change) / NS
+        if verdict == HIGH:
+            if since < self._th.stretch_dwell_s:
+                return
+            p = self._ladder.stretch()
+            if p is None:
+                if not self._saturated:
+                    self._saturated = True
+                    log.warning("every collector is at max_interval and pressure persists: %s", reason,
+                                extra={"reason": reason})
+                return
+            self._apply(now_ns, f"stretch priority {p}: {reason}", logging.WARNING)
+        elif verdict == LOW:
+            self._saturated = False
+            if not self._ladder.steps or since < self._th.restore_dwell_s:
+                return
+            p = self._ladder.restore()
+            self._apply(now_ns, f"restore priority {p}: {reason}", logging.INFO)
+
+    def _apply(self, now_ns: int, reason: str, level: int) -> None:
+        self._last_change = now_ns
+        for slot in self._slots.values():
+            new = self._ladder.interval_ns(slot.name)
+            if new == slot.interval_ns:
+                continue
+            self._log_change(slot.name, slot.interval_ns, new, reason, level)
+            slot.interval_ns = new
+            if slot.last_nominal is not None:
+                # Re-anchor on the last pass so a stretch takes effect from the
+                # pending pass, and a restore fires no earlier than now.
+                slot.next_nominal = max(slot.last_nominal + new, now_ns)
+                slot.offset = self._draw_offset(new)
+
+    @staticmethod
+    def _log_change(name: str, old_ns: int, new_ns: int, reason: str, level: int) -> None:
+        old, new = old_ns / NS, new_ns / NS
+        log.log(level, "collector %s interval %gs -> %gs: %s", name, old, new, reason,
+                extra={"collector": name, "old": old, "new": new, "reason": reason})
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        """Start one worker per collector and the dispatcher thread."""
+        if self._thread is not None:
+            raise RuntimeError("scheduler already started")
+        with self._lock:
+            if not self._armed:
+                self._arm(self._clock())
+        for slot in self._slots.values():
+            # Daemon threads: a collector stuck past every timeout must not keep
+            # the process alive after stop() has given up on it.
+            slot.thread = threading.Thread(target=self._work, args=(slot,), name=f"ingress-collect-{slot.name}",
+                                           daemon=True)
+            slot.thread.start()
+        self._thread = threading.Thread(target=self._loop, name="ingress-scheduler", daemon=True)
+        self._thread.start()
+
+    def dispatch(self, due: Iterable[Due]) -> None:
+        """Hand passes returned by :meth:`tick` to their collectors' workers."""
+        for d in due:
+            slot = self._slot(d.name)
+            with self._lock:
+                slot.busy = True
+                slot.idle.clear()
+            slot.queue.put(d)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                due = self.tick(self._clock())
+                if due and not self._stop.is_set():
+                    self.dispatch(due)
+                delay = (self.next_wakeup_ns() - self._clock()) / NS
+            except Exception:
+                # A bug in a decision must not end collection for good: say so
+                # and try again one load period later.
+                log.exception("scheduler tick failed; retrying", extra={"reason": "tick failed"})
+                delay = self._sample_ns / NS
+            self._wait(max(0.0, delay))
+
+    def _work(self, slot: _Slot) -> None:
+        while True:
+            d = slot.queue.get()
+            if d is None:
+                return
+            try:
+                self._run(slot, d)
+            finally:
+                with self._lock:
+                    slot.busy = False
+                    slot.idle.set()
+
+    def _run(self, slot: _Slot, d: Due) -> None:
+        try:
+            cols = slot.collector.collect(self._wall())
+            self._on_columns(slot.name, cols, d.tenants)
+        except Exception as e:
+            with self._lock:
+                slot.errors += 1
+                first = not slot.failing
+                slot.failing = True
+            if first:  # one line per failure streak, not one per pass
+                log.warning("collector %s pass failed: %s", slot.name, e, exc_info=True,
+                            extra={"collector": slot.name, "reason": "error"})
+            return
+        if slot.failing:
+            with self._lock:
+                slot.failing = False
+            log.info("collector %s recovered", slot.name, extra={"collector": slot.name, "reason": "recovered"})
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop dispatching and wait up to ``timeout`` s for passes in flight.
+
+        Returns ``True`` when every worker finished; a collector still running at
+        the deadline is named in a log line and abandoned (its thread is a daemon).
+        """
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        for slot in self._slots.values():
+            slot.queue.put(None)
+        ok = True
+        for slot in self._slots.values():
+            if slot.thread is None:
+                continue
+            slot.thread.join(max(0.0, deadline - time.monotonic()))
+            if slot.thread.is_alive():
+                ok = False
+                log.warning("collector %s still running at stop; abandoned", slot.name,
+                            extra={"collector": slot.name, "reason": "stop timeout"})
+        return ok
+
+    def wait_idle(self, names: Iterable[str] | None = None, timeout: float | None = None) -> bool:
+        """Block until the named collectors (default all) have no pass in flight."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for n in (self._slots if names is None else names):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._slot(n).idle.wait(left):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ state
+
+    def effective_intervals(self) -> dict[str, float]:
+        """``{name: seconds}`` each collector runs at now (for the self-metric)."""
+        with self._lock:
+            return {n: s.interval_ns / NS for n, s in self._slots.items()}
+
+    def overruns(self) -> dict[str, int]:
+        """``{name: passes skipped because the previous pass was still running}``."""
+        with self._lock:
+            return {n: s.overruns for n, s in self._slots.items()}
+
+    def errors(self) -> dict[str, int]:
+        """``{name: passes whose collect or on_columns raised}``."""
+        with self._lock:
+            return {n: s.errors for n, s in self._slots.items()}
+
+    def passes(self) -> dict[str, int]:
+        """``{name: passes dispatched}`` (overruns not included)."""
+        with self._lock:
+            return {n: s.passes for n, s in self._slots.items()}
+
+    def stretch_level(self) -> int:
+        """How many stretch steps are in force (0: every collector at its base)."""
+        with self._lock:
+            return len(self._ladder.steps)
+
+    def pressure(self) -> tuple[PressureSample | None, str]:
+        """The last load reading and its verdict (``HIGH``, ``LOW`` or ``HOLD``)."""
+        with self._lock:
+            return self._last_sample, self._verdict
+
+
+def _discard(name: str, columns: Columns, tenants: tuple[str, ...]) -> None:
+    """Default sink: drop the pass (a scheduler built only to inspect decisions)."""
