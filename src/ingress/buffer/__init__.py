@@ -6,6 +6,7 @@ single-tenant batches and encodes them. See docs/buffer.md.
 """
 from __future__ import annotations
 
+from ingress.buffer.registry import SeriesRegistry
 from ingress.buffer.rings import SAMPLE_BYTES, RingSet
 
-__all__ = ["SAMPLE_BYTES", "RingSet"]
+__all__ = ["SAMPLE_BYTES", "RingSet", "SeriesRegistry"]
