@@ -1,0 +1,364 @@
+"""Series registry: per-tenant interning of (name, sorted tags) to compact ids.
+
+Every tenant has its own id space, so one tenant's cardinality can never take
+ids (or slots under the cap) from another. An id is a dense ``uint32`` index
+into per-tenant numpy arrays; the ring stores only the id, the registry keeps
+the key once.
+
+Life of an id::
+
+    intern ──> live ──(unseen for ttl; evict)──> quarantined ──(release)──> free ──> intern ...
+
+A quarantined id is no longer found by ``intern`` (the same key gets a new id),
+but its key is kept, so batches that still hold samples with it can be encoded
+(``dictionary``). It becomes reusable only after ``release``, which the batcher
+calls once every sample pushed before the eviction has been encoded. So an id
+is never reused while a batch still refers to it.
+
+Thread safety: ``intern`` hits are a plain dict lookup; every mutation and
+``dictionary`` run under one lock, so a collector thread may intern and touch
+while the batcher thread builds dictionaries and releases ids.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["SeriesRegistry", "Tags"]
+
+log = logging.getLogger("ingress.buffer")
+
+Tags = tuple[tuple[str, str], ...]
+
+# last_seen of a series interned without a time: the next evict() stamps it, so a
+# new series always gets a full ttl before it can be evicted.
+NEVER = np.int64(-1)
+_INITIAL_IDS = 1024
+
+
+class _Tenant:
+    """One tenant's id space. Arrays are indexed by id and grow by doubling."""
+
+    __slots__ = ("cap", "ids", "keys", "wire", "last_seen", "alive", "mark", "remap",
+                 "iota", "free", "quarantine", "live", "refused", "refused_since_log",
+                 "last_log")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.ids: dict[tuple[str, Tags], int] = {}
+        self.keys: list[tuple[str, Tags] | None] = []
+        # (name, tags dict) per id, built once at intern: dictionary() hands these
+        # same objects to the encoder instead of building a dict per series per batch.
+        self.wire: list[tuple[str, dict[str, str]] | None] = []
+        n = max(1, min(cap, _INITIAL_IDS))
+        self.last_seen = np.full(n, NEVER, np.int64)
+        self.alive = np.zeros(n, np.bool_)
+        self.mark = np.zeros(n, np.bool_)
+        self.remap = np.zeros(n, np.uint32)
+        self.iota = np.arange(n, dtype=np.uint32)
+        self.free: list[int] = []
+        self.quarantine: list[tuple[int, np.ndarray]] = []  # (evict epoch, ids)
+        self.live = 0
+        self.refused = 0
+        self.refused_since_log = 0
+        self.last_log: float | None = None
+
+    def grow(self) -> None:
+        n = len(self.last_seen) * 2
+        self.last_seen = np.concatenate([self.last_seen, np.full(n - len(self.last_seen), NEVER, np.int64)])
+        self.alive = np.concatenate([self.alive, np.zeros(n - len(self.alive), np.bool_)])
+        self.mark = np.zeros(n, np.bool_)
+        self.remap = np.zeros(n, np.uint32)
+        self.iota = np.arange(n, dtype=np.uint32)
+
+
+class SeriesRegistry:
+    """Interns series per tenant, caps their number, evicts the stale ones.
+
+    Parameters
+    ----------
+    n_tenants : int
+        Tenants are addressed by index ``0 <= t < n_tenants``.
+    max_series : int or sequence of int
+        Cap on live series per tenant (one int for all, or one per tenant). Past it,
+        ``intern`` of a new series returns -1 and is counted in ``refused``.
+    ttl_s : float
+        A series not touched for this long is evicted by ``evict``.
+    names : sequence of str, optional
+        Tenant ids, used in log lines only.
+    clock : callable returning seconds, optional
+        Monotonic clock for the log rate limit (injectable for tests).
+    log_interval_s : float
+        At most one cardinality log line per tenant per this many seconds.
+    """
+
+    def __init__(self, n_tenants: int, max_series: int | Sequence[int] = 10000,
+                 ttl_s: float = 600.0, *, names: Sequence[str] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 log_interval_s: float = 60.0) -> None:
+        if n_tenants < 1:
+            raise ValueError(f"n_tenants: {n_tenants} is not a positive number")
+        if isinstance(max_series, int):
+            caps = [max_series] * n_tenants
+        else:
+            caps = [int(c) for c in max_series]
+            if len(caps) != n_tenants:
+                raise ValueError(f"max_series: {len(caps)} caps for {n_tenants} tenants")
+        for t, c in enumerate(caps):
+            if c < 1 or c > 2**32 - 1:
+                raise ValueError(f"max_series[{t}]: {c} is not in 1..{2**32 - 1}")
+        if not ttl_s > 0:
+            raise ValueError(f"ttl_s: {ttl_s!r} is not a positive number")
+        if names is not None and len(names) != n_tenants:
+            raise ValueError(f"names: {len(names)} names for {n_tenants} tenants")
+        self._t = [_Tenant(c) for c in caps]
+        self._names = list(names) if names is not None else [str(t) for t in range(n_tenants)]
+        self._ttl_ns = int(ttl_s * 1e9)
+        self._clock = clock
+        self._log_interval = float(log_interval_s)
+        self._lock = threading.Lock()
+        self._epoch = 0
+
+    # -- interning --------------------------------------------------------------------
+
+    def _tenant(self, t: int) -> _Tenant:
+        if not 0 <= t < len(self._t):
+            raise IndexError(f"t: tenant index {t} is not in 0..{len(self._t) - 1}")
+        return self._t[t]
+
+    def intern(self, t: int, name: str, tags: Tags | Mapping[str, str] = (),
+               now_ns: int | None = None) -> int:
+        """Id of series ``(name, tags)`` in tenant ``t``; -1 when refused by the cap.
+
+        Parameters
+        ----------
+        t : int
+            Tenant index.
+        name : str
+            Metric name.
+        tags : tuple of (key, value) pairs, or mapping
+            The series' tags; pairs are sorted here if they are not already.
+        now_ns : int, optional
+            Marks the new series as seen now; without it, the next ``evict`` does.
+
+        Returns
+        -------
+        int
+            The id (``0 <= id < 2**32``), or -1 when the tenant is at its cap: the
+            refusal is counted and logged at most once per ``log_interval_s``.
+        """
+        st = self._tenant(t)
+        if isinstance(tags, tuple):
+            sid = st.ids.get((name, tags))
+            if sid is not None:
+                return sid
+            key = (name, tuple(sorted(tags)))
+        else:
+            key = (name, tuple(sorted(tags.items())))
+        with self._lock:
+            sid = st.ids.get(key)
+            if sid is not None:
+                return sid
+            if st.live >= st.cap:
+                st.refused += 1
+                st.refused_since_log += 1
+                self._log_refusal(t, st, key)
+                return -1
+            if st.free:
+                sid = st.free.pop()
+                st.keys[sid] = key
+                st.wire[sid] = (name, dict(key[1]))
+            else:
+                sid = len(st.keys)
+                if sid >= 2**32:
+                    st.refused += 1
+                    return -1
+                if sid >= len(st.last_seen):
+                    st.grow()
+                st.keys.append(key)
+                st.wire.append((name, dict(key[1])))
+            st.ids[key] = sid
+            st.alive[sid] = True
+            st.last_seen[sid] = NEVER if now_ns is None else now_ns
+            st.live += 1
+            return sid
+
+    def _log_refusal(self, t: int, st: _Tenant, key: tuple[str, Tags]) -> None:
+        now = self._clock()
+        if st.last_log is not None and now - st.last_log < self._log_interval:
+            return
+        st.last_log = now
+        tags = ",".join(f"{k}={v}" for k, v in key[1])
+        log.warning("tenant %s: series limit %d reached; refused %d new series since the "
+                    "last report (%d in total), e.g. %s{%s}",
+                    self._names[t], st.cap, st.refused_since_log, st.refused, key[0], tags)
+        st.refused_since_log = 0
+
+    def key(self, t: int, sid: int) -> tuple[str, Tags]:
+        """The ``(name, tags)`` of a live or quarantined id; KeyError for a free one."""
+        st = self._tenant(t)
+        k = st.keys[sid] if 0 <= sid < len(st.keys) else None
+        if k is None:
+            raise KeyError(f"tenant {self._names[t]}: series id {sid} is not in use")
+        return k
+
+    # -- liveness -----------------------------------------------------------------------
+
+    def touch(self, t: int, sids: np.ndarray, now_ns: int) -> None:
+        """Mark every id in ``sids`` as seen at ``now_ns`` (one vectorised store)."""
+        st = self._tenant(t)
+        sids = np.asarray(sids)
+        if sids.dtype.kind != "u" and sids.size and sids.min() < 0:
+            raise ValueError(f"sids: negative id {int(sids.min())} (a refused series?)")
+        with self._lock:  # intern may swap in a grown array
+            st.last_seen[sids] = now_ns
+
+    @property
+    def epoch(self) -> int:
+        """Number of ``evict`` calls so far; ids quarantined by call k carry epoch k."""
+        return self._epoch
+
+    def evict(self, now_ns: int) -> dict[int, np.ndarray]:
+        """Quarantine every live series not touched for ``ttl_s``.
+
+        Returns
+        -------
+        dict
+            ``{t: uint32 array of evicted ids}`` for the tenants that lost any. Callers
+            that cache ids (the collectors' fan-out) must forget these.
+        """
+        cutoff = now_ns - self._ttl_ns
+        out: dict[int, np.ndarray] = {}
+        with self._lock:
+            self._epoch += 1
+            for t, st in enumerate(self._t):
+                n = len(st.keys)
+                if n == 0:
+                    continue
+                ls = st.last_seen[:n]
+                alive = st.alive[:n]
+                ls[alive & (ls == NEVER)] = now_ns
+                stale = np.flatnonzero(alive & (ls <= cutoff)).astype(np.uint32)
+                if stale.size == 0:
+                    continue
+                alive[stale] = False
+                ids, keys = st.ids, st.keys
+                for sid in stale.tolist():
+                    del ids[keys[sid]]
+                st.live -= stale.size
+                st.quarantine.append((self._epoch, stale))
+                out[t] = stale
+        return out
+
+    def release(self, t: int | None = None, upto: int | None = None) -> int:
+        """Make quarantined ids reusable; returns how many were released.
+
+        Parameters
+        ----------
+        t : int, optional
+            Only this tenant (default: every tenant).
+        upto : int, optional
+            Only ids quarantined by ``evict`` calls with epoch ``<= upto`` (see
+            ``epoch``); default: all. The batcher passes the epoch it read before its
+            last complete drain, so ids still referenced by pending samples stay put.
+        """
+        tenants = range(len(self._t)) if t is None else (t,)
+        released = 0
+        with self._lock:
+            for i in tenants:
+                st = self._tenant(i)
+                if not st.quarantine:
+                    continue
+                keep = []
+                for epoch, ids in st.quarantine:
+                    if upto is not None and epoch > upto:
+                        keep.append((epoch, ids))
+                        continue
+                    lst = ids.tolist()
+                    for sid in lst:
+                        st.keys[sid] = None
+                        st.wire[sid] = None
+                    st.last_seen[ids] = NEVER
+                    st.free.extend(lst)
+                    released += len(lst)
+                st.quarantine = keep
+        return released
+
+    # -- encoding -----------------------------------------------------------------------
+
+    def dictionary(self, t: int, sids: np.ndarray,
+                   out: np.ndarray | None = None) -> tuple[list[tuple[str, dict[str, str]]], np.ndarray]:
+        """Dense remap of a batch's series ids for ``wire.encode``.
+
+        Parameters
+        ----------
+        t : int
+            Tenant index.
+        sids : uint32 array
+            Series id per sample.
+        out : uint32 array, optional
+            Where to write the index (same length as ``sids``); a new array otherwise.
+
+        Returns
+        -------
+        series : list of (name, tags dict)
+            The distinct series, in id order. The tag dicts are shared: do not mutate.
+        index : uint32 array
+            Per sample, the position of its series in ``series``.
+
+        Raises
+        ------
+        ValueError
+            An id is not live or quarantined (a sample outlived its series' release).
+        """
+        st = self._tenant(t)
+        sids = np.asarray(sids)
+        if sids.size == 0:
+            return [], (out[:0] if out is not None else np.empty(0, np.uint32))
+        with self._lock:
+            n = len(st.keys)
+            hi = int(sids.max())
+            if hi >= n or (sids.dtype.kind != "u" and int(sids.min()) < 0):
+                bad = hi if hi >= n else int(sids.min())
+                raise ValueError(f"sids: id {bad} was never issued in tenant {self._names[t]}")
+            # A scratch mark/remap pair over the id space: O(samples + ids), no sort.
+            mark = st.mark
+            mark[sids] = True
+            uniq = np.flatnonzero(mark[:n])
+            mark[uniq] = False
+            k = uniq.size
+            remap = st.remap
+            remap[uniq] = st.iota[:k]
+            index = np.take(remap, sids, out=out)
+            wire = st.wire
+            series = [wire[i] for i in uniq.tolist()]
+        if None in series:
+            bad = int(uniq[series.index(None)])
+            raise ValueError(f"sids: id {bad} is not in use in tenant {self._names[t]}")
+        return series, index
+
+    # -- counters -----------------------------------------------------------------------
+
+    def count(self, t: int) -> int:
+        """Live series of tenant ``t`` (quarantined ones excluded)."""
+        return self._tenant(t).live
+
+    def refused(self, t: int) -> int:
+        """``intern`` calls refused by tenant ``t``'s cap (cumulative)."""
+        return self._tenant(t).refused
+
+    def quarantined(self, t: int) -> int:
+        """Ids of tenant ``t`` evicted but not yet released."""
+        return sum(len(ids) for _, ids in self._tenant(t).quarantine)
+
+    def max_series(self, t: int) -> int:
+        """Tenant ``t``'s cap on live series."""
+        return self._tenant(t).cap
+
+    @property
+    def n_tenants(self) -> int:
+        return len(self._t)
