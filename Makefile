@@ -33,7 +33,7 @@ test: install
 	mkdir -p .benchmarks
 	cd tests && ../$(PY) -m pytest -p no:cacheprovider -q .
 	$(PY) -m pytest -p no:cacheprovider -q benchmarks --bench-short \
-	    --benchmark-json=.benchmarks/short.json
+	    --benchmark-json=.benchmarks/short.json --benchmark-columns=median,ops,rounds --benchmark-sort=name
 
 test-fast: install
 	cd tests && ../$(PY) -m pytest -p no:cacheprovider -q -x -m "not integration" .
