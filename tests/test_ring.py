@@ -92,6 +92,8 @@ def test_budget_split_by_weight():
     (dict(n_tenants=1, budget_bytes=2400, policy="drop_random"), "policy"),
     (dict(n_tenants=2, budget_bytes=2400, weights=[1]), "weights"),
     (dict(n_tenants=2, budget_bytes=2400, weights=[1, 0]), "weights[1]"),
+    (dict(n_tenants=2, budget_bytes=2400, weights=[1, "x"]), "weights"),
+    (dict(n_tenants=2, budget_bytes="lots"), "budget_bytes"),
 ])
 def test_bad_construction_names_the_argument(kwargs, word):
     with pytest.raises(ValueError, match=word.replace("[", r"\[")):

@@ -224,13 +224,19 @@ cdef class RingSet:
             raise ValueError(f"n_tenants: {n_tenants} is not in 1..65536")
         if policy not in POLICIES:
             raise ValueError(f"policy: {policy!r} is not one of {', '.join(POLICIES)}")
-        budget = int(budget_bytes)
+        try:
+            budget = int(budget_bytes)
+        except (TypeError, ValueError):
+            raise ValueError(f"budget_bytes: {budget_bytes!r} is not a number of bytes") from None
         if budget < 0:
             raise ValueError(f"budget_bytes: {budget} is negative")
         if weights is None:
             w = [1.0] * n_tenants
         else:
-            w = [float(x) for x in weights]
+            try:
+                w = [float(x) for x in weights]
+            except (TypeError, ValueError):
+                raise ValueError(f"weights: {weights!r} is not a sequence of numbers") from None
             if len(w) != n_tenants:
                 raise ValueError(f"weights: {len(w)} weights for {n_tenants} tenants")
             for t in range(n_tenants):
