@@ -28,7 +28,6 @@ per distinct option set.
 """
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -372,12 +371,8 @@ def make_scheduler(settings: Settings, bindings: Mapping[str, Binding],
 # --------------------------------------------------------------------------- the agent
 
 def _freeze_heap() -> None:
-    try:
-        from ingress.buffer import freeze_long_lived
-    except ImportError:  # pragma: no cover - older buffer module
-        gc.collect()
-        gc.freeze()
-        return
+    from ingress.buffer import freeze_long_lived
+
     freeze_long_lived()
 
 
@@ -441,7 +436,7 @@ class Agent:
             caps = [t.settings.max_series for t in enabled] or [1]
             registry = SeriesRegistry(n, caps, names=[t.id for t in enabled] or ["-"])
         if rings is None:
-            rings = RingSet(n, settings.agent.limits.ring_mb * MIB, "drop_oldest")
+            rings = RingSet(n, settings.agent.limits.ring_mb * MIB, settings.agent.limits.ring_policy)
         self.registry, self.rings = registry, rings
         if bindings is None:
             bindings = build_collectors(plan_collectors(enabled), settings, self._stats_provider)

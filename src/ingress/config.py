@@ -56,6 +56,7 @@ class Limits:
     cpu_percent: float
     disk_write_mb_s: float
     ring_mb: int
+    ring_policy: str
 
 
 @dataclass(frozen=True)
@@ -605,6 +606,9 @@ OPTIONS: tuple[Option, ...] = (
            "Spool write throttle, MiB/s."),
     Option("agent.limits", "ring_mb", Int(1), 32,
            "Memory for the per-tenant sample rings, MiB, shared out between enabled tenants."),
+    Option("agent.limits", "ring_policy", Enum("drop_oldest", "drop_newest"), "drop_oldest",
+           "What a full ring gives up: its oldest samples (default: fresh data wins) or "
+           "the samples being pushed; either way the drops are counted per tenant."),
     # [agent.collect]
     Option("agent.collect", "min_interval", Duration(positive=True), "1s",
            "Shortest collection interval a tenant may ask for."),
