@@ -8,7 +8,7 @@ BUILD_DEPS := "scikit-build-core>=0.10" "cython>=3.0" "numpy>=2.0" ninja cmake
 SOURCES := $(shell find src ext -type f \( -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.pyi' -o -name '*.toml' \)) \
            pyproject.toml CMakeLists.txt
 
-.PHONY: run test test-fast bench install clean
+.PHONY: run test test-fast bench install develop clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,15 @@ bench: install
 	mkdir -p .benchmarks
 	$(PY) -m pytest -p no:cacheprovider benchmarks --benchmark-json=.benchmarks/full.json
 
+# For working on the code: an editable install in its own venv whose compiled
+# modules are rebuilt on import whenever a .pyx/.pxd changed (scikit-build-core's
+# editable.rebuild). The test suite keeps using the regular install in .venv.
+DEVVENV := .venv-dev
+develop:
+	test -d $(DEVVENV) || $(PYTHON) -m venv $(DEVVENV)
+	$(DEVVENV)/bin/python -m pip --disable-pip-version-check -q install $(BUILD_DEPS)
+	$(DEVVENV)/bin/python -m pip --disable-pip-version-check -q install --no-build-isolation \
+	    -Ceditable.rebuild=true -Ceditable.verbose=false -Cbuild-dir=build/editable -e ".[test]"
+
 clean:
-	rm -rf build $(VENV) .benchmarks
+	rm -rf build $(VENV) $(DEVVENV) .benchmarks
