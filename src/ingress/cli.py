@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("-c", "--config", metavar="FILE", required=True)
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=cmd_spool_stats)
+
+    from ingress import sink
+
+    sink.add_parser(sub)
     return p
 
 

@@ -43,3 +43,38 @@ class PermanentError(TransportError):
     """Trying again cannot help (other 4xx); the batch becomes a dead letter."""
 
     retryable = False
+
+
+TENANT_CHECK_CATEGORIES = (
+    "tenant_unknown",  # not (or no longer) in the configuration
+    "tenant_disabled",  # enabled = false
+    "credential_missing",  # nothing configured, variable unset, key file absent
+    "credential_unreadable",  # key file exists but cannot be read
+    "credential_empty",  # variable or key file holds nothing
+    "quota_exceeded",  # over the tenant's outgoing quota; retry_after says when
+)
+
+
+class TenantCheckError(IngressError):
+    """A batch may not leave now because of its tenant; it stays in the spool.
+
+    Attributes
+    ----------
+    category
+        One of :data:`TENANT_CHECK_CATEGORIES`.
+    tenant
+        The tenant id.
+    detail
+        What was wrong, without the tenant and category.
+    retry_after
+        Seconds after which checking again can succeed, when known (quota).
+    """
+
+    def __init__(self, category: str, tenant: str, message: str, retry_after: float | None = None) -> None:
+        if category not in TENANT_CHECK_CATEGORIES:
+            raise ValueError(f"unknown tenant check category {category!r}")
+        super().__init__(f"tenant {tenant!r}: {category}: {message}")
+        self.category = category
+        self.tenant = tenant
+        self.detail = message
+        self.retry_after = retry_after

@@ -430,7 +430,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert, if not in the same file")
     p.add_argument("--client-ca", metavar="FILE", help="require client certificates from this CA")
-    p.set_defaults(run=run)
+    p.set_defaults(func=run)
     return p
 
 

@@ -20,23 +20,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ingress.config import TenantSettings
-from ingress.errors import IngressError
+from ingress.errors import TenantCheckError
 
 __all__ = ["Tenant", "TenantSet", "Rules", "TenantCheckError", "CREDENTIAL_CATEGORIES"]
 
 Tags = tuple[tuple[str, str], ...]
 
 CREDENTIAL_CATEGORIES = ("credential_missing", "credential_unreadable", "credential_empty")
-
-
-class TenantCheckError(IngressError):
-    """A tenant cannot run as configured; ``category`` classifies why (for status APIs)."""
-
-    def __init__(self, category: str, tenant: str, message: str) -> None:
-        super().__init__(f"tenant {tenant!r}: {category}: {message}")
-        self.category = category
-        self.tenant = tenant
-        self.detail = message
 
 
 class Rules:

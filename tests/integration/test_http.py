@@ -10,7 +10,7 @@ import pytest
 from ingress.errors import PermanentError, RetryableError
 from ingress.transport.base import OutgoingBatch
 from ingress.transport.http import HttpOutput
-from ingress.transport.validate import TenantCheckError
+from ingress.errors import TenantCheckError
 
 from .conftest import HANG, Reply
 

@@ -153,12 +153,9 @@ def test_keys_file_errors_name_the_problem(tmp_path):
 
 
 def test_run_serves_until_sigterm(tmp_path):
-    """The add_parser/run pair, driven the way the CLI will drive it."""
+    """`ingress sink` serves until SIGTERM, then exits 0."""
     (tmp_path / "keys.toml").write_text('acme = "k"\n')
-    code = ("import argparse, sys; from ingress import sink; p = argparse.ArgumentParser(); "
-            "sub = p.add_subparsers(); sink.add_parser(sub); a = p.parse_args(sys.argv[1:]); "
-            "sys.exit(a.run(a))")
-    proc = subprocess.Popen([sys.executable, "-c", code, "sink", "--listen", "127.0.0.1:0",
+    proc = subprocess.Popen([sys.executable, "-m", "ingress", "sink", "--listen", "127.0.0.1:0",
                              "--data-dir", str(tmp_path / "d"), "--keys", str(tmp_path / "keys.toml")],
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -178,10 +175,7 @@ def test_run_serves_until_sigterm(tmp_path):
 
 
 def test_run_with_a_bad_keys_file_exits_2_with_one_line(tmp_path):
-    code = ("import argparse, sys; from ingress import sink; p = argparse.ArgumentParser(); "
-            "sub = p.add_subparsers(); sink.add_parser(sub); a = p.parse_args(sys.argv[1:]); "
-            "sys.exit(a.run(a))")
-    r = subprocess.run([sys.executable, "-c", code, "sink", "--data-dir", str(tmp_path / "d"),
+    r = subprocess.run([sys.executable, "-m", "ingress", "sink", "--data-dir", str(tmp_path / "d"),
                         "--keys", str(tmp_path / "nope.toml")], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "nope.toml: cannot read keys file" in r.stderr

@@ -1,15 +1,16 @@
 import json
+import os
 import threading
 import time
 
 import pytest
 
-from ingress.errors import PermanentError, RetryableError
+from ingress.errors import PermanentError, RetryableError, TenantCheckError
 from ingress.transport.base import Output
 from ingress.transport.breaker import CircuitBreaker
 from ingress.transport.delivery import Delivery, first_line
 from ingress.transport.retry import Backoff
-from ingress.transport.validate import TenantChecker, TenantRule, env_credential
+from ingress.transport.validate import TenantChecker, TenantRule
 
 from .fakes import FakeSpool, fill, wait_for
 
@@ -213,7 +214,12 @@ def test_breaker_opens_and_probes_one_at_a_time(tmp_path):
 
 def test_tenant_check_failure_holds_batches_in_spool(tmp_path, monkeypatch):
     monkeypatch.delenv("ACME_KEY", raising=False)
-    checker = TenantChecker({"acme": TenantRule(credential=env_credential("ACME_KEY")),
+    def acme_key():  # what ingress.tenants.Tenant.credential does for api_key_env
+        if not os.environ.get("ACME_KEY"):
+            raise TenantCheckError("credential_missing", "acme", "environment variable ACME_KEY is not set")
+        return os.environ["ACME_KEY"]
+
+    checker = TenantChecker({"acme": TenantRule(credential=acme_key),
                              "off": TenantRule(enabled=False)})
     out = ScriptedOutput("o1", needs_credential=True)
     sp = FakeSpool(["o1"])
@@ -342,12 +348,10 @@ def test_bad_arguments(tmp_path):
         Delivery(FakeSpool([]), [ScriptedOutput("a"), ScriptedOutput("a")], None, tenants=[], data_dir=tmp_path)
 
 
-def test_foreign_tenant_check_error_from_an_output_holds_the_batch(tmp_path):
-    class CredentialEmpty(Exception):
-        category, tenant = "credential_empty", "acme"
-
+def test_tenant_check_error_from_an_output_holds_the_batch(tmp_path):
     state = {"bad": True}
-    out = ScriptedOutput("o1", lambda b: CredentialEmpty("key file is empty") if state["bad"] else None)
+    out = ScriptedOutput("o1", lambda b: TenantCheckError("credential_empty", "acme", "key file is empty")
+                         if state["bad"] else None)
     sp = FakeSpool(["o1"])
     fill(sp, "acme", 2)
     d = mk(sp, [out], tmp_path, check_retry_s=0.05)

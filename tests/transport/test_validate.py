@@ -1,7 +1,23 @@
 import pytest
 
-from ingress.transport.validate import (
-    CredentialMissing, TenantCheckError, TenantChecker, TenantRule, env_credential, file_credential)
+import os
+
+from ingress.errors import TenantCheckError
+from ingress.transport.validate import TenantChecker, TenantRule
+
+
+def env_credential(var):
+    """What ingress.tenants.Tenant.credential does for api_key_env (tested in test_tenants)."""
+
+    def get():
+        v = os.environ.get(var)
+        if v is None:
+            raise TenantCheckError("credential_missing", "acme", f"api_key_env {var} is not set")
+        if not v.strip():
+            raise TenantCheckError("credential_empty", "acme", f"api_key_env {var} is empty")
+        return v.strip()
+
+    return get
 
 
 class Clock:
@@ -27,8 +43,10 @@ def test_unknown_and_disabled(tmp_path):
     assert e.category == "tenant_disabled"
     _err(ch.check, "off")
     assert ch.failures() == {
-        "ghost": {"tenant_unknown": 1, "tenant_disabled": 0, "credential_missing": 0, "quota_exceeded": 0},
-        "off": {"tenant_unknown": 0, "tenant_disabled": 2, "credential_missing": 0, "quota_exceeded": 0},
+        "ghost": {"tenant_unknown": 1, "tenant_disabled": 0, "credential_missing": 0,
+                  "credential_unreadable": 0, "credential_empty": 0, "quota_exceeded": 0},
+        "off": {"tenant_unknown": 0, "tenant_disabled": 2, "credential_missing": 0,
+                "credential_unreadable": 0, "credential_empty": 0, "quota_exceeded": 0},
     }
     assert ch.last_error("off") == "tenant_disabled: enabled = false"
 
@@ -40,40 +58,22 @@ def test_credential_from_env(monkeypatch):
     e = _err(ch.check, "acme", needs_credential=True)
     assert e.category == "credential_missing" and "T_KEY is not set" in str(e)
     monkeypatch.setenv("T_KEY", "  ")
-    assert "T_KEY is empty" in str(_err(ch.check, "acme", needs_credential=True))
+    e = _err(ch.check, "acme", needs_credential=True)
+    assert e.category == "credential_empty" and "T_KEY is empty" in str(e)
     monkeypatch.setenv("T_KEY", "s3cret\n")
     ch.check("acme", needs_credential=True)
     assert ch.credential("acme") == "s3cret"
     assert "neither api_key_env" in str(_err(ch.check, "nokey", needs_credential=True))
 
 
-def test_credential_from_file_is_reread_after_cache(tmp_path):
-    c = Clock()
-    p = tmp_path / "key"
-    get = file_credential(p, cache_s=5, clock=c)
-    with pytest.raises(CredentialMissing, match="does not exist"):
-        get()
-    p.write_text("")
-    with pytest.raises(CredentialMissing, match="is empty"):
-        get()
-    p.write_text("k1\nignored\n")
-    assert get() == "k1"
-    p.write_text("k2\n")
-    assert get() == "k1"  # cached
-    c.t = 6
-    assert get() == "k2"
-    p.unlink()
-    c.t = 12
-    with pytest.raises(CredentialMissing, match=str(p)):
-        get()
+def test_a_resolver_failure_of_another_kind_counts_as_credential_missing():
+    def broken():
+        raise OSError("keyring unavailable")
 
-
-def test_unreadable_credential_file(tmp_path):
-    d = tmp_path / "dir"
-    d.mkdir()
-    # A directory where the key file should be fails the same way on every uid.
-    with pytest.raises(CredentialMissing, match="cannot be read|not readable"):
-        file_credential(d)()
+    ch = TenantChecker({"acme": TenantRule(credential=broken)})
+    e = _err(ch.check, "acme", needs_credential=True)
+    assert e.category == "credential_missing" and "keyring unavailable" in str(e)
+    assert ch.failures()["acme"]["credential_missing"] == 1
 
 
 def test_quota_token_bucket():
@@ -111,15 +111,11 @@ def test_update_replaces_rules():
     assert _err(ch.check, "acme").category == "tenant_unknown"
 
 
-def test_any_resolver_failure_is_credential_missing():
-    class OtherCheckError(Exception):
-        def __init__(self):
-            super().__init__("tenant 'acme': credential_unreadable: key file /k: Permission denied")
-            self.category, self.tenant, self.detail = "credential_unreadable", "acme", "key file /k: Permission denied"
-
+def test_a_resolver_keeps_its_finer_category():
     def resolver():
-        raise OtherCheckError()
+        raise TenantCheckError("credential_unreadable", "acme", "key file /k: Permission denied")
 
     ch = TenantChecker({"acme": TenantRule(credential=resolver)})
     e = _err(ch.check, "acme", needs_credential=True)
-    assert e.category == "credential_missing" and e.message == "key file /k: Permission denied"
+    assert e.category == "credential_unreadable" and e.detail == "key file /k: Permission denied"
+    assert ch.failures()["acme"]["credential_unreadable"] == 1

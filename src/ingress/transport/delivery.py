@@ -49,7 +49,8 @@ from typing import Any, Callable, Iterable, Sequence
 from ingress.transport.base import OutgoingBatch, Output
 from ingress.transport.breaker import CLOSED, CircuitBreaker
 from ingress.transport.retry import Backoff, is_retryable, retry_after_of
-from ingress.transport.validate import CATEGORIES, TenantCheckError, TenantChecker
+from ingress.errors import TenantCheckError
+from ingress.transport.validate import CATEGORIES, TenantChecker
 
 log = logging.getLogger("ingress.delivery")
 
@@ -90,10 +91,8 @@ class PairStats:
 
 
 def _is_check_error(err: BaseException) -> bool:
-    """A tenant check failure: ours, or any error carrying ``category`` and ``tenant``
-    (``ingress.tenants.TenantCheckError`` from a credential resolver)."""
-    return isinstance(err, TenantCheckError) or (
-        isinstance(getattr(err, "category", None), str) and isinstance(getattr(err, "tenant", None), str))
+    """A tenant check failure (the checker's, or a credential resolver's raised by an output)."""
+    return isinstance(err, TenantCheckError)
 
 
 def _key(rec: Any) -> Any:

@@ -129,7 +129,7 @@ class HttpOutput(Output):
     credential
         ``credential(tenant) -> str`` (or ``{tenant: callable()}``), the
         tenant's bearer token, resolved for every request; may raise
-        :class:`~ingress.transport.validate.TenantCheckError`, which is passed
+        :class:`~ingress.errors.TenantCheckError`, which is passed
         to ``done`` so the batch stays in the spool. ``None`` sends no
         Authorization header.
     tenants

@@ -12,104 +12,29 @@ Categories (``TenantCheckError.category``):
     The tenant is not (or no longer) configured.
 ``tenant_disabled``
     ``enabled = false`` in its configuration.
-``credential_missing``
-    The output sends a credential (HTTP) and the tenant's ``api_key_env`` is
-    unset/empty or its ``api_key_file`` is missing, unreadable or empty.
+``credential_missing`` / ``credential_unreadable`` / ``credential_empty``
+    The output sends a credential (HTTP) and the tenant's credential cannot be
+    had: nothing configured, ``api_key_env`` unset or ``api_key_file`` absent;
+    the key file unreadable; the value empty. The resolver
+    (:meth:`ingress.tenants.Tenant.credential`) classifies; any other failure of
+    a resolver counts as ``credential_missing``.
 ``quota_exceeded``
     The tenant has sent more than its outgoing quota (samples per second,
     token bucket); ``retry_after`` says when enough has refilled.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Mapping
 
-from ingress.errors import IngressError
+from ingress.errors import TENANT_CHECK_CATEGORIES, TenantCheckError
 
-CATEGORIES = ("tenant_unknown", "tenant_disabled", "credential_missing", "quota_exceeded")
-
-
-class TenantCheckError(IngressError):
-    """A batch may not leave now because of its tenant; the batch stays in the spool.
-
-    Attributes
-    ----------
-    category
-        One of :data:`CATEGORIES`.
-    tenant
-        The tenant id.
-    retry_after
-        Seconds after which checking again can succeed, when known (quota).
-    """
-
-    def __init__(self, category: str, tenant: str, message: str, retry_after: float | None = None) -> None:
-        if category not in CATEGORIES:
-            raise ValueError(f"unknown tenant check category {category!r}")
-        super().__init__(f"{category}: tenant {tenant}: {message}")
-        self.category = category
-        self.tenant = tenant
-        self.message = message
-        self.retry_after = retry_after
-
-
-class CredentialMissing(IngressError):
-    """A tenant credential cannot be resolved; the message says from where."""
-
+CATEGORIES = TENANT_CHECK_CATEGORIES
 
 Credential = Callable[[], str]
-
-
-def env_credential(var: str) -> Credential:
-    """A credential read from environment variable ``var`` at each call."""
-
-    def get() -> str:
-        v = os.environ.get(var, "")
-        if not v.strip():
-            raise CredentialMissing(f"api_key_env {var} is not set" if var not in os.environ
-                                    else f"api_key_env {var} is empty")
-        return v.strip()
-
-    get.source = f"env:{var}"  # type: ignore[attr-defined]
-    return get
-
-
-def file_credential(path: str | os.PathLike, cache_s: float = 5.0,
-                    clock: Callable[[], float] = time.monotonic) -> Credential:
-    """A credential read from a file (first line, stripped), re-read at most every ``cache_s``.
-
-    Re-reading lets an operator rotate a key by rewriting the file.
-    """
-    p = Path(path)
-    cache: list = [None, -1e18]
-    lock = threading.Lock()
-
-    def get() -> str:
-        with lock:
-            now = clock()
-            if cache[0] is not None and now - cache[1] < cache_s:
-                return cache[0]
-            try:
-                text = p.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise CredentialMissing(f"api_key_file {p} does not exist") from None
-            except PermissionError:
-                raise CredentialMissing(f"api_key_file {p} is not readable (permission denied)") from None
-            except (OSError, UnicodeDecodeError) as e:
-                raise CredentialMissing(f"api_key_file {p} cannot be read: {e}") from None
-            lines = text.splitlines()
-            v = lines[0].strip() if lines else ""
-            if not v:
-                raise CredentialMissing(f"api_key_file {p} is empty")
-            cache[0], cache[1] = v, now
-            return v
-
-    get.source = f"file:{p}"  # type: ignore[attr-defined]
-    return get
 
 
 @dataclass
@@ -121,10 +46,9 @@ class TenantRule:
     enabled
         ``enabled`` from the tenant's configuration.
     credential
-        Resolves the tenant's credential (:func:`env_credential`,
-        :func:`file_credential`, or any ``() -> str`` such as
-        ``ingress.tenants.Tenant.credential``; whatever it raises counts as
-        ``credential_missing``); ``None`` when none is configured.
+        Resolves the tenant's credential, e.g. ``ingress.tenants.Tenant.credential``
+        (a :class:`TenantCheckError` it raises keeps its category; anything
+        else counts as ``credential_missing``); ``None`` when none is configured.
     max_samples_per_s
         Outgoing quota in samples per second; ``None`` for no quota.
     burst_samples
@@ -207,12 +131,10 @@ class TenantChecker:
             self._fail("credential_missing", tenant, "neither api_key_env nor api_key_file is set")
         try:
             return rule.credential()
-        except CredentialMissing as e:
+        except TenantCheckError as e:
+            self._fail(e.category, tenant, e.detail)
+        except Exception as e:  # noqa: BLE001 - a resolver's own failure keeps the batch spooled
             self._fail("credential_missing", tenant, str(e))
-        except Exception as e:  # noqa: BLE001 - any resolver (e.g. ingress.tenants.Tenant.credential)
-            # A resolver of its own may classify finer (credential_unreadable, ...);
-            # here every such failure is one category, the message keeps the detail.
-            self._fail("credential_missing", tenant, getattr(e, "detail", None) or str(e))
         raise AssertionError("unreachable")
 
     def check(self, tenant: str, needs_credential: bool = False, samples: int = 0) -> None:
