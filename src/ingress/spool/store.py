@@ -5,7 +5,7 @@ Layout under ``data_dir`` (created 0700)::
     spool/.lock                          flock(LOCK_EX) of the one writer process; holds its pid
     spool/<tenant>/<seq:020d>.seg        segment files, format in ingress.spool.segment
     spool/<tenant>/<seq:020d>.<out>.ack  one ack ledger per segment and output (ingress.spool.ledger)
-    spool/<tenant>/counters.json         cumulative dropped batches/samples (tmp + rename)
+    spool/<tenant>/counters.json         cumulative dropped batches/samples, torn tails (tmp + rename)
     keys/<tenant>.key                    at-rest key of an encrypting tenant (ingress.security.crypto)
 
 Life of a record. ``append`` seals the payload when the tenant encrypts, waits
@@ -220,7 +220,7 @@ class _Segment:
 class _Tenant:
     __slots__ = ("id", "policy", "dir", "outputs", "cipher", "segments", "by_seq", "wlock", "mlock",
                  "bytes", "pend_b", "pend_s", "union_b", "union_s", "dropped_b", "dropped_s",
-                 "corrupt", "ledgers", "next_seq", "seg_target", "seg_max_age_ns")
+                 "corrupt", "torn_tails", "new_torn", "ledgers", "next_seq", "seg_target", "seg_max_age_ns")
 
     def __init__(self, tid: str, policy: TenantPolicy, d: Path, outputs: tuple[str, ...],
                  segment_bytes: int) -> None:
@@ -236,6 +236,8 @@ class _Tenant:
         self.union_b = self.union_s = 0
         self.dropped_b = self.dropped_s = 0
         self.corrupt = 0
+        self.torn_tails = 0  # cumulative, persisted: torn tails truncated at open
+        self.new_torn = 0
         self.ledgers = {o: AckLedger(d, o) for o in outputs}
         self.next_seq = 1
         # An eighth of the quota per segment bounds what one quota drop throws away.
@@ -466,6 +468,7 @@ class Spool:
                             path, res.corrupt_regions)
             if res.tail_bytes and not ro:
                 t.corrupt += 1
+                t.new_torn += 1
                 log.warning("%s: torn or corrupt tail of %d bytes after offset %d: truncated",
                             path, res.tail_bytes, res.valid_end)
                 fd = os.open(path, os.O_WRONLY)
@@ -504,6 +507,10 @@ class Spool:
                     t.union_b += 1
                     t.union_s += seg.samples[i]
         self._load_counters(t)
+        if t.new_torn:
+            t.torn_tails += t.new_torn
+            t.new_torn = 0
+            self._save_counters(t)
         if not ro:
             with t.wlock, t.mlock:
                 for seg in list(t.segments):
@@ -563,6 +570,7 @@ class Spool:
             c = json.loads(p.read_text())
             t.dropped_b = int(c["dropped_batches"])
             t.dropped_s = int(c["dropped_samples"])
+            t.torn_tails = int(c.get("torn_tails", 0))
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError) as e:
@@ -574,8 +582,8 @@ class Spool:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, json.dumps({"dropped_batches": t.dropped_b,
-                                         "dropped_samples": t.dropped_s}).encode())
+                os.write(fd, json.dumps({"dropped_batches": t.dropped_b, "dropped_samples": t.dropped_s,
+                                         "torn_tails": t.torn_tails}).encode())
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
@@ -1002,8 +1010,10 @@ class Spool:
         oldest batch not yet delivered everywhere; 0.0 when none), ``samples_pending``
         and ``batches_pending`` (not yet delivered by every output),
         ``pending_by_output`` ({output: {batches, samples}}), ``dropped_batches``,
-        ``dropped_samples`` (cumulative, persisted) and ``corrupt_records`` (damaged
-        regions found since this spool was opened)."""
+        ``dropped_samples`` (cumulative, persisted), ``corrupt_records`` (damaged
+        regions found since this spool was opened) and ``torn_tails`` (torn or
+        corrupt segment tails truncated at open, cumulative, persisted: the trace
+        a crash in the middle of a write leaves after recovery)."""
         now = self._clock()
         out: dict[str, dict] = {}
         for tid, t in self._tenants.items():
@@ -1020,6 +1030,7 @@ class Spool:
                     "dropped_batches": t.dropped_b,
                     "dropped_samples": t.dropped_s,
                     "corrupt_records": t.corrupt,
+                    "torn_tails": t.torn_tails,
                 }
         return out
 
