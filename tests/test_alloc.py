@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from ingress.buffer import (SAMPLE_BYTES, Batcher, RingSet, SeriesRegistry, freeze_long_lived,
+from ingress.buffer import (SAMPLE_BYTES, RingSet, SeriesRegistry, freeze_long_lived,
                             gc_pause_stats)
 
 BLOCKS, N = 1000, 1000
@@ -96,33 +96,6 @@ def test_registry_touch_and_dictionary_stay_flat():
             if i % 20 == 0:  # one dictionary per 50,000-sample batch
                 reg.dictionary(0, sids, out=index)
     f.check()
-
-
-def test_batcher_steady_state_stays_flat():
-    rings = RingSet(1, SAMPLE_BYTES * 100 * N)
-    reg = SeriesRegistry(1)
-    sids = np.array([reg.intern(0, f"m{i}") for i in range(N)], np.uint32)
-    payload = b"\0" * 1024
-
-    def encode(tenant, host, series, index, ts, values, batch_id):
-        return payload
-
-    clock = [0]
-    b = Batcher(rings, reg, ["acme"], "h", encode=encode, max_samples=50 * N,
-                clock_ns=lambda: clock[0])
-    _, ts, v, _ = columns()
-    closed = 0
-    for _ in range(200):
-        rings.push(0, sids, ts, v, 0)
-        clock[0] += 1_000_000
-        closed += len(b.poll())
-    with Flat() as f:
-        for _ in range(BLOCKS):
-            rings.push(0, sids, ts, v, 0)
-            clock[0] += 1_000_000   # 1 ms a block: batches close by size and by age
-            closed += sum(x.sample_count for x in b.poll())
-    f.check()
-    assert closed > 0
 
 
 # -- collector pauses ------------------------------------------------------------------

@@ -403,3 +403,25 @@ def test_matches_reference_ring(caps, policy, program):
             assert r.dropped(u) == refs[u].dropped
             # Nothing accepted is lost: every offered sample is drained, waiting or counted.
             assert offered[u] == r.drained(u) + r.size(u) + r.dropped(u)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_ring_drained_empty_restarts_at_its_first_slot_and_stays_small_in_memory():
+    # 256 MiB of rings, used like the agent uses them: a pass pushed, then drained empty.
+    rs = RingSet(1, 256 << 20)
+    s = np.arange(1000, dtype=np.uint32)
+    ts = np.arange(1000, dtype=np.int64)
+    v = np.ones(1000)
+    out = (np.empty(1000, np.uint32), np.empty(1000, np.int64), np.empty(1000), None)
+    before = _rss_kib()
+    for _ in range(20_000):  # 20 M samples: 480 MB through a 256 MiB ring
+        rs.push(0, s, ts, v, 0)
+        assert rs.drain(0, *out) == 1000
+    # Only the first 24 KB of the ring were ever written; without the restart
+    # every page of the 256 MiB would have become resident.
+    assert _rss_kib() - before < 16 * 1024
+    assert (out[0] == s).all() and rs.dropped(0) == 0

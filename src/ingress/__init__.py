@@ -1,9 +1,8 @@
 """ingress: a multi-tenant host metrics agent with a compiled hot path."""
-from importlib.metadata import PackageNotFoundError, version as _version
 
-try:
-    __version__ = _version("ingress-agent")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0+unknown"
+# The one place the version lives; pyproject.toml reads it from here at build
+# time. A literal rather than importlib.metadata: that import drags in email,
+# csv and zipfile, over a megabyte of resident memory in a long-running agent.
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -373,8 +373,14 @@ cdef class RingSet:
         head += n
         if head >= cap:
             head -= cap
-        self._head[t] = head
         self._size[t] -= n
+        if self._size[t] == 0:
+            # An emptied ring starts again at its first slot: a ring that is
+            # drained every flush then only ever touches the pages one flush
+            # interval needs, so its resident memory stays at that, not at the
+            # whole budget, and those pages stay warm in the cache.
+            head = 0
+        self._head[t] = head
         self._drained[t] += <uint64_t> n
         return n
 

@@ -11,13 +11,13 @@ Life of an id::
 
 A quarantined id is no longer found by ``intern`` (the same key gets a new id),
 but its key is kept, so batches that still hold samples with it can be encoded
-(``dictionary``). It becomes reusable only after ``release``, which the batcher
+(``dictionary``). It becomes reusable only after ``release``, which the pipeline
 calls once every sample pushed before the eviction has been encoded. So an id
 is never reused while a batch still refers to it.
 
 Thread safety: ``intern`` hits are a plain dict lookup; every mutation and
 ``dictionary`` run under one lock, so a collector thread may intern and touch
-while the batcher thread builds dictionaries and releases ids.
+while the flushing thread builds dictionaries and releases ids.
 """
 from __future__ import annotations
 
@@ -263,7 +263,7 @@ class SeriesRegistry:
             Only this tenant (default: every tenant).
         upto : int, optional
             Only ids quarantined by ``evict`` calls with epoch ``<= upto`` (see
-            ``epoch``); default: all. The batcher passes the epoch it read before its
+            ``epoch``); default: all. The pipeline passes the epoch it read before its
             last complete drain, so ids still referenced by pending samples stay put.
         """
         tenants = range(len(self._t)) if t is None else (t,)

@@ -36,9 +36,6 @@ import stat
 import struct
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from ingress.errors import SpoolError
 
 KEY_SIZE = 32
@@ -92,6 +89,10 @@ class TenantCipher:
         self.tenant = tenant
         self.key_path = str(key_path)
         self.fingerprint = fingerprint(key)
+        # Imported here: the cryptography bindings cost ~10 MB of RSS, paid only
+        # by an agent that has a tenant with encryption on.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(key)
 
     def seal(self, batch_id: bytes, plaintext: bytes, sample_count: int, first_ts_ns: int) -> bytes:
@@ -112,6 +113,8 @@ class TenantCipher:
         if len(blob) < OVERHEAD:
             raise DecryptError(f"tenant {self.tenant!r}: sealed record is {len(blob)} bytes, shorter than nonce+tag")
         aad = associated_data(self.tenant, batch_id, sample_count, first_ts_ns)
+        from cryptography.exceptions import InvalidTag
+
         try:
             return self._aead.decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
         except InvalidTag:
