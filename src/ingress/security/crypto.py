@@ -36,6 +36,7 @@ import stat
 import struct
 from pathlib import Path
 
+from ingress._fs import fsync_dir
 from ingress.errors import SpoolError
 
 KEY_SIZE = 32
@@ -123,14 +124,6 @@ class TenantCipher:
                 f"{self.key_path} (tampered, moved from another tenant, or another key)") from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class KeyStore:
     """The key files of every tenant under ``<data_dir>/keys``.
 
@@ -207,7 +200,7 @@ class KeyStore:
             raise KeyFileError(f"{p}: tenant {tenant!r}: key file already exists; refusing to replace it") from None
         finally:
             os.unlink(tmp)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return key
 
     def load_or_create(self, tenant: str) -> bytes:

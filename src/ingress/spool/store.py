@@ -73,6 +73,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from ingress._fs import fsync_dir
 from ingress.errors import SpoolError
 from ingress.security.crypto import DecryptError, KeyFileError, KeyStore, TenantCipher
 from ingress.spool.ledger import AckLedger, parse_ledger_name, read_ledger
@@ -251,14 +252,6 @@ class _Tenant:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink_quiet(path: Path) -> None:
     try:
         os.unlink(path)
@@ -397,7 +390,7 @@ class Spool:
             if not isinstance(policy, TenantPolicy):
                 raise TypeError(f"tenant {tid!r}: policy must be a TenantPolicy, got {type(policy).__name__}")
             self._tenants[tid] = self._load_tenant(tid, policy, _outputs_for(outputs, tid), segment_bytes)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def _open_readonly(self, _tenants, outputs) -> None:
         try:
@@ -517,7 +510,7 @@ class Spool:
                     if seg.n == 0 or seg.fully_acked():
                         self._delete_segment(t, seg, reason=None)
                 self._expire(t, self._clock())
-            _fsync_dir(d)
+            fsync_dir(d)
         return t
 
     def _setup_cipher(self, t: _Tenant, encrypted_segs, any_sealed_records: bool) -> None:
@@ -588,7 +581,7 @@ class Spool:
             finally:
                 os.close(fd)
             os.replace(tmp, p)
-            _fsync_dir(t.dir)
+            fsync_dir(t.dir)
         except OSError as e:
             log.error("%s: cannot save dropped counters: %s", p, e)
 
@@ -695,7 +688,7 @@ class Spool:
             # The name must be durable before a record in the file is reported durable;
             # the header itself reaches the disk with the first record's sync (a file
             # torn before that has no record and is removed at open).
-            _fsync_dir(t.dir)
+            fsync_dir(t.dir)
         except OSError as e:
             os.close(fd)
             _unlink_quiet(path)
@@ -809,7 +802,7 @@ class Spool:
         doomed = seg.path.with_name(seg.path.name + ".deleting")
         try:
             os.rename(seg.path, doomed)
-            _fsync_dir(t.dir)
+            fsync_dir(t.dir)
             prefix = f"{seg.seq:020d}."
             for name in os.listdir(t.dir):
                 if name.startswith(prefix) and name.endswith(".ack"):
