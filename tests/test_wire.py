@@ -392,3 +392,27 @@ def test_docs_example_is_what_the_encoder_makes():
                        np.array([1234.56, 88.01, 8.0e9, 1234.81, 88.02, 8.0e9]),
                        batch_id=bytes(range(16)))
     assert data == documented
+
+
+def test_dictionary_cache_reuses_identical_series_and_never_a_changed_one():
+    a = ("cpu.time", {"cpu": "0", "mode": "user"})
+    b = ("mem.used", {})
+    series = [a, b]
+    idx = np.array([0, 1, 0], np.uint32)
+    ts = np.array([1, 1, 2], np.int64)
+    vals = np.array([1.0, 2.0, 3.0])
+    bid = b"\x01" * 16
+    cache = wire.DictionaryCache()
+    plain = wire.encode("acme", "h", series, idx, ts, vals, bid)
+    assert wire.encode("acme", "h", series, idx, ts, vals, bid, cache=cache) == plain
+    assert wire.encode("acme", "h", [a, b], idx, ts, vals, bid, cache=cache) == plain  # same objects
+    assert (cache.hits, cache.misses) == (1, 1)
+    # Equal content in new objects, or another series, is a miss and encodes what it is given.
+    c = ("mem.used", {"numa": "1"})
+    changed = wire.encode("acme", "h", [a, c], idx, ts, vals, bid, cache=cache)
+    assert cache.misses == 2
+    assert changed == wire.encode("acme", "h", [a, c], idx, ts, vals, bid)
+    assert wire.decode(changed).series[1] == ("mem.used", {"numa": "1"})
+    fresh = wire.encode("acme", "h", [("cpu.time", {"cpu": "0", "mode": "user"}), b], idx, ts, vals, bid,
+                        cache=cache)
+    assert fresh == plain and cache.misses == 3

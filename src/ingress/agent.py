@@ -257,8 +257,12 @@ class Pipeline:
         self.host = host
         self.max_samples = max_samples
         self.max_bytes = max_bytes
+        self._dict_cache: dict = {}
         if encode is None:
-            from ingress.wire import encode
+            from ingress.wire import DictionaryCache, encode
+
+            # Per tenant: consecutive batches mostly carry the same series.
+            self._dict_cache = {t.id: DictionaryCache() for t in self.tenants}
         self.encode = encode
         self.stats = {t.id: TenantStats() for t in self.tenants}
         self.flush_wanted = threading.Event()
@@ -330,7 +334,11 @@ class Pipeline:
                 sink: Callable) -> int:
         series, index = self.registry.dictionary(t.index, sids)
         batch_id = os.urandom(16)
-        payload = self.encode(t.id, self.host, series, index, ts, vals, batch_id)
+        cache = self._dict_cache.get(t.id)
+        if cache is None:  # an injected encoder (tests) takes the contract's arguments only
+            payload = self.encode(t.id, self.host, series, index, ts, vals, batch_id)
+        else:
+            payload = self.encode(t.id, self.host, series, index, ts, vals, batch_id, cache=cache)
         if len(payload) > self.max_bytes and len(sids) > 1:
             h = len(sids) // 2
             return (self._encode(t, sids[:h], ts[:h], vals[:h], sink)
