@@ -64,10 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=cmd_spool_stats)
 
+    k = sub.add_parser(
+        "sink", help="run the reference receiver (accepts batches over HTTP)",
+        description="Accept batches POSTed by ingress HTTP outputs, check each tenant's key, "
+                    "drop duplicate batch ids and store batches per tenant.")
+    k.add_argument("--listen", default="127.0.0.1:8088", metavar="HOST:PORT",
+                   help="address to listen on (default: %(default)s)")
+    k.add_argument("--data-dir", required=True, metavar="DIR", help="where batches are stored, per tenant")
+    k.add_argument("--keys", required=True, metavar="FILE",
+                   help="TOML/JSON file: tenant = key (or \"sha256:<hex>\")")
+    k.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    k.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert, if not in the same file")
+    k.add_argument("--client-ca", metavar="FILE", help="require client certificates from this CA")
+    k.set_defaults(func=cmd_sink)
+    return p
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    # Imported here: the sink's HTTP server and TLS modules are no part of `ingress run`.
     from ingress import sink
 
-    sink.add_parser(sub)
-    return p
+    return sink.run(args)
 
 
 def _settings(path: str | None):

@@ -416,24 +416,6 @@ def serve(listen: str, data_dir: str | os.PathLike, keys: str | os.PathLike | di
     return SinkServer(listen, data_dir, keys, **kw).start()
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``ingress sink`` to the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "sink", help="run the reference receiver (accepts batches over HTTP)",
-        description="Accept batches POSTed by ingress HTTP outputs, check each tenant's key, "
-                    "drop duplicate batch ids and store batches per tenant.")
-    p.add_argument("--listen", default="127.0.0.1:8088", metavar="HOST:PORT",
-                   help="address to listen on (default: %(default)s)")
-    p.add_argument("--data-dir", required=True, metavar="DIR", help="where batches are stored, per tenant")
-    p.add_argument("--keys", required=True, metavar="FILE",
-                   help="TOML/JSON file: tenant = key (or \"sha256:<hex>\")")
-    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
-    p.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert, if not in the same file")
-    p.add_argument("--client-ca", metavar="FILE", help="require client certificates from this CA")
-    p.set_defaults(func=run)
-    return p
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the sink in the foreground until SIGINT/SIGTERM; 0 on a clean stop, 2 on a bad setting."""
     try:

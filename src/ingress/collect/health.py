@@ -22,11 +22,9 @@ duration string (``500ms``, ``2s``); default 5 s.
 """
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import socket
-import ssl
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,6 +92,11 @@ class Check:
             return False, None, None
 
     def _http(self) -> int:
+        # Imported on first use: an agent without HTTP checks does not carry
+        # http.client and the TLS libraries (several MB of RSS).
+        import http.client
+        import ssl
+
         u = urlsplit(self.target)
         path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         if u.scheme == "https":

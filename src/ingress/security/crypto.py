@@ -30,7 +30,6 @@ record by record.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import struct
@@ -60,6 +59,8 @@ class DecryptError(SpoolError):
 
 def fingerprint(key: bytes) -> bytes:
     """Eight bytes that identify ``key`` without revealing it."""
+    import hashlib  # on first use: OpenSSL's libcrypto is ~3.5 MB of RSS an unencrypted agent skips
+
     return hashlib.sha256(_FP_PREFIX + key).digest()[:8]
 
 
