@@ -658,3 +658,31 @@ def test_priorities_default_to_the_collector_and_can_be_overridden():
     sched.tick(0)
     sched.tick(5 * NS)
     assert sched.effective_intervals() == {"processes": 5.0, "cpu": 10.0}
+
+
+# ---------------------------------------------------------------- the docs tell the truth
+
+DOC = __import__("pathlib").Path(__file__).resolve().parents[2] / "docs" / "scheduling.md"
+
+
+def test_documented_thresholds_are_the_defaults():
+    import dataclasses
+    import re
+
+    text = DOC.read_text()
+    documented = {k: float(v) for k, v in re.findall(r"`(\w+)`[^*|`]*\*\*([\d.]+)", text)}
+    assert documented == {k: float(v) for k, v in dataclasses.asdict(Thresholds()).items()}
+
+
+def test_documented_stretch_table_is_what_the_scheduler_does():
+    text = DOC.read_text()
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(12))
+    load = Load(agent=8.0)
+    sched = make(load=load)
+    sched.tick(0)
+    snaps = [sched.effective_intervals()] + [now for _, now in evaluations(sched, load, 11)]
+    for row, snap in zip(rows, snaps):
+        cells = [float(c) for c in row[2:]]
+        assert cells == [snap["processes"], snap["connections"], snap["disk"], snap["memory"], snap["cpu"]]
+        assert snap["disk"] == snap["network"] and snap["cpu"] == snap["health"]
