@@ -76,6 +76,9 @@ def run_e2e(tmp, broker_addr, w, passes):
     t_out = np.empty(BATCH, np.int64)
     v_out = np.empty(BATCH, np.float64)
     kinds = np.zeros(n_series, np.uint8)
+    # The workload's clock starts at a fixed date; move it to now so the spool's
+    # retention (by first sample time) sees fresh data, as it does in the agent.
+    shift = time.time_ns() - int(w.timestamps[0])
     total = 0
     c0 = time.process_time()
     t0 = time.perf_counter()
@@ -83,7 +86,7 @@ def run_e2e(tmp, broker_addr, w, passes):
         for p in range(passes):
             tick = p % w.n_ticks
             idx, ts, vals = w.ticks(tick, 1)
-            rings.push(0, sids[idx], ts + (p // w.n_ticks) * 100 * 10**9, vals, kinds)
+            rings.push(0, sids[idx], ts + (shift + (p // w.n_ticks) * 100 * 10**9), vals, kinds)
             total += n_series
             if rings.size(0) >= BATCH or p == passes - 1:
                 n = rings.drain(0, s_out, t_out, v_out, None)
