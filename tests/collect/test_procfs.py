@@ -2,6 +2,9 @@
 import ast
 import errno
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,12 +109,25 @@ def test_keyed_readers_and_fd_count():
     assert pf.read_status(os.fsencode(root), pids, st, err) == 2
     assert st[0].tolist() == ref_keyed((root / "10" / "status").read_bytes(), pf.STATUS_FIELDS) == [100, 7]
     fds = np.zeros(3, np.int64)
-    assert pf.count_fds(os.fsencode(root), pids, fds, err) == 2
+    assert pf.count_fds(os.fsencode(root), pids, fds, err) == 2  # not a procfs: listed, never st_size
     assert fds.tolist() == [12, 5, -1]
+
+
+def test_fd_count_on_live_proc_follows_opened_fds():
     me = np.array([os.getpid()], np.int32)
+    fds, err = np.zeros(1, np.int64), np.zeros(1, np.int32)
     pf.count_fds(b"/proc", me, fds, err)
-    # while counting, the reader holds two fds of its own (the /proc root and the fd dir), listdir one
-    assert fds[0] == len(os.listdir("/proc/self/fd")) + 1
+    before = int(fds[0])
+    pipes = [os.pipe() for _ in range(7)]
+    try:
+        pf.count_fds(b"/proc", me, fds, err)
+        assert err[0] == 0 and fds[0] == before + 14
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+    pf.count_fds(b"/proc", me, fds, err)
+    assert fds[0] == before
 
 
 def test_shape_checks_and_missing_root():
@@ -130,6 +146,137 @@ def test_stub_lists_exactly_the_public_api():
     tree = ast.parse(stub.read_text())
     declared = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     declared |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
+    declared |= {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     public = {n for n in dir(pf) if not n.startswith("_")} | {"COMM_LEN_"}
     public.discard("COMM_LEN")
     assert declared == public
+
+
+# -- PidFiles: files held open between passes ----------------------------------------------------
+def _my_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _stat_cols(n):
+    return (np.zeros((n, pf.ST_NFIELDS), np.int64), np.zeros((n, pf.COMM_LEN_), np.uint8),
+            np.full(n, -1, np.int32))
+
+
+def test_pidfiles_reads_what_the_module_reader_reads_and_holds_the_files():
+    pids = np.array([1, os.getpid(), os.getppid()], np.int32)
+    f = pf.PidFiles(b"/proc", b"stat", 16)
+    assert f.holding and f.held == 0
+    a, ca, ea = _stat_cols(3)
+    b, cb, eb = _stat_cols(3)
+    for _ in range(3):  # the first pass opens, the later ones re-read held files
+        assert f.read_stat(pids, a, ca, ea) == 3
+        assert f.held == 3
+    pf.read_stat(b"/proc", pids, b, cb, eb)
+    stable = [pf.ST_PPID, pf.ST_STARTTIME, pf.ST_UID, pf.ST_FLAGS]
+    assert ea.tolist() == eb.tolist() == [0, 0, 0]
+    assert a[:, stable].tolist() == b[:, stable].tolist() and ca.tolist() == cb.tolist()
+    f.close()
+    with pytest.raises(ValueError, match="closed"):
+        f.read_stat(pids, a, ca, ea)
+
+
+def test_pidfiles_held_file_shows_fresh_content():
+    # a child that burns CPU: its utime grows, and a held fd re-read at offset 0 must show it
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        pids = np.array([child.pid], np.int32)
+        f = pf.PidFiles(b"/proc", b"stat", 4)
+        out, comm, err = _stat_cols(1)
+        f.read_stat(pids, out, comm, err)
+        first = out[0, pf.ST_UTIME] + out[0, pf.ST_STIME]
+        for _ in range(2000):
+            f.read_stat(pids, out, comm, err)
+            if out[0, pf.ST_UTIME] + out[0, pf.ST_STIME] > first:
+                break
+            os.sched_yield()
+            time.sleep(0.005)
+        assert f.held == 1 and err[0] == 0
+        assert out[0, pf.ST_UTIME] + out[0, pf.ST_STIME] > first
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_pidfiles_exited_process_fails_and_its_file_is_closed():
+    child = subprocess.Popen(["sleep", "60"])
+    pids = np.array([os.getpid(), child.pid], np.int32)
+    f = pf.PidFiles(b"/proc", b"stat", 16)
+    out, comm, err = _stat_cols(2)
+    assert f.read_stat(pids, out, comm, err) == 2 and f.held == 2
+    base = _my_fds()
+    child.kill()
+    child.wait()  # reaped: the held fd now points at no task
+    assert f.read_stat(pids, out, comm, err) == 1
+    assert err[0] == 0 and err[1] in (errno.ESRCH, errno.ENOENT)
+    assert f.held == 1 and _my_fds() == base - 1
+    # pids not asked for any more are let go as well
+    f.read_stat(pids[:0], out, comm, err)
+    assert f.held == 0 and _my_fds() == base - 2
+
+
+def test_pidfiles_holds_at_most_max_open_and_still_reads_the_rest():
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+    try:
+        pids = np.array([p.pid for p in procs], np.int32)
+        f = pf.PidFiles(b"/proc", b"stat", 2)
+        out, comm, err = _stat_cols(5)
+        for _ in range(2):
+            assert f.read_stat(pids, out, comm, err) == 5
+            assert f.held == 2
+        assert [bytes(c).rstrip(b"\0") for c in comm] == [b"sleep"] * 5
+        none = pf.PidFiles(b"/proc", b"stat", 0)
+        assert not none.holding
+        assert none.read_stat(pids, out, comm, err) == 5 and none.held == 0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_pidfiles_io_through_held_files():
+    pids = np.array([os.getpid()], np.int32)
+    f = pf.PidFiles(b"/proc", b"io", 4)
+    io, err = np.zeros((1, 4), np.int64), np.zeros(1, np.int32)
+    assert f.read_keyed(pids, io, err) == 1 and f.held == 1
+    before = io[0].tolist()
+    with open(__file__, "rb") as fh:  # reading a file moves rchar
+        fh.read()
+    assert f.read_keyed(pids, io, err) == 1
+    assert io[0, 0] > before[0]
+
+
+def test_pidfiles_on_fixtures_never_holds(tmp_path):
+    # a directory of golden files: a held file would keep showing a replaced file's old content
+    d = tmp_path / "proc" / "42"
+    d.mkdir(parents=True)
+    line = "42 (first) S 1 42 42 0 -1 4194560 0 0 0 0 10 5 0 0 20 0 1 0 100 1000 50\n"
+    (d / "stat").write_text(line)
+    f = pf.PidFiles(os.fsencode(tmp_path / "proc"), b"stat", 16)
+    assert not f.holding
+    out, comm, err = _stat_cols(1)
+    pids = np.array([42], np.int32)
+    f.read_stat(pids, out, comm, err)
+    (d / "stat.new").write_text(line.replace("first", "second"))
+    os.replace(d / "stat.new", d / "stat")
+    f.read_stat(pids, out, comm, err)
+    assert bytes(comm[0]).rstrip(b"\0") == b"second" and f.held == 0
+
+
+def test_pidfiles_refuses_what_it_cannot_read():
+    with pytest.raises(ValueError, match="leaf b'cmdline' is not one of"):
+        pf.PidFiles(b"/proc", b"cmdline", 4)
+    with pytest.raises(ValueError, match="max_open -1 is negative"):
+        pf.PidFiles(b"/proc", b"stat", -1)
+    with pytest.raises(FileNotFoundError):
+        pf.PidFiles(b"/nonexistent-proc-root", b"stat", 4)
+    io = pf.PidFiles(b"/proc", b"io", 4)
+    out, comm, err = _stat_cols(1)
+    with pytest.raises(ValueError, match="read_stat needs leaf b'stat'"):
+        io.read_stat(np.array([1], np.int32), out, comm, err)
+    with pytest.raises(ValueError, match="read_keyed needs leaf b'io' or b'status'"):
+        pf.PidFiles(b"/proc", b"stat", 4).read_keyed(np.array([1], np.int32), np.zeros((1, 4), np.int64), err)

@@ -24,9 +24,10 @@ to the *last* ``)``.
 from libc.errno cimport errno, ENOENT
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint32_t
 from libc.stdio cimport snprintf
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy, strlen
 from posix.fcntl cimport O_RDONLY, openat, open as c_open
-from posix.unistd cimport read, close
+from posix.unistd cimport read, pread, close
 from posix.stat cimport struct_stat, fstat
 
 cdef extern from "<fcntl.h>" nogil:
@@ -41,7 +42,16 @@ cdef extern from "<dirent.h>" nogil:
     dirent* readdir(DIR* d)
     int closedir(DIR* d)
 
+cdef extern from "<sys/stat.h>" nogil:
+    int fstatat(int dirfd, const char* path, struct_stat* buf, int flags)
+
+cdef extern from "<sys/vfs.h>" nogil:
+    cdef struct statfs:
+        long f_type
+    int fstatfs(int fd, statfs* buf)
+
 DEF BUF = 4096
+DEF PROC_SUPER_MAGIC = 0x9fa0
 
 ST_STATE = <int>SF_STATE
 ST_PPID = <int>SF_PPID
@@ -315,21 +325,44 @@ def read_status(bytes root, const int32_t[::1] pids, int64_t[:, ::1] out, int32_
     return _read_keyed_many(root, pids, "status", _STATUS_KEYS, 2, out, err)
 
 
+cdef bint _is_procfs(int dfd) noexcept nogil:
+    cdef statfs sfs
+    return fstatfs(dfd, &sfs) == 0 and sfs.f_type == PROC_SUPER_MAGIC
+
+
 def count_fds(bytes root, const int32_t[::1] pids, int64_t[::1] out, int32_t[::1] err) -> int:
-    """Number of open file descriptors: the entries of ``<pid>/fd``."""
+    """Number of open file descriptors: the entries of ``<pid>/fd``.
+
+    On a real procfs, Linux 6.2 and later report the count as the size of
+    ``<pid>/fd`` (one ``stat`` call, about 2 us, against 15 us to list the
+    directory); a size of 0 (an older kernel, or truly no fds) falls back to
+    listing. A root that is not a procfs (golden fixtures) is always listed.
+    """
     cdef Py_ssize_t n = pids.shape[0], i
     cdef int ok = 0, fd
     cdef int64_t c
     cdef char path[64]
     cdef DIR* d
     cdef dirent* e
+    cdef struct_stat st
+    cdef bint proc
     if out.shape[0] < n or err.shape[0] < n:
         raise ValueError("out and err need a row per pid")
     cdef int dfd = _open_root(root)
     with nogil:
+        proc = _is_procfs(dfd)
         for i in range(n):
             out[i] = -1
             snprintf(path, 64, "%d/fd", pids[i])
+            if proc:
+                if fstatat(dfd, path, &st, 0) != 0:
+                    err[i] = errno
+                    continue
+                if st.st_size > 0:
+                    out[i] = st.st_size
+                    err[i] = 0
+                    ok += 1
+                    continue
             fd = openat(dfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if fd < 0:
                 err[i] = errno
@@ -352,6 +385,261 @@ def count_fds(bytes root, const int32_t[::1] pids, int64_t[::1] out, int32_t[::1
             ok += 1
         close(dfd)
     return ok
+
+
+# -- files kept open between passes ------------------------------------------------------------
+cdef class PidFiles:
+    """``<root>/<pid>/<leaf>`` for many pids, kept open between passes and re-read in place.
+
+    Opening a /proc file costs more than reading it: a path walk, a ``struct
+    file`` and a seq_file per open. Measured on Linux 6.18 with 364 processes:
+    open + read + close of ``stat`` 12.9 us, ``pread(fd, 0)`` on a held fd 3.6
+    to 5.1 us; ``io`` 8.4 against 1.9 us. So each pass re-reads the fds held
+    from the last one, opens only pids it has not seen, and closes the fds of
+    pids that were not asked for (the process exited or is no longer wanted).
+
+    A held fd belongs to the process, not to its number: once that process is
+    reaped the read fails with ``ESRCH``, the fd is closed and the pid is
+    opened afresh, so a pid the kernel hands to a new process is never read
+    through its predecessor's file. Files are held only when ``root`` is a
+    real procfs (on a directory of golden fixtures a held file would go on
+    showing a replaced file's old content) and at most ``max_open`` at once;
+    the rest are opened and closed as ``read_stat`` does.
+
+    ``leaf`` is ``b"stat"`` (use :meth:`read_stat`), ``b"io"`` or
+    ``b"status"`` (use :meth:`read_keyed`). Not thread-safe: one owner.
+    """
+    cdef int dfd            # the root, open during a read only: a test may swap the directory
+    cdef bint closed
+    cdef bytes root
+    cdef char cleaf[16]
+    cdef readonly bytes leaf
+    cdef readonly Py_ssize_t max_open
+    cdef readonly bint holding
+    cdef int32_t* tkey      # open addressing, linear probing; 0 = empty (pid 0 is never listed)
+    cdef int32_t* tfd
+    cdef Py_ssize_t tcap    # a power of two, at least twice the entries
+    cdef readonly Py_ssize_t held
+
+    def __cinit__(self, bytes root, bytes leaf, Py_ssize_t max_open=4096):
+        self.dfd = -1
+        self.closed = False
+        self.tkey = NULL
+        self.tfd = NULL
+        self.tcap = 0
+        self.held = 0
+        if leaf not in (b"stat", b"io", b"status"):
+            raise ValueError(f"PidFiles: leaf {leaf!r} is not one of b'stat', b'io', b'status'")
+        if max_open < 0:
+            raise ValueError(f"PidFiles: max_open {max_open} is negative")
+        self.leaf = leaf
+        memcpy(self.cleaf, <const char*>leaf, len(leaf) + 1)
+        self.max_open = max_open
+        self.root = root
+        cdef int dfd = _open_root(root)
+        self.holding = max_open > 0 and _is_procfs(dfd)
+        close(dfd)
+
+    def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self) noexcept:
+        cdef Py_ssize_t j
+        if self.tkey != NULL:
+            for j in range(self.tcap):
+                if self.tkey[j] != 0 and self.tfd[j] >= 0:
+                    close(self.tfd[j])
+            free(self.tkey)
+            free(self.tfd)
+        self.tkey = NULL
+        self.tfd = NULL
+        self.tcap = 0
+        self.held = 0
+
+    def close(self) -> None:
+        """Close every held fd; further reads raise ``ValueError``."""
+        self._release()
+        self.closed = True
+
+    cdef Py_ssize_t _find(self, int32_t pid) noexcept nogil:
+        cdef Py_ssize_t mask, j
+        if self.tcap == 0:
+            return -1
+        mask = self.tcap - 1
+        j = (<uint32_t>pid * 2654435761u) & mask
+        while self.tkey[j] != 0:
+            if self.tkey[j] == pid:
+                return j
+            j = (j + 1) & mask
+        return -1
+
+    cdef int _rebuild(self, int32_t* keys, int32_t* fds, Py_ssize_t n) noexcept nogil:
+        """Close what the last pass held and nobody took; hold ``keys``/``fds`` from now on."""
+        cdef Py_ssize_t j, k, cap = 16, mask
+        if self.tkey != NULL:
+            for j in range(self.tcap):
+                if self.tkey[j] != 0 and self.tfd[j] >= 0:
+                    close(self.tfd[j])
+        while cap < 2 * n:
+            cap *= 2
+        if cap != self.tcap:
+            free(self.tkey)
+            free(self.tfd)
+            self.tkey = <int32_t*>calloc(cap, sizeof(int32_t))
+            self.tfd = <int32_t*>malloc(cap * sizeof(int32_t))
+            if self.tkey == NULL or self.tfd == NULL:
+                free(self.tkey)
+                free(self.tfd)
+                self.tkey = NULL
+                self.tfd = NULL
+                self.tcap = 0
+                self.held = 0
+                for j in range(n):
+                    close(fds[j])
+                return -1
+            self.tcap = cap
+        else:
+            memset(self.tkey, 0, cap * sizeof(int32_t))
+        mask = cap - 1
+        for j in range(n):
+            k = (<uint32_t>keys[j] * 2654435761u) & mask
+            while self.tkey[k] != 0:
+                k = (k + 1) & mask
+            self.tkey[k] = keys[j]
+            self.tfd[k] = fds[j]
+        self.held = n
+        return 0
+
+    cdef Py_ssize_t _read(self, int32_t pid, char* buf, int* err, struct_stat* st,
+                          int32_t* nkeys, int32_t* nfds, Py_ssize_t* nn) noexcept nogil:
+        """One file's content into ``buf``; a fd worth keeping goes to ``nkeys``/``nfds``."""
+        cdef Py_ssize_t j, got
+        cdef int fd
+        cdef char path[64]
+        j = self._find(pid)
+        if j >= 0 and self.tfd[j] >= 0:
+            fd = self.tfd[j]
+            self.tfd[j] = -1  # taken: not closed by the rebuild
+            got = pread(fd, buf, BUF - 1, 0)
+            if got > 0 and (st == NULL or fstat(fd, st) == 0):
+                buf[got] = 0
+                nkeys[nn[0]] = pid
+                nfds[nn[0]] = fd
+                nn[0] += 1
+                return got
+            close(fd)  # the process behind it is gone; the number may be someone else's now
+        snprintf(path, 64, "%d/%s", pid, self.cleaf)
+        fd = openat(self.dfd, path, O_RDONLY | O_CLOEXEC)
+        if fd < 0:
+            err[0] = errno
+            return -1
+        if st != NULL and fstat(fd, st) != 0:
+            err[0] = errno
+            close(fd)
+            return -1
+        got = pread(fd, buf, BUF - 1, 0)
+        if got < 0:
+            err[0] = errno
+            close(fd)
+            return -1
+        buf[got] = 0
+        if self.holding and nn[0] < self.max_open and got > 0:
+            nkeys[nn[0]] = pid
+            nfds[nn[0]] = fd
+            nn[0] += 1
+        else:
+            close(fd)
+        return got
+
+    cdef int _begin(self, Py_ssize_t n, int32_t** nkeys, int32_t** nfds) except -1:
+        if self.closed:
+            raise ValueError("PidFiles is closed")
+        nkeys[0] = <int32_t*>malloc((n + 1) * sizeof(int32_t))
+        nfds[0] = <int32_t*>malloc((n + 1) * sizeof(int32_t))
+        if nkeys[0] == NULL or nfds[0] == NULL:
+            free(nkeys[0])
+            free(nfds[0])
+            raise MemoryError()
+        try:
+            self.dfd = _open_root(self.root)
+        except BaseException:
+            free(nkeys[0])
+            free(nfds[0])
+            raise
+        return 0
+
+    cdef void _end(self, int32_t* nkeys, int32_t* nfds, Py_ssize_t nn) noexcept nogil:
+        self._rebuild(nkeys, nfds, nn)
+        close(self.dfd)
+        self.dfd = -1
+        free(nkeys)
+        free(nfds)
+
+    def read_stat(self, const int32_t[::1] pids, int64_t[:, ::1] out, uint8_t[:, ::1] comm,
+                  int32_t[::1] err) -> int:
+        """As the module's :func:`read_stat`, through held files (``leaf`` must be ``b"stat"``)."""
+        cdef Py_ssize_t n = pids.shape[0], i, got, nn = 0
+        cdef int ok = 0, e
+        cdef char buf[BUF]
+        cdef struct_stat st
+        cdef int32_t* nkeys
+        cdef int32_t* nfds
+        if self.leaf != b"stat":
+            raise ValueError(f"PidFiles: read_stat needs leaf b'stat', this one reads {self.leaf!r}")
+        if out.shape[0] < n or comm.shape[0] < n or err.shape[0] < n:
+            raise ValueError("out, comm and err need a row per pid")
+        if out.shape[1] < SF_NFIELDS or comm.shape[1] < COMM_LEN:
+            raise ValueError(f"out needs {SF_NFIELDS} columns and comm {COMM_LEN}")
+        self._begin(n, &nkeys, &nfds)
+        with nogil:
+            for i in range(n):
+                e = 0
+                got = self._read(pids[i], buf, &e, &st, nkeys, nfds, &nn)
+                if got < 0:
+                    err[i] = e
+                    continue
+                if parse_stat(buf, got, &out[i, 0], &comm[i, 0]) != 0:
+                    err[i] = ENOENT if got == 0 else 22  # empty: a zombie being reaped; else EINVAL
+                    continue
+                out[i, <int>SF_UID] = st.st_uid
+                err[i] = 0
+                ok += 1
+            self._end(nkeys, nfds, nn)
+        return ok
+
+    def read_keyed(self, const int32_t[::1] pids, int64_t[:, ::1] out, int32_t[::1] err) -> int:
+        """As :func:`read_io` (leaf ``b"io"``) or :func:`read_status` (leaf ``b"status"``)."""
+        cdef Py_ssize_t n = pids.shape[0], i, got, nn = 0
+        cdef int ok = 0, e, j, nkeysf
+        cdef char buf[BUF]
+        cdef const char** keys
+        cdef int32_t* nkeys
+        cdef int32_t* nfds
+        if self.leaf == b"io":
+            keys, nkeysf = _IO_KEYS, 4
+        elif self.leaf == b"status":
+            keys, nkeysf = _STATUS_KEYS, 2
+        else:
+            raise ValueError(f"PidFiles: read_keyed needs leaf b'io' or b'status', this one reads {self.leaf!r}")
+        if out.shape[0] < n or err.shape[0] < n or out.shape[1] < nkeysf:
+            raise ValueError(f"out needs {nkeysf} columns and out, err a row per pid")
+        self._begin(n, &nkeys, &nfds)
+        with nogil:
+            for i in range(n):
+                e = 0
+                for j in range(nkeysf):
+                    out[i, j] = -1
+                got = self._read(pids[i], buf, &e, NULL, nkeys, nfds, &nn)
+                if got < 0:
+                    err[i] = e
+                    continue
+                if parse_keyed(buf, got, keys, nkeysf, &out[i, 0]) != nkeysf:
+                    err[i] = ENOENT if got == 0 else 22
+                    continue
+                err[i] = 0
+                ok += 1
+            self._end(nkeys, nfds, nn)
+        return ok
 
 
 def parse_stat_bytes(bytes data):

@@ -31,6 +31,20 @@ def count_fds(root: bytes, pids: npt.NDArray[np.int32], out: npt.NDArray[np.int6
               err: npt.NDArray[np.int32]) -> int: ...
 def parse_stat_bytes(data: bytes) -> tuple[tuple[int, ...], bytes]: ...
 
+class PidFiles:
+    """``<root>/<pid>/<leaf>`` kept open between passes and re-read in place with ``pread``."""
+
+    leaf: bytes
+    max_open: int
+    holding: bool
+    held: int
+    def __init__(self, root: bytes, leaf: bytes, max_open: int = 4096) -> None: ...
+    def read_stat(self, pids: npt.NDArray[np.int32], out: npt.NDArray[np.int64],
+                  comm: npt.NDArray[np.uint8], err: npt.NDArray[np.int32]) -> int: ...
+    def read_keyed(self, pids: npt.NDArray[np.int32], out: npt.NDArray[np.int64],
+                   err: npt.NDArray[np.int32]) -> int: ...
+    def close(self) -> None: ...
+
 NI_LADDR: int
 NI_LPORT: int
 NI_RADDR: int

@@ -8,8 +8,32 @@ instead of psutil's process-wide ``PROCFS_PATH``.
 from __future__ import annotations
 
 import os
+import resource
 
 import numpy as np
+
+_FD_RESERVE = 512  # fds left for sockets, spool segments, logs and outputs
+
+
+def fd_budget() -> int:
+    """How many fds a collector may keep open for its own reading, across all its kinds of file.
+
+    Raises the soft ``RLIMIT_NOFILE`` to the hard limit (at most 65536) first,
+    as Go's runtime does for every program: the default soft limit of 1024 is
+    a relic of ``select()``, which nothing here uses. The budget is what is
+    left of the soft limit after a reserve of 512.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        soft = 65536
+    return max(0, soft - _FD_RESERVE)
 
 
 def read_bytes(path: str) -> bytes | None:
