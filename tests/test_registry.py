@@ -241,3 +241,61 @@ def test_dictionary_matches_numpy_unique(n_ids, data):
     uniq, inverse = np.unique(sids, return_inverse=True)
     assert [name for name, _ in series] == [f"m{i}" for i in uniq.tolist()]
     assert index.tolist() == inverse.tolist()
+
+
+# -- encoded_dictionary: the dictionary section written from the registry's string ids ---------
+
+def _encoded(reg, t, sids):
+    from ingress._core._codec import encode_dictionary
+
+    series, index = reg.dictionary(t, sids)
+    return encode_dictionary(series), index
+
+
+def test_encoded_dictionary_is_the_encoding_of_dictionary():
+    reg = SeriesRegistry(2)
+    for i in range(6):
+        reg.intern(0, f"m{i}", (("k", str(i)), ("host", "a")))
+    reg.intern(1, "other", ())
+    sids = np.array([5, 2, 5, 5, 0, 2], np.uint32)
+    data, n, index = reg.encoded_dictionary(0, sids)
+    (want, wn), want_index = _encoded(reg, 0, sids)
+    assert (data, n) == (want, wn) and n == 3 and index.tolist() == want_index.tolist()
+    out = np.zeros(6, np.uint32)
+    assert reg.encoded_dictionary(0, sids, out=out)[2] is out
+    assert reg.encoded_dictionary(1, np.array([0], np.uint32))[:2] == _encoded(reg, 1, np.array([0]))[0]
+    empty = reg.encoded_dictionary(0, np.empty(0, np.uint32))
+    assert empty[:2] == (b"\x00", 0) and empty[2].size == 0
+
+
+def test_encoded_dictionary_follows_release_and_reuse_of_ids():
+    reg = SeriesRegistry(1, ttl_s=1)
+    reg.intern(0, "gone", (("pid", "7"),), now_ns=0)
+    reg.intern(0, "here", now_ns=10 * S)
+    reg.evict(5 * S)
+    both = np.array([0, 1], np.uint32)
+    assert reg.encoded_dictionary(0, both)[:2] == _encoded(reg, 0, both)[0]  # quarantined: still there
+    reg.release()
+    with pytest.raises(ValueError, match="^sids: id 0 is not in use"):
+        reg.encoded_dictionary(0, both)
+    with pytest.raises(ValueError, match="^sids: id 9 was never issued"):
+        reg.encoded_dictionary(0, np.array([9], np.uint32))
+    assert reg.intern(0, "new", (("pid", "8"),), now_ns=20 * S) == 0  # the freed id, a new series
+    data, n, _ = reg.encoded_dictionary(0, both)
+    assert (data, n) == _encoded(reg, 0, both)[0]
+    from ingress.wire import decode, encode
+
+    payload = encode(
+        "acme", "h", None, np.array([0, 1], np.uint32), np.array([1, 1], np.int64), np.array([1.0, 2.0]),
+        dictionary=(data, n))
+    assert decode(payload).series == [("new", {"pid": "8"}), ("here", {})]
+
+
+def test_intern_refuses_a_name_that_cannot_be_encoded_and_changes_nothing():
+    reg = SeriesRegistry(1)
+    with pytest.raises(ValueError, match="name: .* is not encodable as UTF-8"):
+        reg.intern(0, "bad\ud800")
+    with pytest.raises(TypeError, match="tag 'k' value must be str"):
+        reg.intern(0, "m", (("k", 1),))
+    assert reg.count(0) == 0
+    assert reg.intern(0, "good") == 0

@@ -394,25 +394,98 @@ def test_docs_example_is_what_the_encoder_makes():
     assert data == documented
 
 
-def test_dictionary_cache_reuses_identical_series_and_never_a_changed_one():
-    a = ("cpu.time", {"cpu": "0", "mode": "user"})
-    b = ("mem.used", {})
-    series = [a, b]
+def test_series_dictionary_writes_what_encode_dictionary_writes():
+    from ingress._core._codec import SeriesDictionary, encode_dictionary
+
+    series = [("cpu.time", {"cpu": "0", "mode": "user"}), ("mem.used", {}),
+              ("cpu.time", {"cpu": "1", "mode": "user"}), ("net.bytes", {"if": "é0", "direction": "rx"})]
+    d = SeriesDictionary()
+    for i, (name, tags) in enumerate(series):
+        d.set(10 + i, name, tags)
+    assert d.count == 4 and d.strings == 12
+    for order in ([10, 11, 12, 13], [13, 10], [12], []):
+        got = d.encode(np.array(order, np.uint32))
+        assert got == encode_dictionary([series[i - 10] for i in order])
+    # a whole batch through wire.encode: the same bytes as from the series list
     idx = np.array([0, 1, 0], np.uint32)
     ts = np.array([1, 1, 2], np.int64)
     vals = np.array([1.0, 2.0, 3.0])
     bid = b"\x01" * 16
-    cache = wire.DictionaryCache()
-    plain = wire.encode("acme", "h", series, idx, ts, vals, bid)
-    assert wire.encode("acme", "h", series, idx, ts, vals, bid, cache=cache) == plain
-    assert wire.encode("acme", "h", [a, b], idx, ts, vals, bid, cache=cache) == plain  # same objects
-    assert (cache.hits, cache.misses) == (1, 1)
-    # Equal content in new objects, or another series, is a miss and encodes what it is given.
-    c = ("mem.used", {"numa": "1"})
-    changed = wire.encode("acme", "h", [a, c], idx, ts, vals, bid, cache=cache)
-    assert cache.misses == 2
-    assert changed == wire.encode("acme", "h", [a, c], idx, ts, vals, bid)
-    assert wire.decode(changed).series[1] == ("mem.used", {"numa": "1"})
-    fresh = wire.encode("acme", "h", [("cpu.time", {"cpu": "0", "mode": "user"}), b], idx, ts, vals, bid,
-                        cache=cache)
-    assert fresh == plain and cache.misses == 3
+    plain = wire.encode("acme", "h", series[:2], idx, ts, vals, bid)
+    assert wire.encode("acme", "h", None, idx, ts, vals, bid,
+                       dictionary=d.encode(np.array([10, 11], np.uint32))) == plain
+    with pytest.raises(TypeError, match="dictionary must be a"):
+        wire.encode("acme", "h", None, idx, ts, vals, bid, dictionary=("x", 2))
+
+
+def test_series_dictionary_replaces_clears_and_frees_strings():
+    from ingress._core._codec import SeriesDictionary, encode_dictionary
+
+    d = SeriesDictionary()
+    d.set(0, "a.b", {"pid": "41"})
+    d.set(1, "a.b", {"pid": "42"})
+    assert d.strings == 4
+    d.set(0, "a.c", {"pid": "42"})  # replaced: "a.b" still used by slot 1, "41" freed
+    assert d.count == 2 and d.strings == 4
+    assert d.encode(np.array([0, 1], np.uint32)) == encode_dictionary([("a.c", {"pid": "42"}),
+                                                                        ("a.b", {"pid": "42"})])
+    d.clear(0)
+    d.clear(0)  # nothing there: nothing happens
+    d.clear(99)
+    assert d.count == 1 and d.strings == 3
+    with pytest.raises(ValueError, match="slot 0 holds no series"):
+        d.encode(np.array([1, 0], np.uint32))
+    with pytest.raises(ValueError, match="slot 5000 holds no series"):
+        d.encode(np.array([5000], np.uint32))
+    d.clear(1)
+    assert d.count == 0 and d.strings == 0
+    # freed string ids are reused and the bytes stay right
+    for i in range(300):
+        d.set(i, f"m.{i % 7}", {"k": str(i)})
+    assert d.encode(np.arange(300, dtype=np.uint32)) == encode_dictionary(
+        [(f"m.{i % 7}", {"k": str(i)}) for i in range(300)])
+
+
+def test_series_dictionary_refuses_bad_strings_and_keeps_the_slot():
+    from ingress._core._codec import SeriesDictionary, encode_dictionary
+
+    d = SeriesDictionary()
+    d.set(3, "ok.metric", {"a": "1"})
+    with pytest.raises(TypeError, match="series 3 name must be str, got int"):
+        d.set(3, 7, {})
+    with pytest.raises(TypeError, match="series 3 tag 'a' value must be str, got int"):
+        d.set(3, "x.y", {"a": 1})
+    with pytest.raises(TypeError, match="series 3 tag key must be str, got int"):
+        d.set(3, "x.y", {1: "a"})
+    with pytest.raises(ValueError, match="series 3 name: .* is not encodable as UTF-8"):
+        d.set(3, "bad\ud800", {})
+    with pytest.raises(TypeError, match="series 3 tags must be a mapping"):
+        d.set(3, "x.y", 5)
+    with pytest.raises(ValueError, match="slot -1 is not in"):
+        d.set(-1, "x.y", {})
+    assert d.count == 1 and d.encode(np.array([3], np.uint32)) == encode_dictionary([("ok.metric", {"a": "1"})])
+
+
+_names = st.sampled_from(["cpu.time", "mem.used", "net.bytes", "é.x", ""])
+_texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 40), _names, st.dictionaries(_texts, _texts, max_size=4)),
+                max_size=60),
+       st.lists(st.integers(0, 40), max_size=30), st.randoms())
+def test_series_dictionary_differs_in_nothing_from_encode_dictionary(ops, clears, rnd):
+    from ingress._core._codec import SeriesDictionary, encode_dictionary
+
+    d = SeriesDictionary()
+    held = {}
+    for slot, name, tags in ops:
+        d.set(slot, name, tags)
+        held[slot] = (name, tags)
+    for slot in clears:
+        d.clear(slot)
+        held.pop(slot, None)
+    slots = list(held)
+    rnd.shuffle(slots)
+    assert d.count == len(held)
+    assert d.encode(np.array(slots, np.uint32)) == encode_dictionary([held[s] for s in slots])

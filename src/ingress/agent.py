@@ -257,12 +257,11 @@ class Pipeline:
         self.host = host
         self.max_samples = max_samples
         self.max_bytes = max_bytes
-        self._dict_cache: dict = {}
+        # The real encoder takes the dictionary section the registry writes in C;
+        # an injected one (tests) gets the contract's arguments: the series list.
+        self._predict = encode is None
         if encode is None:
-            from ingress.wire import DictionaryCache, encode
-
-            # Per tenant: consecutive batches mostly carry the same series.
-            self._dict_cache = {t.id: DictionaryCache() for t in self.tenants}
+            from ingress.wire import encode
         self.encode = encode
         self.stats = {t.id: TenantStats() for t in self.tenants}
         self.flush_wanted = threading.Event()
@@ -332,13 +331,13 @@ class Pipeline:
 
     def _encode(self, t: Tenant, sids: np.ndarray, ts: np.ndarray, vals: np.ndarray,
                 sink: Callable) -> int:
-        series, index = self.registry.dictionary(t.index, sids)
         batch_id = os.urandom(16)
-        cache = self._dict_cache.get(t.id)
-        if cache is None:  # an injected encoder (tests) takes the contract's arguments only
-            payload = self.encode(t.id, self.host, series, index, ts, vals, batch_id)
+        if self._predict:
+            d, n, index = self.registry.encoded_dictionary(t.index, sids)
+            payload = self.encode(t.id, self.host, None, index, ts, vals, batch_id, dictionary=(d, n))
         else:
-            payload = self.encode(t.id, self.host, series, index, ts, vals, batch_id, cache=cache)
+            series, index = self.registry.dictionary(t.index, sids)
+            payload = self.encode(t.id, self.host, series, index, ts, vals, batch_id)
         if len(payload) > self.max_bytes and len(sids) > 1:
             h = len(sids) // 2
             return (self._encode(t, sids[:h], ts[:h], vals[:h], sink)

@@ -21,7 +21,7 @@ import numpy as np
 from ingress._core import _codec
 from ingress.errors import WireError
 
-__all__ = ["Batch", "DictionaryCache", "Header", "WireError", "decode", "encode", "peek", "MAGIC", "VERSION"]
+__all__ = ["Batch", "Header", "WireError", "decode", "encode", "peek", "MAGIC", "VERSION"]
 
 MAGIC = b"INGB"
 VERSION = 1
@@ -78,43 +78,9 @@ class Batch:
         return len(self.series_index)
 
 
-class DictionaryCache:
-    """Reuses the encoded series dictionary of the previous batch when it is the same.
-
-    An agent's batches of one tenant mostly carry the same few thousand series,
-    and encoding their names and tags (Python work per series) is most of what
-    a batch costs beyond its samples. The cache keeps the last ``series`` list
-    and its encoded form; the next call whose list holds *the same objects* in
-    the same order (compared by identity, so a changed or re-issued series is a
-    miss) reuses the bytes. Holding the list keeps its objects alive, so an
-    identity cannot be recycled. The caller promises not to mutate a cached
-    ``(name, tags)`` in place, as ``SeriesRegistry.dictionary`` does. One cache
-    per tenant; not thread-safe (one flushing thread per cache).
-    """
-
-    __slots__ = ("_series", "_encoded", "hits", "misses")
-
-    def __init__(self) -> None:
-        self._series: list | None = None
-        self._encoded: tuple[bytes, int] | None = None
-        self.hits = 0
-        self.misses = 0
-
-    def encode_dictionary(self, series: Iterable[tuple[str, Mapping[str, str]]]) -> tuple[bytes, int]:
-        lst = series if isinstance(series, list) else list(series)
-        old = self._series
-        if old is not None and len(old) == len(lst) and all(map(operator.is_, old, lst)):
-            self.hits += 1
-            return self._encoded  # type: ignore[return-value]
-        self.misses += 1
-        self._encoded = _codec.encode_dictionary(lst)
-        self._series = list(lst)
-        return self._encoded
-
-
 def encode(tenant: str, host: str, series: Iterable[tuple[str, Mapping[str, str]]],
            series_index: Any, timestamps: Any, values: Any,
-           batch_id: bytes | None = None, *, cache: DictionaryCache | None = None) -> bytes:
+           batch_id: bytes | None = None, *, dictionary: tuple[bytes, int] | None = None) -> bytes:
     """Encode one tenant's batch.
 
     Parameters
@@ -133,9 +99,11 @@ def encode(tenant: str, host: str, series: Iterable[tuple[str, Mapping[str, str]
         Per sample; every bit pattern survives (NaN payloads, -0.0, inf).
     batch_id : bytes, optional
         16 bytes; ``os.urandom(16)`` when None.
-    cache : DictionaryCache, optional
-        Reuse the previous batch's encoded dictionary when ``series`` holds the
-        same objects (the bytes produced are identical either way).
+    dictionary : (bytes, int), optional
+        The dictionary section already encoded, with its series count, as
+        ``SeriesRegistry.encoded_dictionary`` or ``_codec.SeriesDictionary``
+        give it; ``series`` is then not read (pass ``None``). The batch is the
+        same bytes either way.
 
     Returns
     -------
@@ -168,8 +136,12 @@ def encode(tenant: str, host: str, series: Iterable[tuple[str, Mapping[str, str]
                          f"{len(idx)}, {len(ts)}, {len(vals)}")
     if len(idx) > _U32:
         raise ValueError(f"a batch holds at most {_U32} samples, got {len(idx)}")
-    dictionary, n_series = (_codec.encode_dictionary(series) if cache is None
-                            else cache.encode_dictionary(series))
+    if dictionary is None:
+        dictionary, n_series = _codec.encode_dictionary(series)
+    else:
+        dictionary, n_series = dictionary
+        if not isinstance(dictionary, bytes) or not isinstance(n_series, int) or n_series < 0:
+            raise TypeError("dictionary must be a (bytes, series count) pair")
     if n_series > _U32:
         raise ValueError(f"a batch holds at most {_U32} series, got {n_series}")
     buf, raw_len = _codec.encode_body(dictionary, idx, ts, vals, n_series)

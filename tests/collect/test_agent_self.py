@@ -21,11 +21,24 @@ def test_own_usage_matches_psutil():
     s = samples(c, c.collect(T0 + SEC))
     me = psutil.Process()
     assert s[key("agent.threads")] == me.num_threads()
-    assert s[key("agent.open_fds")] >= 3
+    assert s[key("agent.open_fds")] == me.num_fds() - 1  # psutil counts the fd its own listing opens
     rss = me.memory_info().rss
     assert 0.5 * rss < s[key("agent.memory.rss")] < 2 * rss
     assert 0 < s[key("agent.cpu.time")] <= sum(os.times()[:2]) + 0.01
     assert s[key("agent.cpu.utilization")] > 0
+
+
+def test_open_fds_follow_what_the_agent_opens():
+    c = AgentCollector()
+    before = samples(c, c.collect(T0))[key("agent.open_fds")]
+    pipes = [os.pipe() for _ in range(6)]
+    try:
+        assert samples(c, c.collect(T0 + SEC))[key("agent.open_fds")] == before + 12
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+    assert samples(c, c.collect(T0 + 2 * SEC))[key("agent.open_fds")] == before
 
 
 def test_stats_provider_figures_are_emitted_with_tags():

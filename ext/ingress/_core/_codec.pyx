@@ -72,9 +72,9 @@ cimport numpy as cnp
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport fabs, rint
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from ingress.errors import WireError
 
@@ -305,6 +305,282 @@ def encode_dictionary(series):
     finally:
         free(b.data)
         free(last)
+
+
+cdef str _slot_what(Py_ssize_t slot, Py_ssize_t j, list strings):
+    if j == 0:
+        return f"series {slot} name"
+    if j % 2:
+        return f"series {slot} tag key"
+    return f"series {slot} tag {strings[j - 1]!r} value"
+
+
+cdef class SeriesDictionary:
+    """One tenant's series, held in the form the dictionary section is written from.
+
+    ``encode_dictionary`` walks Python objects: per series a tuple, a dict and a
+    hash lookup per string, about 0.3 us per series, which at a few thousand
+    series per batch was most of what the agent's flushing thread spent. Here
+    each series is checked and taken apart once, when it is registered
+    (:meth:`set`), into string ids of a per-tenant table; :meth:`encode` then
+    writes a batch's dictionary in C without the GIL, byte for byte what
+    ``encode_dictionary`` writes for the same series in the same order (strings
+    are renumbered per batch in first-appearance order). Strings are
+    reference-counted and freed with the last series using them, so a host
+    whose pids keep changing does not grow the table without bound.
+
+    Slots are the caller's series ids (the registry's). Not thread-safe: the
+    registry calls it under its lock.
+    """
+    cdef dict sid_of            # str -> string id
+    cdef list strs              # string id -> str (None when free); keeps the UTF-8 alive
+    cdef list free_sids
+    cdef int32_t* refs
+    cdef const char** sptr
+    cdef Py_ssize_t* slen
+    cdef uint32_t* stamp        # encode's per-batch renumbering, by generation stamp
+    cdef int32_t* loc
+    cdef int32_t* order
+    cdef Py_ssize_t scap
+    cdef uint32_t gen
+    cdef int32_t** ent          # per slot: [name, ntags, k1, v1, k2, v2, ...] or NULL
+    cdef Py_ssize_t ncap
+    cdef readonly Py_ssize_t count
+
+    def __cinit__(self):
+        self.sid_of = {}
+        self.strs = []
+        self.free_sids = []
+        self.refs = NULL
+        self.sptr = NULL
+        self.slen = NULL
+        self.stamp = NULL
+        self.loc = NULL
+        self.order = NULL
+        self.scap = 0
+        self.gen = 0
+        self.ent = NULL
+        self.ncap = 0
+        self.count = 0
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.ent != NULL:
+            for i in range(self.ncap):
+                free(self.ent[i])
+        free(self.ent)
+        free(self.refs)
+        free(self.sptr)
+        free(self.slen)
+        free(self.stamp)
+        free(self.loc)
+        free(self.order)
+
+    @property
+    def strings(self) -> int:
+        """Distinct strings held (names, tag keys and values of the series held)."""
+        return len(self.sid_of)
+
+    cdef int _grow_strings(self) except -1:
+        cdef Py_ssize_t cap = max(256, self.scap * 2)
+        cdef void* p
+        p = realloc(self.refs, cap * sizeof(int32_t))
+        if p == NULL: raise MemoryError()
+        self.refs = <int32_t*>p
+        p = realloc(self.sptr, cap * sizeof(char*))
+        if p == NULL: raise MemoryError()
+        self.sptr = <const char**>p
+        p = realloc(self.slen, cap * sizeof(Py_ssize_t))
+        if p == NULL: raise MemoryError()
+        self.slen = <Py_ssize_t*>p
+        p = realloc(self.stamp, cap * sizeof(uint32_t))
+        if p == NULL: raise MemoryError()
+        self.stamp = <uint32_t*>p
+        memset(self.stamp + self.scap, 0, (cap - self.scap) * sizeof(uint32_t))
+        p = realloc(self.loc, cap * sizeof(int32_t))
+        if p == NULL: raise MemoryError()
+        self.loc = <int32_t*>p
+        p = realloc(self.order, cap * sizeof(int32_t))
+        if p == NULL: raise MemoryError()
+        self.order = <int32_t*>p
+        self.scap = cap
+        return 0
+
+    cdef int32_t _ref(self, str s) except -1:
+        cdef object got = self.sid_of.get(s)
+        cdef Py_ssize_t g, n
+        cdef const char* u
+        if got is not None:
+            g = <Py_ssize_t>got
+            self.refs[g] += 1
+            return <int32_t>g
+        u = PyUnicode_AsUTF8AndSize(s, &n)
+        if self.free_sids:
+            g = self.free_sids.pop()
+            self.strs[g] = s
+        else:
+            g = len(self.strs)
+            if g >= 2**31 - 1:
+                raise OverflowError("more than 2**31 distinct strings")
+            if g >= self.scap:
+                self._grow_strings()
+            self.strs.append(s)
+        self.sid_of[s] = g
+        self.sptr[g] = u
+        self.slen[g] = n
+        self.refs[g] = 1
+        return <int32_t>g
+
+    cdef void _unref(self, int32_t g):
+        self.refs[g] -= 1
+        if self.refs[g] == 0:
+            del self.sid_of[self.strs[g]]
+            self.strs[g] = None
+            self.sptr[g] = NULL
+            self.free_sids.append(g)
+
+    def set(self, Py_ssize_t slot, name, tags) -> None:
+        """Hold series ``(name, tags)`` at ``slot``, replacing what was there.
+
+        Raises ``TypeError``/``ValueError`` (naming the string) for a name, tag
+        key or value that is not a str or not encodable as UTF-8, and leaves
+        the slot as it was.
+        """
+        cdef Py_ssize_t nt, j, cap
+        cdef int32_t* e
+        cdef void* p
+        cdef list strings
+        if slot < 0 or slot >= 2**32:
+            raise ValueError(f"slot {slot} is not in 0..{2**32 - 1}")
+        if type(tags) is not dict:
+            try:
+                tags = dict(tags)
+            except (TypeError, ValueError):
+                raise TypeError(f"series {slot} tags must be a mapping of str to str, "
+                                f"got {type(tags).__name__}") from None
+        strings = [name]
+        for k, v in (<dict>tags).items():
+            strings.append(k)
+            strings.append(v)
+        # check every string before touching anything
+        for j in range(len(strings)):
+            st = strings[j]
+            if not isinstance(st, str):
+                raise TypeError(f"{_slot_what(slot, j, strings)} must be str, got {type(st).__name__}")
+            try:
+                PyUnicode_AsUTF8AndSize(st, &nt)
+            except UnicodeError as exc:
+                raise ValueError(f"{_slot_what(slot, j, strings)}: {st!r} is not encodable as UTF-8 "
+                                 f"({exc.reason})") from None
+        nt = len(<dict>tags)
+        if slot >= self.ncap:
+            cap = max(1024, self.ncap * 2)
+            while cap <= slot:
+                cap *= 2
+            p = realloc(self.ent, cap * sizeof(int32_t*))
+            if p == NULL:
+                raise MemoryError()
+            self.ent = <int32_t**>p
+            memset(self.ent + self.ncap, 0, (cap - self.ncap) * sizeof(int32_t*))
+            self.ncap = cap
+        e = <int32_t*>malloc((2 + 2 * nt) * sizeof(int32_t))
+        if e == NULL:
+            raise MemoryError()
+        e[1] = <int32_t>nt
+        e[0] = self._ref(strings[0])
+        for j in range(nt):
+            e[2 + 2 * j] = self._ref(strings[1 + 2 * j])
+            e[3 + 2 * j] = self._ref(strings[2 + 2 * j])
+        self.clear(slot)
+        self.ent[slot] = e
+        self.count += 1
+
+    def clear(self, Py_ssize_t slot) -> None:
+        """Forget the series at ``slot`` (nothing happens if there is none)."""
+        cdef int32_t* e
+        cdef Py_ssize_t j
+        if slot < 0 or slot >= self.ncap or self.ent[slot] == NULL:
+            return
+        e = self.ent[slot]
+        self.ent[slot] = NULL
+        self._unref(e[0])
+        for j in range(2 * e[1]):
+            self._unref(e[2 + j])
+        free(e)
+        self.count -= 1
+
+    def encode(self, const uint32_t[::1] slots):
+        """The dictionary section for the series at ``slots``, in that order: ``(bytes, count)``.
+
+        The same bytes ``encode_dictionary`` returns for those series.
+        ``ValueError`` names a slot that holds no series.
+        """
+        cdef Py_ssize_t n = slots.shape[0], i, j, nloc = 0, total = 0, sbytes = 0, size
+        cdef int32_t* e
+        cdef int32_t g, kl
+        cdef uint32_t s, gen
+        cdef int64_t bad = -1
+        cdef uint8_t* out = NULL
+        cdef uint8_t* p
+        cdef int32_t* last = NULL
+        with nogil:
+            for i in range(n):
+                s = slots[i]
+                if s >= self.ncap or self.ent[s] == NULL:
+                    bad = s
+                    break
+        if bad >= 0:
+            raise ValueError(f"slot {bad} holds no series")
+        self.gen += 1
+        if self.gen == 0:  # wrapped: every stamp could look current
+            memset(self.stamp, 0, self.scap * sizeof(uint32_t))
+            self.gen = 1
+        gen = self.gen
+        with nogil:
+            for i in range(n):
+                e = self.ent[slots[i]]
+                total += e[1]
+                for j in range(-1, 2 * e[1]):
+                    g = e[0] if j < 0 else e[2 + j]
+                    if self.stamp[g] != gen:
+                        self.stamp[g] = gen
+                        self.loc[g] = <int32_t>nloc
+                        self.order[nloc] = g
+                        nloc += 1
+                        sbytes += self.slen[g]
+            size = 10 + 10 * nloc + sbytes + 10 * (2 * n + 2 * total)
+            out = <uint8_t*>malloc(size)
+            last = <int32_t*>calloc(nloc + 1, sizeof(int32_t))
+            if out != NULL and last != NULL:
+                p = put_varint(out, <uint64_t>nloc)
+                for i in range(nloc):
+                    g = self.order[i]
+                    p = put_varint(p, <uint64_t>self.slen[g])
+                    memcpy(p, self.sptr[g], self.slen[g])
+                    p += self.slen[g]
+                for i in range(n):
+                    p = put_varint(p, <uint64_t>self.loc[self.ent[slots[i]][0]])
+                for i in range(n):
+                    p = put_varint(p, <uint64_t>self.ent[slots[i]][1])
+                for i in range(n):
+                    e = self.ent[slots[i]]
+                    for j in range(e[1]):
+                        p = put_varint(p, <uint64_t>self.loc[e[2 + 2 * j]])
+                for i in range(n):
+                    e = self.ent[slots[i]]
+                    for j in range(e[1]):
+                        kl = self.loc[e[2 + 2 * j]]
+                        g = self.loc[e[3 + 2 * j]]
+                        p = put_varint(p, zz(<int64_t>g - last[kl]))
+                        last[kl] = g
+                size = p - out
+        try:
+            if out == NULL or last == NULL:
+                raise MemoryError()
+            return PyBytes_FromStringAndSize(<char*>out, size), n
+        finally:
+            free(out)
+            free(last)
 
 
 def decode_dictionary(const uint8_t[::1] raw, Py_ssize_t n_series):

@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ingress._core._codec import SeriesDictionary
+
 __all__ = ["SeriesRegistry", "Tags"]
 
 log = logging.getLogger("ingress.buffer")
@@ -43,7 +45,7 @@ _INITIAL_IDS = 1024
 class _Tenant:
     """One tenant's id space. Arrays are indexed by id and grow by doubling."""
 
-    __slots__ = ("cap", "ids", "keys", "wire", "last_seen", "alive", "mark", "remap",
+    __slots__ = ("cap", "ids", "keys", "wire", "sdict", "last_seen", "alive", "mark", "remap",
                  "iota", "free", "quarantine", "live", "refused", "refused_since_log",
                  "last_log")
 
@@ -54,6 +56,9 @@ class _Tenant:
         # (name, tags dict) per id, built once at intern: dictionary() hands these
         # same objects to the encoder instead of building a dict per series per batch.
         self.wire: list[tuple[str, dict[str, str]] | None] = []
+        # The same series, taken apart once into string ids: a batch's dictionary
+        # section is written from here in C (encoded_dictionary).
+        self.sdict = SeriesDictionary()
         n = max(1, min(cap, _INITIAL_IDS))
         self.last_seen = np.full(n, NEVER, np.int64)
         self.alive = np.zeros(n, np.bool_)
@@ -168,19 +173,23 @@ class SeriesRegistry:
                 st.refused_since_log += 1
                 self._log_refusal(t, st, key)
                 return -1
+            wire = (name, dict(key[1]))
             if st.free:
-                sid = st.free.pop()
+                sid = st.free[-1]
+                st.sdict.set(sid, name, wire[1])  # refuses a non-str or non-UTF-8 string, naming it
+                st.free.pop()
                 st.keys[sid] = key
-                st.wire[sid] = (name, dict(key[1]))
+                st.wire[sid] = wire
             else:
                 sid = len(st.keys)
                 if sid >= 2**32:
                     st.refused += 1
                     return -1
+                st.sdict.set(sid, name, wire[1])
                 if sid >= len(st.last_seen):
                     st.grow()
                 st.keys.append(key)
-                st.wire.append((name, dict(key[1])))
+                st.wire.append(wire)
             st.ids[key] = sid
             st.alive[sid] = True
             st.last_seen[sid] = NEVER if now_ns is None else now_ns
@@ -282,6 +291,7 @@ class SeriesRegistry:
                     for sid in lst:
                         st.keys[sid] = None
                         st.wire[sid] = None
+                        st.sdict.clear(sid)
                     st.last_seen[ids] = NEVER
                     st.free.extend(lst)
                     released += len(lst)
@@ -320,26 +330,60 @@ class SeriesRegistry:
         if sids.size == 0:
             return [], (out[:0] if out is not None else np.empty(0, np.uint32))
         with self._lock:
-            n = len(st.keys)
-            hi = int(sids.max())
-            if hi >= n or (sids.dtype.kind != "u" and int(sids.min()) < 0):
-                bad = hi if hi >= n else int(sids.min())
-                raise ValueError(f"sids: id {bad} was never issued in tenant {self._names[t]}")
-            # A scratch mark/remap pair over the id space: O(samples + ids), no sort.
-            mark = st.mark
-            mark[sids] = True
-            uniq = np.flatnonzero(mark[:n])
-            mark[uniq] = False
-            k = uniq.size
-            remap = st.remap
-            remap[uniq] = st.iota[:k]
-            index = np.take(remap, sids, out=out)
+            uniq, index = self._remap(t, st, sids, out)
             wire = st.wire
             series = [wire[i] for i in uniq.tolist()]
         if None in series:
             bad = int(uniq[series.index(None)])
             raise ValueError(f"sids: id {bad} is not in use in tenant {self._names[t]}")
         return series, index
+
+    def encoded_dictionary(self, t: int, sids: np.ndarray,
+                           out: np.ndarray | None = None) -> tuple[bytes, int, np.ndarray]:
+        """As :meth:`dictionary`, with the dictionary section already encoded.
+
+        Returns
+        -------
+        dictionary : bytes
+            The wire dictionary section for the batch's distinct series in id
+            order: the bytes ``_codec.encode_dictionary(series)`` gives, written
+            in C from the string ids kept since each series was interned.
+        n_series : int
+        index : uint32 array
+            Per sample, the position of its series in the dictionary.
+
+        Raises
+        ------
+        ValueError
+            An id is not live or quarantined.
+        """
+        st = self._tenant(t)
+        sids = np.asarray(sids)
+        if sids.size == 0:
+            return b"\x00", 0, (out[:0] if out is not None else np.empty(0, np.uint32))
+        with self._lock:
+            uniq, index = self._remap(t, st, sids, out)
+            try:
+                data, n = st.sdict.encode(uniq.astype(np.uint32, copy=False))
+            except ValueError:
+                bad = next(i for i in uniq.tolist() if st.wire[i] is None)
+                raise ValueError(f"sids: id {bad} is not in use in tenant {self._names[t]}") from None
+        return data, n, index
+
+    def _remap(self, t: int, st: _Tenant, sids: np.ndarray, out: np.ndarray | None):
+        n = len(st.keys)
+        hi = int(sids.max())
+        if hi >= n or (sids.dtype.kind != "u" and int(sids.min()) < 0):
+            bad = hi if hi >= n else int(sids.min())
+            raise ValueError(f"sids: id {bad} was never issued in tenant {self._names[t]}")
+        # A scratch mark/remap pair over the id space: O(samples + ids), no sort.
+        mark = st.mark
+        mark[sids] = True
+        uniq = np.flatnonzero(mark[:n])
+        mark[uniq] = False
+        remap = st.remap
+        remap[uniq] = st.iota[:uniq.size]
+        return uniq, np.take(remap, sids, out=out)
 
     # -- counters -----------------------------------------------------------------------
 
