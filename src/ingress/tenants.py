@@ -76,9 +76,11 @@ class Tenant:
         """The series' tags plus this tenant's; a tag the series sets itself wins."""
         if not self.tags:
             return series_tags
-        merged = dict(self.tags)
-        merged.update(series_tags)
-        return tuple(sorted(merged.items()))
+        keys = {k for k, _ in series_tags}
+        # The pairs themselves are reused, not rebuilt: the registry keeps the result for as
+        # long as the series lives, and the collector already holds the series' pairs.
+        mine = tuple(p for p in self.tags if p[0] not in keys)
+        return tuple(sorted(series_tags + mine))
 
     @property
     def has_credential(self) -> bool:

@@ -238,6 +238,9 @@ class Collector:
         self.settings = settings or CollectorSettings()
         self.table = SeriesTable()
         self.opts = self._resolve_options(self.settings.options or {})
+        # (key, value) pairs shared by the series that carry them: a process's fourteen
+        # series hold one ("pid", "4242") between them, not fourteen.
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
 
     @classmethod
     def _resolve_options(cls, given: dict) -> dict:
@@ -257,7 +260,11 @@ class Collector:
             raise KeyError(f"{type(self).__name__}: metric {metric!r} is not declared")
         if set(tags) != set(spec.tags):
             raise KeyError(f"{type(self).__name__}: {metric} takes tags {sorted(spec.tags)}, got {sorted(tags)}")
-        return self.table.intern(metric, tuple(sorted((k, str(v)) for k, v in tags.items())), spec.kind)
+        pairs = self._pairs
+        if len(pairs) > 65536:  # pids come and go; the next series start sharing afresh
+            pairs.clear()
+        tagt = tuple(sorted(pairs.setdefault(p, p) for p in ((k, str(v)) for k, v in tags.items())))
+        return self.table.intern(metric, tagt, spec.kind)
 
     def series_ids(self, items: Iterable[tuple[str, dict[str, str]]]) -> np.ndarray:
         """Intern several series at once; their local ids as a ``uint32`` array."""
