@@ -64,12 +64,30 @@ def idle_processes():
 
 @pytest.fixture(scope="module")
 def listener():
+    # A service that accepts and closes, as a real one would: a listener that never
+    # accepts fills its backlog and the health checks would then spend the run timing out.
     import socket
+    import threading
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(64)
+    stop = threading.Event()
+
+    def serve():
+        s.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = s.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
     yield s.getsockname()[1]
+    stop.set()
+    t.join()
     s.close()
 
 

@@ -349,22 +349,38 @@ def test_each_collector_runs_at_its_own_interval():
         assert len([g for g in grid if g < grid[0] + 300 * NS]) == 300 // every
 
 
-def test_jitter_spreads_phases_and_passes():
-    names = [f"c{i}" for i in range(40)]
-    cols = {n: Fake(n, 4) for n in names}
-    sched = Scheduler(cols, dict.fromkeys(names, 10.0), load=Load(), rng=7, jitter=0.1, clock=lambda: 0)
-    passes = run_until(sched, 100 * NS)
-    first = {}
-    for fire, name, _, _ in passes:
-        first.setdefault(name, fire)
-    # Phases spread over the whole first interval, not bunched at the start.
-    phases = sorted(first.values())
-    assert phases[0] < 2 * NS and phases[-1] > 8 * NS
-    assert len({p // NS for p in phases}) >= 8  # at least 8 of the 10 one-second buckets
+def test_jitter_spreads_agents_and_passes():
+    # A fleet: 40 agents (seeds) that a deploy starts at the same instant.
+    first, offsets = [], []
+    for seed in range(40):
+        sched = Scheduler(collectors(["cpu"]), {"cpu": 10.0}, load=Load(), rng=seed, jitter=0.1, clock=lambda: 0)
+        passes = run_until(sched, 100 * NS)
+        first.append(passes[0][0])
+        offsets += [fire - grid for fire, _, grid, _ in passes]
+    # Their phases spread over the whole first interval, not bunched at the start.
+    assert min(first) < 2 * NS and max(first) > 8 * NS
+    assert len({p // NS for p in first}) >= 8  # at least 8 of the 10 one-second buckets
     # Each pass fires within jitter x interval of its grid point, and not on it.
-    offsets = [fire - grid for fire, _, grid, _ in passes if grid > 0]
     assert all(abs(o) <= NS for o in offsets)
-    assert len({o for o in offsets}) > len(offsets) // 2
+    assert len(set(offsets)) > len(offsets) // 2
+
+
+def test_one_agents_collectors_share_grid_points_and_wake_ups():
+    names = ["cpu", "memory", "disk", "network", "processes"]
+    sched = Scheduler(collectors(names), {"cpu": 1.0, "memory": 1.0, "disk": 1.0, "network": 2.0,
+                                          "processes": 10.0}, load=Load(), rng=5, jitter=0.1, clock=lambda: 0)
+    passes = run_until(sched, 60 * NS)
+    by_fire: dict[int, set] = {}
+    for fire, name, grid, _ in passes:
+        by_fire.setdefault(fire, set()).add(name)
+        assert abs(fire - grid) <= NS // 10  # jitter is a fraction of the shortest interval
+    wakeups = sorted(by_fire)
+    # one wake-up per second serves every collector due then
+    assert len(wakeups) == len({g for _, _, g, _ in passes})
+    assert 59 <= len(wakeups) <= 61
+    assert all({"cpu", "memory", "disk"} <= names_ for names_ in by_fire.values())
+    assert sum("processes" in n for n in by_fire.values()) in (6, 7)
+    assert sum("network" in n for n in by_fire.values()) in (30, 31)
 
 
 def test_same_seed_same_schedule_other_seed_other_schedule():
@@ -610,6 +626,60 @@ def test_stop_gives_up_on_a_stuck_collector_and_says_which(caplog):
         assert any("health" in r.getMessage() and "abandoned" in r.getMessage() for r in caplog.records)
     finally:
         gate.set()
+
+
+class Overlap(Collector):
+    """Records the order of passes and how many ran at the same time."""
+
+    state = {"active": 0, "most": 0, "order": []}
+    lock = threading.Lock()
+
+    def __init__(self, name: str, priority: int, gate: threading.Event | None = None) -> None:
+        super().__init__()
+        self.name, self.priority, self.gate = name, priority, gate
+
+    def collect(self, now_ns: int) -> Columns:
+        with self.lock:
+            self.state["active"] += 1
+            self.state["most"] = max(self.state["most"], self.state["active"])
+            self.state["order"].append(self.name)
+        if self.gate is not None:
+            self.gate.wait(SAFETY)
+        with self.lock:
+            self.state["active"] -= 1
+        return Columns(np.zeros(0, np.uint32), np.zeros(0, np.float64), now_ns)
+
+
+def test_passes_of_one_grid_point_run_in_turn_most_important_first():
+    Overlap.state = {"active": 0, "most": 0, "order": []}
+    cols = {n: Overlap(n, p) for n, p in (("processes", 0), ("connections", 1), ("disk", 2), ("cpu", 4))}
+    got: queue.Queue = queue.Queue()
+    sched = Scheduler(cols, dict.fromkeys(cols, 1.0), load=Load(), rng=NoPhase(), jitter=0.0,
+                      on_columns=lambda n, c, t: got.put(n))
+    sched.start()
+    try:
+        assert [got.get(timeout=SAFETY) for _ in range(4)] == ["cpu", "disk", "connections", "processes"]
+    finally:
+        assert sched.stop(SAFETY)
+    assert Overlap.state["most"] == 1  # never two at once
+    assert Overlap.state["order"][:4] == ["cpu", "disk", "connections", "processes"]
+
+
+def test_a_stuck_pass_holds_up_the_others_only_briefly():
+    Overlap.state = {"active": 0, "most": 0, "order": []}
+    gate = threading.Event()
+    cols = {"health": Overlap("health", 4, gate=gate), "cpu": Overlap("cpu", 3), "disk": Overlap("disk", 2)}
+    got: queue.Queue = queue.Queue()
+    sched = Scheduler(cols, dict.fromkeys(cols, 1.0), load=Load(), rng=NoPhase(), jitter=0.0,
+                      on_columns=lambda n, c, t: got.put(n))
+    sched.start()
+    try:
+        # health goes first and hangs; cpu and disk are handed their passes anyway
+        assert sorted(got.get(timeout=SAFETY) for _ in range(2)) == ["cpu", "disk"]
+        assert Overlap.state["order"][0] == "health" and Overlap.state["active"] >= 1
+    finally:
+        gate.set()
+        assert sched.stop(SAFETY)
 
 
 def test_real_clock_start_and_stop():
