@@ -126,6 +126,6 @@ def test_whole_agent_vs_naive_psutil_loop(benchmark, idle_processes, listener, t
     print(f"\nwhole agent: {r['agent_cpu'] * 100:.2f}% of a core, {r['agent_rss']:.1f} MB RSS; "
           f"naive psutil loop: {r['naive_cpu'] * 100:.2f}%, {r['naive_rss']:.1f} MB "
           f"({len(idle_processes)} extra idle processes, {window:.0f} s window)")
-    record_ratio("whole agent CPU: naive psutil loop / agent", r["naive_cpu"] / max(r["agent_cpu"], 1 / TICK / window), 2.0)
+    record_ratio("whole agent CPU: naive psutil loop / agent", r["naive_cpu"] / max(r["agent_cpu"], 1 / TICK / window), 3.0)
     # RSS is a size, not a time: the goal holds on any machine.
     assert r["agent_rss"] <= RSS_CAP_MB, f"agent RSS {r['agent_rss']:.1f} MB over the {RSS_CAP_MB} MB cap"

@@ -1,8 +1,9 @@
 """What does one collection pass cost, next to the obvious psutil loop? (CPU time, same run)
 
 A host with 300 extra idle processes (``sleep 600`` children, killed at the
-end). Our pass is processes + cpu + memory + disk + network + connections
-with the processes collector configured as a tenant would (top 10 by CPU and
+end). Our pass is every collector: processes, cpu, memory, disk, network,
+connections, health (a TCP check against a local listener that accepts, and a
+process-alive check) and agent, with the processes collector configured as a tenant would (top 10 by CPU and
 by memory, a couple of name globs, expensive fields every 5th pass). The
 baseline is what a first implementation would write: ``psutil.process_iter``
 and, per process under ``oneshot()``, every field the processes collector
@@ -30,7 +31,7 @@ from ingress.collect import COLLECTORS
 from ingress.collect.base import CollectorSettings
 
 EXTRA_PROCS = 300
-ORDER = ("processes", "cpu", "memory", "disk", "network", "connections")
+ORDER = ("processes", "cpu", "memory", "disk", "network", "connections", "health", "agent")
 PROC_OPTS = {"top": 10, "match": ["sshd", "nginx*", "postgres"], "slow_every": 5}
 
 
@@ -52,8 +53,38 @@ def cpu_s() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-def make_collectors(proc_opts=PROC_OPTS):
-    return {n: COLLECTORS[n](CollectorSettings(options=proc_opts if n == "processes" else {})) for n in ORDER}
+@pytest.fixture(scope="module")
+def listener():
+    # A local service that accepts and closes, for the health collector's TCP check.
+    import socket
+    import threading
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    s.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                s.accept()[0].close()
+            except OSError:
+                continue
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield s.getsockname()[1]
+    stop.set()
+    t.join()
+    s.close()
+
+
+def make_collectors(port, proc_opts=PROC_OPTS):
+    opts = {"processes": proc_opts,
+            "health": {"checks": [{"name": "listener", "tcp": f"127.0.0.1:{port}"},
+                                  {"name": "sleepers", "process": "sleep"}]}}
+    return {n: COLLECTORS[n](CollectorSettings(options=opts.get(n, {}))) for n in ORDER}
 
 
 def our_pass(cols, now_ns):
@@ -90,10 +121,10 @@ def measure(fn, passes):
     return (u1 - u0) / passes, (s1 - s0) / passes
 
 
-def test_full_pass_cpu_ratio_vs_psutil(idle_processes, bench_short):
+def test_full_pass_cpu_ratio_vs_psutil(idle_processes, listener, bench_short):
     ours_n = 20 if bench_short else 100  # a multiple of slow_every: the slow passes are in the mean
     base_n = 4 if bench_short else 20
-    cols = make_collectors()
+    cols = make_collectors(listener)
     clock = [time.time_ns()]
 
     def ours(i):
@@ -148,8 +179,8 @@ def test_every_process_selected_cpu_ratio(idle_processes, bench_short):
     record_ratio("collect: psutil / processes with every process selected, every field", ratio, 2.0)
 
 
-def test_full_pass_wall(idle_processes, bench):
-    cols = make_collectors()
+def test_full_pass_wall(idle_processes, listener, bench):
+    cols = make_collectors(listener)
     clock = [time.time_ns()]
 
     def one():

@@ -280,3 +280,27 @@ def test_pidfiles_refuses_what_it_cannot_read():
         io.read_stat(np.array([1], np.int32), out, comm, err)
     with pytest.raises(ValueError, match="read_keyed needs leaf b'io' or b'status'"):
         pf.PidFiles(b"/proc", b"stat", 4).read_keyed(np.array([1], np.int32), np.zeros((1, 4), np.int64), err)
+
+
+def test_pidfiles_comm_is_the_name_stat_shows():
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        pids = np.array([1, os.getpid(), child.pid], np.int32)
+        f = pf.PidFiles(b"/proc", b"comm", 8)
+        comm, err = np.zeros((3, pf.COMM_LEN_), np.uint8), np.full(3, -1, np.int32)
+        for _ in range(2):  # opened, then re-read through the held files
+            assert f.read_comm(pids, comm, err) == 3 and f.held == 3
+        out, scomm, serr = _stat_cols(3)
+        pf.read_stat(b"/proc", pids, out, scomm, serr)
+        assert comm.tolist() == scomm.tolist()
+        assert bytes(comm[2]).rstrip(b"\0") == b"sleep"
+        child.kill()
+        child.wait()
+        assert f.read_comm(pids, comm, err) == 2 and err[2] in (errno.ESRCH, errno.ENOENT) and f.held == 2
+        with pytest.raises(ValueError, match="read_comm needs leaf b'comm'"):
+            pf.PidFiles(b"/proc", b"stat", 1).read_comm(pids, comm, err)
+        with pytest.raises(ValueError, match="comm needs 64 columns"):
+            f.read_comm(pids, np.zeros((3, 16), np.uint8), err)
+    finally:
+        child.kill()
+        child.wait()

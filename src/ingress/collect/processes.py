@@ -175,7 +175,7 @@ class ProcessesCollector(Collector):
         self.page_size = float(os.sysconf("SC_PAGE_SIZE"))
         self._root = os.fsencode(self.settings.proc_root)
         self.btime = self._read_btime()
-        held = min(o["held_files"], fd_budget() // 3) if o["held_files"] else 0
+        held = min(o["held_files"], fd_budget() // 4) if o["held_files"] else 0  # 3 kinds; health gets 1/4
         self._statf = pf.PidFiles(self._root, b"stat", held)
         self._iof = pf.PidFiles(self._root, b"io", held)
         self._statusf = pf.PidFiles(self._root, b"status", held)
