@@ -10,6 +10,7 @@ import pytest
 from ingress.collect.pressure import (
     PressureSample,
     ProcPressure,
+    read_cgroup_throttling,
     read_host_cpu,
     read_psi_cpu_some_avg10,
 )
@@ -153,3 +154,64 @@ def test_real_proc_gives_sane_readings():
     assert got.load_per_core >= 0.0
     assert got.load_per_core == pytest.approx(os.getloadavg()[0] / os.cpu_count(), abs=0.5)
     assert got.psi_cpu_some_avg10 is None or got.psi_cpu_some_avg10 >= 0.0
+
+
+# ---------------------------------------------------------------- cgroup v2 CPU quota
+
+
+def write_cgroup(tmp_path, rel="/system.slice/ingress.service", cpu_max="50000 100000",
+                 periods=100, throttled=10, cgroup_line=None):
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True, exist_ok=True)
+    (proc / "self" / "cgroup").write_text(cgroup_line if cgroup_line is not None else f"0::{rel}\n")
+    cg = tmp_path / "cgroup" / rel.lstrip("/")
+    cg.mkdir(parents=True, exist_ok=True)
+    (cg / "cpu.max").write_text(cpu_max + "\n")
+    (cg / "cpu.stat").write_text(f"usage_usec 123\nuser_usec 100\nsystem_usec 23\nnr_periods {periods}\n"
+                                 f"nr_throttled {throttled}\nthrottled_usec 4567\n")
+    return str(proc), str(tmp_path / "cgroup")
+
+
+def test_read_cgroup_throttling_from_the_own_cgroup(tmp_path):
+    proc, fs = write_cgroup(tmp_path)
+    assert read_cgroup_throttling(proc, fs) == (100, 10)
+
+
+@pytest.mark.parametrize("kw", [
+    {"cpu_max": "max 100000"},                       # no quota: nothing to be throttled by
+    {"cgroup_line": "1:cpu:/\n2:memory:/x\n"},       # cgroup v1 only
+])
+def test_no_quota_or_no_cgroup_v2_means_none(tmp_path, kw):
+    proc, fs = write_cgroup(tmp_path, **kw)
+    assert read_cgroup_throttling(proc, fs) is None
+    assert read_cgroup_throttling(str(tmp_path / "nowhere"), fs) is None
+
+
+def test_read_cgroup_throttling_names_a_bad_file(tmp_path):
+    proc, fs = write_cgroup(tmp_path)
+    bad = tmp_path / "cgroup" / "system.slice" / "ingress.service" / "cpu.stat"
+    bad.write_text("usage_usec 1\n")
+    with pytest.raises(ValueError, match="ingress.service/cpu.stat: no nr_periods / nr_throttled"):
+        read_cgroup_throttling(proc, fs)
+
+
+def test_throttled_share_is_over_the_window(tmp_path):
+    proc, fs = write_cgroup(tmp_path, periods=100, throttled=10)
+    write_proc(tmp_path / "proc", STAT_0)
+    s = Script()
+    src = ProcPressure(clock=s.clock, times=s.times, root=proc, cgroup_fs=fs, loadavg=lambda: (0.1, 0, 0),
+                       cpu_count=2)
+    write_cgroup(tmp_path, periods=160, throttled=40)  # 30 of the window's 60 periods throttled
+    s.now += 2 * NS
+    assert src().cgroup_throttled_percent == pytest.approx(50.0)
+    s.now += 2 * NS  # no period ran in this window: nothing was throttled
+    assert src().cgroup_throttled_percent == 0.0
+
+
+def test_without_a_quota_the_reading_is_absent(tmp_path):
+    proc, fs = write_cgroup(tmp_path, cpu_max="max 100000")
+    write_proc(tmp_path / "proc", STAT_0)
+    s = Script()
+    src = ProcPressure(clock=s.clock, times=s.times, root=proc, cgroup_fs=fs)
+    s.now += 2 * NS
+    assert src().cgroup_throttled_percent is None

@@ -105,6 +105,11 @@ def test_classify_high_low_hold_with_reasons():
     assert classify(PressureSample(1.0, 90.0, None, 0.1), 5.0, th)[0] == HOLD
     assert classify(PressureSample(1.0, 10.0, 30.0, 0.1), 5.0, th)[0] == HOLD
     assert classify(PressureSample(1.0, 10.0, None, 1.5), 5.0, th)[0] == HOLD
+    # A starved container: the host is idle, the agent's cgroup hits its CPU quota.
+    verdict, reason = classify(PressureSample(1.0, 10.0, None, 0.1, 40.0), 5.0, th)
+    assert verdict == HIGH and reason == "cgroup throttled in 40.0% of periods > 20%"
+    assert classify(PressureSample(1.0, 10.0, None, 0.1, 10.0), 5.0, th)[0] == HOLD
+    assert classify(PressureSample(1.0, 10.0, None, 0.1, 1.0), 5.0, th)[0] == LOW
 
 
 def test_thresholds_refuse_an_inverted_band():

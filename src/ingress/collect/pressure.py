@@ -13,7 +13,16 @@ since the previous sample:
                           10 s in which at least one task waited for a CPU;
                           ``None`` where the kernel has no PSI
 ``load_per_core``         1-minute load average over the number of CPUs
+``cgroup_throttled_``     share of the CPU periods of the agent's own cgroup
+``percent``               (v2) in which its CPU quota ran out and it was
+                          throttled, 0-100; ``None`` when the cgroup has no
+                          quota (``cpu.max`` is ``max``) or is not readable
 ========================  ====================================================
+
+Inside a container with a CPU quota, the host's CPU can be idle while the
+container is starved: the kernel stops its tasks for the rest of each period
+once the quota is used. That is saturation as far as the agent is concerned,
+and only the cgroup's ``cpu.stat`` shows it.
 
 :class:`ProcPressure` is the real source. Everything it reads is injectable
 (clock, ``times``, ``loadavg``, CPU count, /proc root) so tests feed it golden
@@ -28,11 +37,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ingress.collect.base import proc_root
+from ingress.collect.base import proc_root, sys_root
 
 log = logging.getLogger("ingress.collect")
 
-__all__ = ["PressureSample", "LoadSource", "ProcPressure", "read_host_cpu", "read_psi_cpu_some_avg10"]
+__all__ = ["PressureSample", "LoadSource", "ProcPressure", "read_cgroup_throttling", "read_host_cpu",
+           "read_psi_cpu_some_avg10"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class PressureSample:
     host_cpu_percent: float
     psi_cpu_some_avg10: float | None
     load_per_core: float
+    cgroup_throttled_percent: float | None = None
 
 
 class LoadSource(Protocol):
@@ -90,6 +101,38 @@ def read_psi_cpu_some_avg10(root: str | None = None) -> float | None:
     raise ValueError(f"{path}: no 'some avg10=' field in {text[:80]!r}")
 
 
+def read_cgroup_throttling(proc: str | None = None, cgroup_fs: str | None = None) -> tuple[int, int] | None:
+    """Cumulative ``(nr_periods, nr_throttled)`` of this process's cgroup v2, or ``None``.
+
+    The cgroup is the ``0::`` line of ``<proc>/self/cgroup``; its files are under
+    ``<cgroup_fs>`` (default ``<sys root>/fs/cgroup``). ``None`` when there is no
+    cgroup v2, no CPU controller or no quota (``cpu.max`` starts with ``max``):
+    without a quota there is nothing to be throttled by.
+    """
+    try:
+        with open(os.path.join(proc or proc_root(), "self", "cgroup"), "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    rel = next((ln[3:].decode("utf-8", "replace") for ln in lines if ln.startswith(b"0::")), None)
+    if rel is None:
+        return None
+    base = os.path.join(cgroup_fs or os.path.join(sys_root(), "fs", "cgroup"), rel.lstrip("/"))
+    try:
+        with open(os.path.join(base, "cpu.max"), "rb") as f:
+            if f.read().split()[:1] in ([b"max"], []):
+                return None
+        with open(os.path.join(base, "cpu.stat"), "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    vals = dict(line.split()[:2] for line in text.splitlines() if len(line.split()) >= 2)
+    try:
+        return int(vals[b"nr_periods"]), int(vals[b"nr_throttled"])
+    except (KeyError, ValueError):
+        raise ValueError(f"{os.path.join(base, 'cpu.stat')}: no nr_periods / nr_throttled in {text[:80]!r}")
+
+
 class ProcPressure:
     """The real load source: deltas of process and host CPU counters.
 
@@ -112,6 +155,8 @@ class ProcPressure:
     root
         The /proc root; default :func:`ingress.collect.base.proc_root`, read at
         every call so ``INGRESS_PROCFS`` set later still applies.
+    cgroup_fs
+        Where cgroup v2 is mounted; default ``<sys root>/fs/cgroup``.
     min_window_s
         Shortest window a new sample is computed over.
 
@@ -130,6 +175,7 @@ class ProcPressure:
         loadavg: Callable[[], tuple[float, float, float]] = os.getloadavg,
         cpu_count: int | None = None,
         root: str | None = None,
+        cgroup_fs: str | None = None,
         min_window_s: float = 1.0,
     ) -> None:
         self._clock = clock
@@ -137,12 +183,14 @@ class ProcPressure:
         self._loadavg = loadavg
         self._cpus = max(1, cpu_count or os.cpu_count() or 1)
         self._root = root
+        self._cgroup_fs = cgroup_fs
         self._min_window_ns = int(min_window_s * 1e9)
         self._warned: set[str] = set()
         self._last: PressureSample | None = None
         self._t0 = clock()
         self._cpu0 = self._agent_cpu_s()
         self._host0 = self._host()
+        self._thr0 = self._throttling()
 
     def _agent_cpu_s(self) -> float:
         t = self._times()
@@ -153,6 +201,13 @@ class ProcPressure:
             return read_host_cpu(self._root)
         except (OSError, ValueError) as e:
             self._warn_once("host_cpu", "host CPU unreadable, counted as idle: %s", e)
+            return None
+
+    def _throttling(self) -> tuple[int, int] | None:
+        try:
+            return read_cgroup_throttling(self._root, self._cgroup_fs)
+        except ValueError as e:
+            self._warn_once("cgroup", "cgroup CPU throttling unreadable, ignored: %s", e)
             return None
 
     def _psi(self) -> float | None:
@@ -187,12 +242,19 @@ class ProcPressure:
             load1 = float(self._loadavg()[0])
         except OSError:
             load1 = 0.0
+        thr = self._throttling()
+        throttled = None
+        if thr is not None and self._thr0 is not None:
+            d_periods, d_thr = thr[0] - self._thr0[0], thr[1] - self._thr0[1]
+            throttled = min(100.0, max(0.0, d_thr * 100.0 / d_periods)) if d_periods > 0 else 0.0
         sample = PressureSample(
             agent_cpu_percent=agent_pct,
             host_cpu_percent=host_pct,
             psi_cpu_some_avg10=self._psi(),
             load_per_core=load1 / self._cpus,
+            cgroup_throttled_percent=throttled,
         )
         self._t0, self._cpu0, self._host0 = now, cpu, host if host is not None else self._host0
+        self._thr0 = thr
         self._last = sample
         return sample

@@ -75,6 +75,9 @@ class Thresholds:
         ``/proc/pressure/cpu`` ``some avg10`` %; ignored where the kernel has no PSI.
     load_high, load_low
         1-minute load average per CPU.
+    throttled_high, throttled_low
+        % of the agent's cgroup CPU periods throttled by its quota; ignored
+        without a quota.
     stretch_dwell_s
         Minimum time after any change before the next stretch step.
     restore_dwell_s
@@ -90,11 +93,13 @@ class Thresholds:
     psi_low: float = 25.0
     load_high: float = 2.0
     load_low: float = 1.25
+    throttled_high: float = 20.0
+    throttled_low: float = 5.0
     stretch_dwell_s: float = 15.0
     restore_dwell_s: float = 60.0
 
     def __post_init__(self) -> None:
-        for key in ("agent_cpu", "host_cpu", "psi", "load"):
+        for key in ("agent_cpu", "host_cpu", "psi", "load", "throttled"):
             lo, hi = getattr(self, f"{key}_low"), getattr(self, f"{key}_high")
             if not 0 <= lo < hi:
                 raise ValueError(f"thresholds: {key}_low={lo} must be >= 0 and below {key}_high={hi}")
@@ -120,6 +125,9 @@ def classify(sample: PressureSample, cpu_budget_percent: float, th: Thresholds) 
         high.append(f"cpu pressure {s.psi_cpu_some_avg10:.1f}% > {th.psi_high:g}%")
     if s.load_per_core > th.load_high:
         high.append(f"load per core {s.load_per_core:.2f} > {th.load_high:g}")
+    thr = s.cgroup_throttled_percent
+    if thr is not None and thr > th.throttled_high:
+        high.append(f"cgroup throttled in {thr:.1f}% of periods > {th.throttled_high:g}%")
     if high:
         return HIGH, "; ".join(high)
     calm = (
@@ -127,6 +135,7 @@ def classify(sample: PressureSample, cpu_budget_percent: float, th: Thresholds) 
         and s.host_cpu_percent < th.host_cpu_low
         and (s.psi_cpu_some_avg10 is None or s.psi_cpu_some_avg10 < th.psi_low)
         and s.load_per_core < th.load_low
+        and (thr is None or thr < th.throttled_low)
     )
     if calm:
         return LOW, (
