@@ -153,6 +153,17 @@ def test_stub_lists_exactly_the_public_api():
 
 
 # -- PidFiles: files held open between passes ----------------------------------------------------
+def _sleeper() -> subprocess.Popen:
+    """A ``sleep 60`` child that has already exec'd (until then its name is the parent's)."""
+    child = subprocess.Popen(["sleep", "60"])
+    for _ in range(10_000):
+        with open(f"/proc/{child.pid}/comm", "rb") as f:
+            if f.read() == b"sleep\n":
+                return child
+        time.sleep(0.001)
+    raise AssertionError("the child never became sleep")
+
+
 def _my_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -203,7 +214,7 @@ def test_pidfiles_held_file_shows_fresh_content():
 
 
 def test_pidfiles_exited_process_fails_and_its_file_is_closed():
-    child = subprocess.Popen(["sleep", "60"])
+    child = _sleeper()
     pids = np.array([os.getpid(), child.pid], np.int32)
     f = pf.PidFiles(b"/proc", b"stat", 16)
     out, comm, err = _stat_cols(2)
@@ -220,7 +231,7 @@ def test_pidfiles_exited_process_fails_and_its_file_is_closed():
 
 
 def test_pidfiles_holds_at_most_max_open_and_still_reads_the_rest():
-    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+    procs = [_sleeper() for _ in range(5)]
     try:
         pids = np.array([p.pid for p in procs], np.int32)
         f = pf.PidFiles(b"/proc", b"stat", 2)
@@ -283,7 +294,7 @@ def test_pidfiles_refuses_what_it_cannot_read():
 
 
 def test_pidfiles_comm_is_the_name_stat_shows():
-    child = subprocess.Popen(["sleep", "60"])
+    child = _sleeper()
     try:
         pids = np.array([1, os.getpid(), child.pid], np.int32)
         f = pf.PidFiles(b"/proc", b"comm", 8)
