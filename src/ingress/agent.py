@@ -658,22 +658,26 @@ class Agent:
         """Graceful stop: collectors, then rings -> spool, then outputs within the timeout."""
         self._shutdown(timeout=self.settings.agent.shutdown_timeout_s, flush=True)
 
-    def _pending_batches(self) -> int:
+    def _draining(self) -> list[tuple[str, str]]:
+        """(tenant, output) pairs with batches in the spool that their output can take now."""
         stats = getattr(self.spool, "stats", None)
         if stats is None:
-            return 0
-        return sum(int(v.get("batches_pending", 0)) for v in stats().values())
+            return []
+        failing: set[tuple[str, str]] = set()
+        for d in self.deliveries:
+            failing |= getattr(d, "failing", set)()
+        return [(t, o) for t, st in stats().items() for o, p in st.get("pending_by_output", {}).items()
+                if p["batches"] and (t, o) not in failing]
 
     def _drain(self, deadline: float) -> None:
         """Let healthy outputs take what is spooled, until ``deadline``.
 
-        A stop should not leave the last batches behind when the outputs could
-        take them; but an output that is failing gets no extra wait (its
-        batches stay in the spool for the next start).
+        A stop should not leave the last batches behind when an output could
+        take them. Each (tenant, output) pair is judged alone: one tenant's
+        failing backend gets no extra wait (its batches stay in the spool for
+        the next start), and it does not cut short another tenant's drain.
         """
-        while time.monotonic() < deadline and self._pending_batches():
-            if any(getattr(d, "problems", lambda: [])() for d in self.deliveries):
-                return
+        while time.monotonic() < deadline and self._draining():
             time.sleep(0.05)
 
     def _shutdown(self, timeout: float, flush: bool) -> None:

@@ -196,3 +196,35 @@ def test_corrupt_spool_tail_after_a_kill_is_counted_and_the_rest_delivered(tmp_p
     st = spool_stats(cfg)
     assert st["acme"]["torn_tails"] == 1 and st["globex"]["torn_tails"] == 0, st
     assert all(st[t]["samples_pending"] == 0 for t in TENANTS), st
+
+
+def test_a_failing_tenant_does_not_cut_short_another_tenants_last_drain(tmp_path, http_server):
+    # Both backends go down and batches pile up; globex's comes back (slowly: 200 ms a
+    # batch) while acme's stays down, and the agent is stopped while globex is still
+    # catching up. A graceful stop must let globex take its whole backlog (within the
+    # shutdown timeout) although acme is failing; acme's batches stay for the next start.
+    import time
+
+    rx = Receiver(http_server)
+    rx.down = {"acme", "globex"}
+    plain = rx.behave
+
+    def slow_globex(req):
+        if req.headers.get("x-tenant-id") == "globex" and "globex" not in rx.down:
+            time.sleep(0.2)
+        return plain(req)
+
+    http_server.behave = slow_globex
+    cfg = write_config(tmp_path, http_server.url)
+    cfg.write_text(cfg.read_text().replace('shutdown_timeout = "2s"', 'shutdown_timeout = "30s"'))
+    agent = start_agent(cfg)
+    try:
+        assert wait_for(lambda: spool_stats(cfg)["globex"]["batches_pending"] >= 20, 60)
+        rx.down = {"acme"}
+        assert wait_for(lambda: len(rx.seen("globex")) >= 1, 60), "globex never recovered"
+    finally:
+        err = stop_agent(agent)
+    assert agent.returncode == 0 and "Traceback" not in err, err
+    st = spool_stats(cfg)
+    assert st["globex"]["batches_pending"] == 0, st["globex"]
+    assert st["acme"]["batches_pending"] >= 20, st["acme"]

@@ -568,6 +568,10 @@ class Delivery:
             out.setdefault(t, {})[n] = p.snapshot()
         return out
 
+    def failing(self) -> set[tuple[str, str]]:
+        """The (tenant, output name) pairs that cannot deliver now: breaker not closed, or blocked."""
+        return {k for k, p in self._pairs.items() if p.breaker.state != CLOSED or p.blocked}
+
     def problems(self) -> list[str]:
         """Reasons an output is not usable right now (for /readyz); empty when all is well."""
         reasons = []
