@@ -355,8 +355,11 @@ def test_plan_shares_collectors_with_equal_options():
     got = {k: ([t.id for t in b.tenants], b.name, b.options) for k, b in plan.items()}
     assert got == {
         "cpu": (["a", "b"], "cpu", {}),
-        "processes:a": (["a", "b"], "processes", {"match": ["nginx*"], "top": 10, "users": [], "cmdline": ""}),
-        "processes:c": (["c"], "processes", {"match": ["postgres"], "top": 3, "users": [], "cmdline": ""}),
+        # one /proc pass for every tenant, each tenant's selection a view of it
+        "processes": (["a", "b", "c"], "processes", {"views": {
+            "a": {"match": ["nginx*"], "top": 10, "users": [], "cmdline": ""},
+            "b": {"match": ["nginx*"], "top": 10, "users": [], "cmdline": ""},
+            "c": {"match": ["postgres"], "top": 3, "users": [], "cmdline": ""}}}),
         "memory": (["c"], "memory", {}),
         # the agent's own figures name tenants: one instance per tenant, never shared
         "agent:a": (["a"], "agent", {"for_tenant": "a"}),

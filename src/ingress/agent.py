@@ -99,6 +99,9 @@ class Binding:
 def plan_collectors(tenants: Sequence[Tenant]) -> dict[str, Binding]:
     """Group enabled tenants by (collector, options): one instance per group.
 
+    ``processes`` is the exception: one instance reads /proc once for every
+    tenant, with each tenant's selection (match, users, cmdline, top) as a view.
+
     The scheduler name is the collector's name when one instance serves every
     tenant that wants it, else ``name:<first tenant id>`` per instance.
     """
@@ -106,6 +109,16 @@ def plan_collectors(tenants: Sequence[Tenant]) -> dict[str, Binding]:
     for t in tenants:
         for name in t.collectors:
             opts = collector_options(name, t.settings)
+            if name == "processes":
+                # One pass serves every tenant; each tenant's selection is a view of it
+                # (the collector marks per pass which series each view leaves out).
+                b = groups.get((name, None))
+                if b is None:
+                    groups[(name, None)] = Binding(name, name, {"views": {t.id: opts}}, (t,))
+                else:
+                    b.options["views"][t.id] = opts
+                    b.tenants += (t,)
+                continue
             k = (name, _freeze(opts))
             b = groups.get(k)
             if b is None:
@@ -277,7 +290,8 @@ class Pipeline:
         b = self.bindings[name]
         ids = tuple(tenant_ids)
         tenants = [self._by_id[t] for t in ids if t in self._by_id] if ids else b.tenants
-        return self.fanout.route(b.collector, b.collector.table, cols.local_ids, cols.values, cols.ts, tenants)
+        return self.fanout.route(b.collector, b.collector.table, cols.local_ids, cols.values, cols.ts, tenants,
+                                 getattr(cols, "drop", None))
 
     def on_columns(self, name: str, cols: Any, tenant_ids: Iterable[str] = ()) -> None:
         """Scheduler callback: fan a pass out and push each tenant's share into its ring."""

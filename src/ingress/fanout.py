@@ -112,12 +112,14 @@ class FanOut:
         self.new_series = 0  # rule evaluations + interns so far (for tests and metrics)
 
     def route(self, source: Hashable, table: Any, local_ids: np.ndarray, values: np.ndarray,
-              ts: int, tenants: Iterable[Tenant]) -> list[Share]:
+              ts: int, tenants: Iterable[Tenant], drop: Mapping[str, np.ndarray] | None = None) -> list[Share]:
         """Fan one pass of ``source`` (a collector) out to ``tenants``.
 
         ``local_ids`` index ``table`` (the collector's SeriesTable); ``values`` is
-        aligned with it. Returns one :class:`Share` per tenant with at least
-        one sample kept.
+        aligned with it. ``drop`` (:attr:`Columns.drop`) maps a tenant id to a
+        boolean table over local ids of the series outside that tenant's view
+        this pass; they are excluded for that tenant only. Returns one
+        :class:`Share` per tenant with at least one sample kept.
         """
         out: list[Share] = []
         if len(local_ids) == 0:
@@ -132,15 +134,22 @@ class FanOut:
             counts = self.counts.get(tenant.id)
             if counts is None:
                 counts = self.counts[tenant.id] = TenantCounts()
-            if m.max() < _FIRST_SENTINEL:  # steady state: every series known and kept
+            lut = drop.get(tenant.id) if drop else None
+            hide = lut[local_ids] if lut is not None else None
+            if hide is None and m.max() < _FIRST_SENTINEL:  # steady state: every series known and kept
                 counts.delivered += len(m)
                 out.append(Share(tenant, m, values, kinds_all, ts))
                 continue
             unmapped = m == UNMAPPED
+            if hide is not None:
+                unmapped &= ~hide  # a series outside the view is neither decided nor interned
             if unmapped.any():
                 self._decide(r, table, np.unique(local_ids[unmapped]), tenant)
                 m = r.map[local_ids]
             keep = m < _FIRST_SENTINEL
+            if hide is not None:
+                keep &= ~hide
+                m = np.where(hide, EXCLUDED, m)
             n_keep = int(np.count_nonzero(keep))
             refused = int(np.count_nonzero(m == REFUSED))
             counts.refused += refused

@@ -264,3 +264,65 @@ def test_live_host_sanity():
     finally:
         child.kill()
         child.wait()
+
+
+# -- views: one pass, each tenant's selection ----------------------------------------------------
+
+def test_views_share_one_pass_and_each_sees_only_its_selection(tree):
+    from ingress.buffer import SeriesRegistry
+    from ingress.fanout import FanOut
+    from ingress.tenants import TenantSet
+    from ingress.config import loads
+
+    t = tree("procs-a")
+    c = ProcessesCollector(t.settings(views={"web": {"match": ["nginx"], "top": 0},
+                                             "db": {"match": ["postgres"], "top": 0},
+                                             "all": {"match": ["*"], "top": 0}}))
+    cols = c.collect(T0)
+    s = samples(c, cols)
+    assert set(named(s, "processes.memory.rss")) == {"1", "10", "11", "20", "30", "40"}  # the union, once
+    web, db = cols.drop["web"], cols.drop["db"]
+    assert "all" not in cols.drop  # it selected every process of the pass: nothing to leave out
+
+    def seen(lut):
+        return {dict(c.table.keys[i][1]).get("pid") for i in cols.local_ids.tolist() if not lut[i]
+                and c.table.keys[i][0] == "processes.memory.rss"}
+
+    assert seen(web) == {"10", "11"} and seen(db) == {"20"}
+    # sums and totals are everyone's
+    g = next(i for i in cols.local_ids.tolist() if c.table.keys[i][0] == "processes.group.count")
+    assert not web[g] and not db[g]
+
+    # Through the real fan-out: each tenant gets its processes and the shared sums, nothing else.
+    cfg = loads("""
+[[tenants]]
+id = "web"
+collectors = ["processes"]
+[[tenants]]
+id = "db"
+collectors = ["processes"]
+[[outputs]]
+type = "file"
+""")
+    tenants = TenantSet(cfg.tenants).enabled
+    reg = SeriesRegistry(len(tenants))
+    shares = {sh.tenant.id: sh for sh in FanOut(reg).route(c, c.table, cols.local_ids, cols.values, cols.ts,
+                                                           tenants, cols.drop)}
+    for tid, want in (("web", {"10", "11"}), ("db", {"20"})):
+        idx = tenants[[x.id for x in tenants].index(tid)].index
+        keys = [reg.key(idx, int(sid)) for sid in shares[tid].series]
+        pids = {dict(k[1]).get("pid") for k in keys if k[0].startswith("processes.") and "pid" in dict(k[1])}
+        assert pids == want
+        assert any(k[0] == "processes.group.count" for k in keys)
+
+
+def test_views_refuse_bad_selectors_naming_the_view(tree):
+    t = tree("procs-a")
+    with pytest.raises(ConfigError, match="view 'web': unknown selector\\(s\\) 'slow_every'"):
+        ProcessesCollector(t.settings(views={"web": {"slow_every": 2}}))
+    with pytest.raises(ConfigError, match="view 'db': option cmdline: '\\(' is not a valid regular expression"):
+        ProcessesCollector(t.settings(views={"db": {"cmdline": "("}}))
+    with pytest.raises(ConfigError, match="view 'db': option top: -1 is not a non-negative integer"):
+        ProcessesCollector(t.settings(views={"db": {"top": -1}}))
+    with pytest.raises(ConfigError, match="option views: 3 is not a table"):
+        ProcessesCollector(t.settings(views=3))

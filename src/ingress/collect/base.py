@@ -137,6 +137,9 @@ class Columns:
     local_ids: np.ndarray  # uint32, index into the collector's SeriesTable
     values: np.ndarray  # float64
     ts: int  # ns since the epoch, one timestamp for the whole pass
+    # Per tenant id, a boolean table over local ids: True = not in that tenant's view
+    # this pass (a process another tenant selected). None: every tenant sees everything.
+    drop: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.values)

@@ -27,6 +27,12 @@ How a pass works, and why it is cheap:
    taken between two such reads) appear on those passes only.
 5. Per-name sums (``processes.group.*``) cover every non-kernel process, and
    ``processes.total.*`` every process.
+6. Tenants: the agent builds one processes collector for all of them, with
+   each tenant's selection (``match``, ``users``, ``cmdline``, ``top``) as a
+   *view* (the ``views`` option). A pass selects the union of the views, and
+   its columns carry, per view that left some of them out, a boolean table of
+   the local ids that view does not see (``Columns.drop``); the fan-out
+   excludes those for that tenant only. Sums and totals are every view's.
 
 The ``name`` tag is the kernel's process name (``comm``, as ``top`` and
 ``ps -o comm`` show it; up to 15 characters for user processes). The ``user``
@@ -104,6 +110,20 @@ def _skip_reason(e: int) -> int:
     return 2
 
 
+_SELECTORS = ("match", "users", "cmdline", "top")
+
+
+class _View:
+    """One tenant's selection (or the collector's own, without views)."""
+
+    __slots__ = ("name", "globs", "uids", "users", "cmd_re", "top", "name_ok", "index")
+
+    def __init__(self, name, globs, uids, users, cmd_re, top) -> None:
+        self.name, self.globs, self.uids, self.users, self.cmd_re, self.top = name, globs, uids, users, cmd_re, top
+        self.name_ok: dict[bytes, bool] = {}
+        self.index = 0
+
+
 class ProcessesCollector(Collector):
     """Per-process metrics for selected processes, per-name sums, totals by state; keeps the process tree."""
 
@@ -152,6 +172,9 @@ class ProcessesCollector(Collector):
         OptionSpec("groups", True, "Emit per-name sums (processes.group.*)"),
         OptionSpec("meta_cache", 4096, "Command lines cached, keyed by (pid, start time), least recently used "
                    "dropped first"),
+        OptionSpec("views", {}, "Per-tenant selections served by this one pass: {tenant id: {match, users, "
+                   "cmdline, top}}; set by the agent from each tenant's [tenants.processes], and then used "
+                   "instead of the four options above"),
         OptionSpec("held_files", 4096, "Per-process files (stat, io, status) kept open between passes and re-read in "
                    "place, at most this many of each (bounded by the fd limit); 0 opens every file every pass"),
     )
@@ -159,18 +182,20 @@ class ProcessesCollector(Collector):
     def __init__(self, settings=None) -> None:
         super().__init__(settings)
         o = self.opts
+        self._defaults = {spec.name: spec.default for spec in self.options}
         for k in ("top", "slow_every", "meta_cache", "held_files"):
             low = 0 if k in ("top", "held_files") else 1
             if not isinstance(o[k], int) or isinstance(o[k], bool) or o[k] < low:
                 raise ConfigError(f"collector 'processes': option {k}: {o[k]!r} is not a "
                                   f"{'non-negative' if low == 0 else 'positive'} integer")
-        try:
-            self._cmd_re = re.compile(o["cmdline"]) if o["cmdline"] else None
-        except re.error as e:
-            raise ConfigError(f"collector 'processes': option cmdline: {o['cmdline']!r} is not a valid "
-                              f"regular expression: {e}") from None
-        self._globs = [str(g) for g in o["match"]]
-        self._uids = self._resolve_users(o["users"])
+        if not isinstance(o["views"], dict):
+            raise ConfigError(f"collector 'processes': option views: {o['views']!r} is not a table")
+        if o["views"]:
+            self._views = [self._view(str(name), sel) for name, sel in sorted(o["views"].items())]
+        else:
+            self._views = [self._view(None, {k: o[k] for k in _SELECTORS})]
+        for i, v in enumerate(self._views):
+            v.index = i
         self.hz = float(os.sysconf("SC_CLK_TCK"))
         self.page_size = float(os.sysconf("SC_PAGE_SIZE"))
         self._root = os.fsencode(self.settings.proc_root)
@@ -190,9 +215,8 @@ class ProcessesCollector(Collector):
         self._sel_sig: tuple | None = None
         self._sel_ids = np.empty((0, _NF + _NS), np.uint32)
         self._io_prev: dict[int, tuple[int, float, float]] = {}
-        self._meta: OrderedDict[int, tuple[str, bool]] = OrderedDict()
+        self._meta: OrderedDict[int, tuple[str, dict[int, bool]]] = OrderedDict()  # cmdline, per-view match
         self._users: dict[int, str] = {}
-        self._name_ok: dict[bytes, bool] = {}
         self._g_names = np.empty(0, "S64")
         self._g_ids = np.empty((0, len(_GROUP)), np.uint32)
         self._g_cache: dict[bytes, np.ndarray] = {}
@@ -205,6 +229,26 @@ class ProcessesCollector(Collector):
         self._out = ColumnBuilder(1024)
 
     # -- setup -------------------------------------------------------------------------------
+    def _view(self, name: str | None, sel) -> "_View":
+        where = "collector 'processes'" + ("" if name is None else f": view {name!r}")
+        if not isinstance(sel, dict):
+            raise ConfigError(f"{where}: {sel!r} is not a table of {', '.join(_SELECTORS)}")
+        unknown = sorted(set(sel) - set(_SELECTORS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown selector(s) {', '.join(map(repr, unknown))}; "
+                              f"known: {', '.join(_SELECTORS)}")
+        sel = {**{k: self._defaults[k] for k in _SELECTORS}, **sel}
+        top = sel["top"]
+        if not isinstance(top, int) or isinstance(top, bool) or top < 0:
+            raise ConfigError(f"{where}: option top: {top!r} is not a non-negative integer")
+        try:
+            cmd_re = re.compile(sel["cmdline"]) if sel["cmdline"] else None
+        except re.error as e:
+            raise ConfigError(f"{where}: option cmdline: {sel['cmdline']!r} is not a valid "
+                              f"regular expression: {e}") from None
+        return _View(name, [str(g) for g in sel["match"]], self._resolve_users(sel["users"]),
+                     bool(sel["users"]), cmd_re, top)
+
     @staticmethod
     def _resolve_users(users) -> np.ndarray:
         uids = []
@@ -260,16 +304,20 @@ class ProcessesCollector(Collector):
         if raw is None:
             return None
         cmd = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
-        ok = bool(self._cmd_re.search(cmd)) if self._cmd_re is not None else True
-        self._meta[key] = (cmd, ok)
+        self._meta[key] = (cmd, {})
         if len(self._meta) > self.opts["meta_cache"]:
             self._meta.popitem(last=False)
         return cmd
 
-    def _cmd_ok(self, key: int) -> bool:
-        if self.cmdline(key) is None:
+    def _cmd_ok(self, view: _View, key: int) -> bool:
+        cmd = self.cmdline(key)
+        if cmd is None:
             return False
-        return self._meta[key][1]
+        oks = self._meta[key][1]  # per view, so a regex runs once per process and view
+        ok = oks.get(view.index)
+        if ok is None:
+            ok = oks[view.index] = bool(view.cmd_re.search(cmd))
+        return ok
 
     def _forget(self, gone: np.ndarray) -> None:
         """Processes that exited: drop their metadata, I/O history and series."""
@@ -296,24 +344,36 @@ class ProcessesCollector(Collector):
             return pids[ok], self._stat[:n][ok], self._comm[:n][ok].view(f"S{pf.COMM_LEN_}").ravel()
         return pids.copy(), self._stat[:n].copy(), self._comm[:n].view(f"S{pf.COMM_LEN_}").ravel().copy()
 
-    def _select(self, keys, comm, st, rate, eligible) -> np.ndarray:
+    def _select(self, keys, comm, st, rate, eligible) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """The union of every view's selection (indices), and per view its share of it.
+
+        With one view the second item is ``None``. Otherwise it holds, per view, a
+        boolean mask over the union: the processes that view selected.
+        """
         n = len(keys)
-        o = self.opts
-        users = bool(self.opts["users"])
-        filters = bool(self._globs) or users or self._cmd_re is not None
+        masks = [self._select_view(v, keys, comm, st, rate, eligible) for v in self._views]
+        union = masks[0] if len(masks) == 1 else np.logical_or.reduce(masks)
+        sel = np.flatnonzero(union)
+        if len(masks) == 1:
+            return sel, None
+        return sel, [m[sel] for m in masks]
+
+    def _select_view(self, v: _View, keys, comm, st, rate, eligible) -> np.ndarray:
+        n = len(keys)
+        filters = bool(v.globs) or v.users or v.cmd_re is not None
         matched = np.zeros(n, bool)
         if filters:
             matched = eligible.copy()
-            if self._globs:
+            if v.globs:
                 uniq, inv = np.unique(comm, return_inverse=True)
-                ok = np.fromiter((self._name_matches(u) for u in uniq.tolist()), bool, len(uniq))
+                ok = np.fromiter((self._name_matches(v, u) for u in uniq.tolist()), bool, len(uniq))
                 matched &= ok[inv]
-            if users:  # configured users that do not exist here leave _uids empty: nothing matches
-                matched &= np.isin(st[:, pf.ST_UID], self._uids)
-            if self._cmd_re is not None:
+            if v.users:  # configured users that do not exist here leave uids empty: nothing matches
+                matched &= np.isin(st[:, pf.ST_UID], v.uids)
+            if v.cmd_re is not None:
                 for i in np.flatnonzero(matched).tolist():
-                    matched[i] = self._cmd_ok(int(keys[i]))
-        top = o["top"]
+                    matched[i] = self._cmd_ok(v, int(keys[i]))
+        top = v.top
         sel = matched
         if top > 0:
             cand = np.flatnonzero(eligible & (np.nan_to_num(rate) > 0))
@@ -325,16 +385,16 @@ class ProcessesCollector(Collector):
             if len(cand) > top:
                 cand = cand[np.argpartition(-rss[cand], top - 1)[:top]]
             sel[cand] = True
-        return np.flatnonzero(sel)
+        return sel
 
-    def _name_matches(self, name: bytes) -> bool:
-        hit = self._name_ok.get(name)
+    def _name_matches(self, v: _View, name: bytes) -> bool:
+        hit = v.name_ok.get(name)
         if hit is None:
             s = name.decode("utf-8", "replace")
-            hit = any(fnmatchcase(s, g) for g in self._globs)
-            if len(self._name_ok) > 65536:  # names come and go on busy build hosts
-                self._name_ok.clear()
-            self._name_ok[name] = hit
+            hit = any(fnmatchcase(s, g) for g in v.globs)
+            if len(v.name_ok) > 65536:  # names come and go on busy build hosts
+                v.name_ok.clear()
+            v.name_ok[name] = hit
         return hit
 
     def _ids_for(self, skeys, sppid, scomm, suid) -> np.ndarray:
@@ -455,7 +515,8 @@ class ProcessesCollector(Collector):
 
         kthread = (st[:, pf.ST_FLAGS] & PF_KTHREAD) != 0
         eligible = np.ones(len(keys), bool) if self.opts["kernel_threads"] else ~kthread
-        sel = self._select(keys, comm, st, rate, eligible)
+        sel, shares = self._select(keys, comm, st, rate, eligible)
+        drop = None
 
         # per-process series of the selection
         if len(sel):
@@ -474,6 +535,8 @@ class ProcessesCollector(Collector):
             else:
                 vals[:, _NF:] = np.nan
             out.put(ids.ravel(), vals.ravel())
+            if shares is not None:
+                drop = (ids, shares)
         else:
             self._ids_for(keys[:0], st[:0, pf.ST_PPID], comm[:0], st[:0, pf.ST_UID])
         self._pass += 1
@@ -488,7 +551,21 @@ class ProcessesCollector(Collector):
         # the tree snapshot: replaced whole, so a reader in another thread sees one pass
         self._snap = (pids, st[:, pf.ST_PPID].copy(), comm, st[:, pf.ST_UID].copy(), rate,
                       st[:, pf.ST_RSS] * self.page_size, keys)
-        return out.finish(now_ns)
+        cols = out.finish(now_ns)
+        if drop is not None:  # built last: every series of this pass is interned by now
+            cols.drop = self._drops(*drop)
+        return cols
+
+    def _drops(self, ids: np.ndarray, shares: list[np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Per view that left out some selected processes: a table of the local ids it does not see."""
+        drop = {}
+        for v, mine in zip(self._views, shares):
+            if mine.all():
+                continue
+            lut = np.zeros(len(self.table), bool)
+            lut[ids[~mine].ravel()] = True
+            drop[v.name] = lut
+        return drop or None
 
     # -- the process tree --------------------------------------------------------------------
     def tree(self, pid: int | None = None, cmdline: bool = False) -> list[dict]:
