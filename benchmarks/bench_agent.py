@@ -62,35 +62,6 @@ def idle_processes():
         p.wait()
 
 
-@pytest.fixture(scope="module")
-def listener():
-    # A service that accepts and closes, as a real one would: a listener that never
-    # accepts fills its backlog and the health checks would then spend the run timing out.
-    import socket
-    import threading
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(64)
-    stop = threading.Event()
-
-    def serve():
-        s.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = s.accept()
-            except OSError:
-                continue
-            conn.close()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield s.getsockname()[1]
-    stop.set()
-    t.join()
-    s.close()
-
-
 def test_whole_agent_vs_naive_psutil_loop(benchmark, idle_processes, listener, tmp_path, bench_short):
     warm, window = (5.0, 10.0) if bench_short else (10.0, 40.0)
     duration = warm + window + 3.0

@@ -53,33 +53,6 @@ def cpu_s() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-@pytest.fixture(scope="module")
-def listener():
-    # A local service that accepts and closes, for the health collector's TCP check.
-    import socket
-    import threading
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(64)
-    s.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                s.accept()[0].close()
-            except OSError:
-                continue
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield s.getsockname()[1]
-    stop.set()
-    t.join()
-    s.close()
-
-
 def make_collectors(port, proc_opts=PROC_OPTS):
     opts = {"processes": proc_opts,
             "health": {"checks": [{"name": "listener", "tcp": f"127.0.0.1:{port}"},

@@ -36,6 +36,37 @@ def bench(benchmark, bench_short):
 RATIOS: list[tuple[str, float, float]] = []
 
 
+@pytest.fixture(scope="module")
+def listener():
+    """A local TCP service that accepts and closes, as a real one would; yields its port.
+
+    For health checks: a listener that never accepts fills its backlog, and the
+    checks would then spend the run timing out.
+    """
+    import socket
+    import threading
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    s.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                s.accept()[0].close()
+            except OSError:
+                continue
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield s.getsockname()[1]
+    stop.set()
+    t.join()
+    s.close()
+
+
 def record_ratio(name: str, ratio: float, floor: float) -> None:
     RATIOS.append((name, ratio, floor))
     assert ratio >= floor, f"{name}: ratio {ratio:.2f} fell below its regression floor {floor:.2f}"

@@ -178,39 +178,6 @@ cdef int parse_keyed(const char* buf, Py_ssize_t n, const char** keys, int nkeys
     return found
 
 
-cdef inline Py_ssize_t _slurp(int dfd, int pid, const char* leaf, char* buf, int* err,
-                              struct_stat* st) noexcept nogil:
-    """Read ``<pid>/<leaf>`` relative to ``dfd`` into ``buf``; -1 and ``err`` set on failure."""
-    cdef char path[64]
-    cdef int fd
-    cdef Py_ssize_t got = 0, r
-    snprintf(path, 64, "%d/%s", pid, leaf)
-    fd = openat(dfd, path, O_RDONLY | O_CLOEXEC)
-    if fd < 0:
-        err[0] = errno
-        return -1
-    if st != NULL and fstat(fd, st) != 0:
-        err[0] = errno
-        close(fd)
-        return -1
-    while got < BUF - 1:
-        r = read(fd, buf + got, BUF - 1 - got)
-        if r < 0:
-            err[0] = errno  # ESRCH when the process died after the open
-            close(fd)
-            return -1
-        if r == 0:
-            break
-        got += r
-        if r < BUF - 1 - (got - r):
-            # /proc files made by single_open hand out everything in the first read;
-            # a short read is the end, and skipping the read that returns 0 saves a syscall.
-            break
-    close(fd)
-    buf[got] = 0
-    return got
-
-
 cdef int _open_root(bytes root) except -1:
     cdef int dfd = c_open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     if dfd < 0:
@@ -261,68 +228,20 @@ def read_stat(bytes root, const int32_t[::1] pids, int64_t[:, ::1] out, uint8_t[
 
     ``out`` has ``ST_NFIELDS`` columns (see the ``ST_*`` constants), ``comm``
     ``COMM_LEN`` bytes per row (NUL-padded). ``err[i]`` is 0 or the errno.
-    Returns how many rows were read successfully.
+    Returns how many rows were read successfully. Every file is opened and
+    closed here; :class:`PidFiles` keeps them open between calls.
     """
-    cdef Py_ssize_t n = pids.shape[0], i, got
-    cdef int ok = 0, e
-    cdef char buf[BUF]
-    cdef struct_stat st
-    if out.shape[0] < n or comm.shape[0] < n or err.shape[0] < n:
-        raise ValueError("out, comm and err need a row per pid")
-    if out.shape[1] < SF_NFIELDS or comm.shape[1] < COMM_LEN:
-        raise ValueError(f"out needs {SF_NFIELDS} columns and comm {COMM_LEN}")
-    cdef int dfd = _open_root(root)
-    with nogil:
-        for i in range(n):
-            e = 0
-            got = _slurp(dfd, pids[i], "stat", buf, &e, &st)
-            if got < 0:
-                err[i] = e
-                continue
-            if parse_stat(buf, got, &out[i, 0], &comm[i, 0]) != 0:
-                err[i] = ENOENT if got == 0 else 22  # empty: a zombie being reaped; else EINVAL
-                continue
-            out[i, <int>SF_UID] = st.st_uid
-            err[i] = 0
-            ok += 1
-        close(dfd)
-    return ok
-
-
-cdef int _read_keyed_many(bytes root, const int32_t[::1] pids, const char* leaf, const char** keys,
-                          int nkeys, int64_t[:, ::1] out, int32_t[::1] err) except -1:
-    cdef Py_ssize_t n = pids.shape[0], i, got
-    cdef int ok = 0, e, j
-    cdef char buf[BUF]
-    if out.shape[0] < n or err.shape[0] < n or out.shape[1] < nkeys:
-        raise ValueError(f"out needs {nkeys} columns and out, err a row per pid")
-    cdef int dfd = _open_root(root)
-    with nogil:
-        for i in range(n):
-            e = 0
-            for j in range(nkeys):
-                out[i, j] = -1
-            got = _slurp(dfd, pids[i], leaf, buf, &e, NULL)
-            if got < 0:
-                err[i] = e
-                continue
-            if parse_keyed(buf, got, keys, nkeys, &out[i, 0]) != nkeys:
-                err[i] = ENOENT if got == 0 else 22
-                continue
-            err[i] = 0
-            ok += 1
-        close(dfd)
-    return ok
+    return PidFiles(root, b"stat", 0).read_stat(pids, out, comm, err)
 
 
 def read_io(bytes root, const int32_t[::1] pids, int64_t[:, ::1] out, int32_t[::1] err) -> int:
     """``<pid>/io``: columns ``IO_FIELDS`` (rchar, wchar, read_bytes, write_bytes)."""
-    return _read_keyed_many(root, pids, "io", _IO_KEYS, 4, out, err)
+    return PidFiles(root, b"io", 0).read_keyed(pids, out, err)
 
 
 def read_status(bytes root, const int32_t[::1] pids, int64_t[:, ::1] out, int32_t[::1] err) -> int:
     """``<pid>/status``: columns ``STATUS_FIELDS`` (voluntary, nonvoluntary context switches)."""
-    return _read_keyed_many(root, pids, "status", _STATUS_KEYS, 2, out, err)
+    return PidFiles(root, b"status", 0).read_keyed(pids, out, err)
 
 
 cdef bint _is_procfs(int dfd) noexcept nogil:
