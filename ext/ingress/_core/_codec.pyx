@@ -307,6 +307,14 @@ def encode_dictionary(series):
         free(last)
 
 
+cdef void* _realloc(void* p, size_t n) except NULL:
+    """``realloc`` that raises ``MemoryError``; on failure ``p`` is still valid (and still owned)."""
+    cdef void* q = realloc(p, n)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
 cdef str _slot_what(Py_ssize_t slot, Py_ssize_t j, list strings):
     if j == 0:
         return f"series {slot} name"
@@ -383,26 +391,13 @@ cdef class SeriesDictionary:
 
     cdef int _grow_strings(self) except -1:
         cdef Py_ssize_t cap = max(256, self.scap * 2)
-        cdef void* p
-        p = realloc(self.refs, cap * sizeof(int32_t))
-        if p == NULL: raise MemoryError()
-        self.refs = <int32_t*>p
-        p = realloc(self.sptr, cap * sizeof(char*))
-        if p == NULL: raise MemoryError()
-        self.sptr = <const char**>p
-        p = realloc(self.slen, cap * sizeof(Py_ssize_t))
-        if p == NULL: raise MemoryError()
-        self.slen = <Py_ssize_t*>p
-        p = realloc(self.stamp, cap * sizeof(uint32_t))
-        if p == NULL: raise MemoryError()
-        self.stamp = <uint32_t*>p
+        self.refs = <int32_t*>_realloc(self.refs, cap * sizeof(int32_t))
+        self.sptr = <const char**>_realloc(<void*>self.sptr, cap * sizeof(char*))
+        self.slen = <Py_ssize_t*>_realloc(self.slen, cap * sizeof(Py_ssize_t))
+        self.stamp = <uint32_t*>_realloc(self.stamp, cap * sizeof(uint32_t))
         memset(self.stamp + self.scap, 0, (cap - self.scap) * sizeof(uint32_t))
-        p = realloc(self.loc, cap * sizeof(int32_t))
-        if p == NULL: raise MemoryError()
-        self.loc = <int32_t*>p
-        p = realloc(self.order, cap * sizeof(int32_t))
-        if p == NULL: raise MemoryError()
-        self.order = <int32_t*>p
+        self.loc = <int32_t*>_realloc(self.loc, cap * sizeof(int32_t))
+        self.order = <int32_t*>_realloc(self.order, cap * sizeof(int32_t))
         self.scap = cap
         return 0
 

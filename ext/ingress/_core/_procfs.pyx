@@ -365,12 +365,17 @@ cdef class PidFiles:
     def __dealloc__(self):
         self._release()
 
-    cdef void _release(self) noexcept:
+    cdef void _close_untaken(self) noexcept nogil:
+        """Close every fd still in the table (held, and not taken by the pass that just ran)."""
         cdef Py_ssize_t j
         if self.tkey != NULL:
             for j in range(self.tcap):
                 if self.tkey[j] != 0 and self.tfd[j] >= 0:
                     close(self.tfd[j])
+
+    cdef void _release(self) noexcept:
+        self._close_untaken()
+        if self.tkey != NULL:
             free(self.tkey)
             free(self.tfd)
         self.tkey = NULL
@@ -398,10 +403,7 @@ cdef class PidFiles:
     cdef int _rebuild(self, int32_t* keys, int32_t* fds, Py_ssize_t n) noexcept nogil:
         """Close what the last pass held and nobody took; hold ``keys``/``fds`` from now on."""
         cdef Py_ssize_t j, k, cap = 16, mask
-        if self.tkey != NULL:
-            for j in range(self.tcap):
-                if self.tkey[j] != 0 and self.tfd[j] >= 0:
-                    close(self.tfd[j])
+        self._close_untaken()
         while cap < 2 * n:
             cap *= 2
         if cap != self.tcap:
