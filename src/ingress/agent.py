@@ -272,7 +272,7 @@ class Pipeline:
         self.max_bytes = max_bytes
         # The real encoder takes the dictionary section the registry writes in C;
         # an injected one (tests) gets the contract's arguments: the series list.
-        self._predict = encode is None
+        self._native_dictionary = encode is None
         if encode is None:
             from ingress.wire import encode
         self.encode = encode
@@ -346,7 +346,7 @@ class Pipeline:
     def _encode(self, t: Tenant, sids: np.ndarray, ts: np.ndarray, vals: np.ndarray,
                 sink: Callable) -> int:
         batch_id = os.urandom(16)
-        if self._predict:
+        if self._native_dictionary:
             d, n, index = self.registry.encoded_dictionary(t.index, sids)
             payload = self.encode(t.id, self.host, None, index, ts, vals, batch_id, dictionary=(d, n))
         else:

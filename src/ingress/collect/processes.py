@@ -118,10 +118,10 @@ class _View:
 
     __slots__ = ("name", "globs", "uids", "users", "cmd_re", "top", "name_ok", "index")
 
-    def __init__(self, name, globs, uids, users, cmd_re, top) -> None:
-        self.name, self.globs, self.uids, self.users, self.cmd_re, self.top = name, globs, uids, users, cmd_re, top
+    def __init__(self, index, name, globs, uids, users, cmd_re, top) -> None:
+        self.index, self.name = index, name
+        self.globs, self.uids, self.users, self.cmd_re, self.top = globs, uids, users, cmd_re, top
         self.name_ok: dict[bytes, bool] = {}
-        self.index = 0
 
 
 class ProcessesCollector(Collector):
@@ -190,12 +190,8 @@ class ProcessesCollector(Collector):
                                   f"{'non-negative' if low == 0 else 'positive'} integer")
         if not isinstance(o["views"], dict):
             raise ConfigError(f"collector 'processes': option views: {o['views']!r} is not a table")
-        if o["views"]:
-            self._views = [self._view(str(name), sel) for name, sel in sorted(o["views"].items())]
-        else:
-            self._views = [self._view(None, {k: o[k] for k in _SELECTORS})]
-        for i, v in enumerate(self._views):
-            v.index = i
+        views = sorted(o["views"].items()) if o["views"] else [(None, {k: o[k] for k in _SELECTORS})]
+        self._views = [self._view(i, name, sel) for i, (name, sel) in enumerate(views)]
         self.hz = float(os.sysconf("SC_CLK_TCK"))
         self.page_size = float(os.sysconf("SC_PAGE_SIZE"))
         self._root = os.fsencode(self.settings.proc_root)
@@ -229,7 +225,7 @@ class ProcessesCollector(Collector):
         self._out = ColumnBuilder(1024)
 
     # -- setup -------------------------------------------------------------------------------
-    def _view(self, name: str | None, sel) -> "_View":
+    def _view(self, index: int, name: str | None, sel) -> "_View":
         where = "collector 'processes'" + ("" if name is None else f": view {name!r}")
         if not isinstance(sel, dict):
             raise ConfigError(f"{where}: {sel!r} is not a table of {', '.join(_SELECTORS)}")
@@ -246,8 +242,8 @@ class ProcessesCollector(Collector):
         except re.error as e:
             raise ConfigError(f"{where}: option cmdline: {sel['cmdline']!r} is not a valid "
                               f"regular expression: {e}") from None
-        return _View(name, [str(g) for g in sel["match"]], self._resolve_users(sel["users"]),
-                     bool(sel["users"]), cmd_re, top)
+        return _View(index, None if name is None else str(name), [str(g) for g in sel["match"]],
+                     self._resolve_users(sel["users"]), bool(sel["users"]), cmd_re, top)
 
     @staticmethod
     def _resolve_users(users) -> np.ndarray:
@@ -350,22 +346,22 @@ class ProcessesCollector(Collector):
         With one view the second item is ``None``. Otherwise it holds, per view, a
         boolean mask over the union: the processes that view selected.
         """
-        n = len(keys)
-        masks = [self._select_view(v, keys, comm, st, rate, eligible) for v in self._views]
+        names = np.unique(comm, return_inverse=True) if any(v.globs for v in self._views) else None
+        masks = [self._select_view(v, keys, names, st, rate, eligible) for v in self._views]
         union = masks[0] if len(masks) == 1 else np.logical_or.reduce(masks)
         sel = np.flatnonzero(union)
         if len(masks) == 1:
             return sel, None
         return sel, [m[sel] for m in masks]
 
-    def _select_view(self, v: _View, keys, comm, st, rate, eligible) -> np.ndarray:
+    def _select_view(self, v: _View, keys, names, st, rate, eligible) -> np.ndarray:
         n = len(keys)
         filters = bool(v.globs) or v.users or v.cmd_re is not None
         matched = np.zeros(n, bool)
         if filters:
             matched = eligible.copy()
             if v.globs:
-                uniq, inv = np.unique(comm, return_inverse=True)
+                uniq, inv = names  # np.unique(comm, return_inverse=True), once per pass
                 ok = np.fromiter((self._name_matches(v, u) for u in uniq.tolist()), bool, len(uniq))
                 matched &= ok[inv]
             if v.users:  # configured users that do not exist here leave uids empty: nothing matches
