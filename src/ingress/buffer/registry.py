@@ -53,12 +53,10 @@ class _Tenant:
         self.cap = cap
         self.ids: dict[tuple[str, Tags], int] = {}
         self.keys: list[tuple[str, Tags] | None] = []
-        # (name, tags dict) per id, built once at intern: dictionary() hands these
-        # same objects to the encoder instead of building a dict per series per batch.
         # The same series, taken apart once into string ids: a batch's dictionary
         # section is written from here in C (encoded_dictionary). No (name, dict)
-        # is kept per series: at about 400 bytes each, per tenant, that was a
-        # fifth of the agent's memory on a host with a few hundred processes.
+        # is kept per series: at about 400 bytes each, per tenant, that was 2.7 MB
+        # of the agent's RSS at 370 processes and two tenants.
         self.sdict = SeriesDictionary()
         n = max(1, min(cap, _INITIAL_IDS))
         self.last_seen = np.full(n, NEVER, np.int64)
