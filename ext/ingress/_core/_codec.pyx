@@ -206,6 +206,16 @@ cdef inline void buf_varint(Buf* b, uint64_t v) noexcept:
 
 
 # ---------------------------------------------------------------- dictionary
+cdef dict _as_tags(object tags, str who):
+    """``tags`` as a dict; ``TypeError`` naming ``who`` when it is not a mapping of pairs."""
+    if type(tags) is dict:
+        return <dict>tags
+    try:
+        return dict(tags)
+    except (TypeError, ValueError):
+        raise TypeError(f"{who} tags must be a mapping of str to str, got {type(tags).__name__}") from None
+
+
 cdef str _what(Py_ssize_t i, object key):
     if key is None:
         return f"series[{i}] name"
@@ -261,12 +271,7 @@ def encode_dictionary(series):
             name, tags = entry
         except (TypeError, ValueError):
             raise ValueError(f"series[{i}] must be a (name, tags) pair, got {entry!r}") from None
-        if type(tags) is not dict:
-            try:
-                tags = dict(tags)
-            except (TypeError, ValueError):
-                raise TypeError(f"series[{i}] tags must be a mapping of str to str, "
-                                f"got {type(tags).__name__}") from None
+        tags = _as_tags(tags, f"series[{i}]")
         names.append(_intern(table, order, name, i, None))
         ntags.append(len(<dict>tags))
         for k, v in (<dict>tags).items():
@@ -447,12 +452,7 @@ cdef class SeriesDictionary:
         cdef list strings
         if slot < 0 or slot >= 2**32:
             raise ValueError(f"slot {slot} is not in 0..{2**32 - 1}")
-        if type(tags) is not dict:
-            try:
-                tags = dict(tags)
-            except (TypeError, ValueError):
-                raise TypeError(f"series {slot} tags must be a mapping of str to str, "
-                                f"got {type(tags).__name__}") from None
+        tags = _as_tags(tags, f"series {slot}")
         strings = [name]
         for k, v in (<dict>tags).items():
             strings.append(k)

@@ -373,15 +373,17 @@ cdef class PidFiles:
                 if self.tkey[j] != 0 and self.tfd[j] >= 0:
                     close(self.tfd[j])
 
-    cdef void _release(self) noexcept:
-        self._close_untaken()
-        if self.tkey != NULL:
-            free(self.tkey)
-            free(self.tfd)
+    cdef void _free_table(self) noexcept nogil:
+        free(self.tkey)
+        free(self.tfd)
         self.tkey = NULL
         self.tfd = NULL
         self.tcap = 0
         self.held = 0
+
+    cdef void _release(self) noexcept:
+        self._close_untaken()
+        self._free_table()
 
     def close(self) -> None:
         """Close every held fd; further reads raise ``ValueError``."""
@@ -407,17 +409,11 @@ cdef class PidFiles:
         while cap < 2 * n:
             cap *= 2
         if cap != self.tcap:
-            free(self.tkey)
-            free(self.tfd)
+            self._free_table()
             self.tkey = <int32_t*>calloc(cap, sizeof(int32_t))
             self.tfd = <int32_t*>malloc(cap * sizeof(int32_t))
             if self.tkey == NULL or self.tfd == NULL:
-                free(self.tkey)
-                free(self.tfd)
-                self.tkey = NULL
-                self.tfd = NULL
-                self.tcap = 0
-                self.held = 0
+                self._free_table()
                 for j in range(n):
                     close(fds[j])
                 return -1
