@@ -208,9 +208,10 @@ def test_a_failed_rotation_keeps_the_current_file(tmp_path, fos, batch_factory, 
     fos.arm({"open": {0: code}})  # opening f-000002 fails
     with pytest.raises(RetryableError, match=r"f-000002\.ibatch: " + os.strerror(code)):
         out.write(batch_factory(payload=b"b" * 8))
-    out.write(batch_factory(payload=b"c" * 8))  # the rotation is tried again
+    out.write(batch_factory(payload=b"c" * 4))  # still fits the current file, which is still open
+    out.write(batch_factory(payload=b"d" * 8))  # the rotation is tried again
     assert [p.name for p in out.files("acme")] == ["f-000001.ibatch", "f-000002.ibatch"]
-    assert [list(read_batches(p, strict=True)) for p in out.files("acme")] == [[b"a" * 8], [b"c" * 8]]
+    assert [list(read_batches(p, strict=True)) for p in out.files("acme")] == [[b"a" * 8, b"c" * 4], [b"d" * 8]]
     out.close()
 
 
