@@ -28,6 +28,13 @@ it) and is not stored twice. A batch is recorded as seen only after it is
 written and fsynced, so a crash in between causes at most a duplicate, never a
 loss.
 
+Storage errors (disk full, EIO) answer ``503 storage_unavailable`` and leave
+only whole records in both files: the partial record is cut off at once (see
+:class:`ingress.transport.file.RecordFile`), and the tenant's next batch is
+stored as soon as space returns. If the batch was stored but its id could not
+be written, the answer is still ``stored``: the id is kept in memory (a resend
+is a duplicate) and written with the tenant's next id.
+
 Keys file (TOML, or JSON when the name ends in ``.json``): tenant id to key,
 either the key itself or ``"sha256:<64 hex>"`` of it::
 
@@ -102,31 +109,59 @@ def load_keys(path: str | os.PathLike) -> dict[str, bytes]:
 
 
 class _SeenIds:
-    """The persisted set of batch ids one tenant has stored."""
+    """The persisted set of batch ids one tenant has stored.
+
+    ``seen.ids`` is a :class:`~ingress.transport.file.RecordFile` of 16-byte
+    records, so a failed append (disk full) is cut off at once and a torn tail
+    left by a crash is cut on open. An id is added only after its batch is
+    stored and fsynced. If writing it fails, the id is still seen in memory (a
+    resend is a duplicate) and stays pending: the next add writes it together
+    with its own id, all or nothing.
+    """
 
     def __init__(self, path: Path) -> None:
+        from ingress.transport.file import RecordFile
+
         self.path = path
-        self.ids: set[bytes] = set()
-        if path.exists():
-            data = path.read_bytes()
-            whole = len(data) - len(data) % _ID
-            if whole != len(data):  # torn tail: that id was never confirmed stored
-                with open(path, "r+b") as f:
-                    f.truncate(whole)
-            self.ids = {data[i:i + _ID] for i in range(0, whole, _ID)}
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.file = RecordFile(path, lambda fd, size: size - size % _ID)
+        self.file.open()
+        with open(path, "rb") as f:
+            data = f.read(self.file.size)
+        self.ids: set[bytes] = {data[i:i + _ID] for i in range(0, len(data) - len(data) % _ID, _ID)}
+        self.pending: list[bytes] = []
 
     def add(self, bid: bytes) -> None:
-        os.write(self.fd, bid)
-        os.fsync(self.fd)
+        """Record ``bid`` as stored; a failed write keeps it pending (logged), never raises OSError."""
         self.ids.add(bid)
+        self.pending.append(bid)
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write the pending ids; True when none is left."""
+        if not self.pending:
+            return True
+        try:
+            self.file.append(b"".join(self.pending))
+        except OSError as e:
+            log.warning("sink: %s: cannot record %d stored batch id(s) yet: %s (kept in memory, written "
+                        "with the next one)", self.path, len(self.pending), e.strerror or e)
+            return False
+        self.pending.clear()
+        return True
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.flush()
+        self.file.close()
 
 
 class SinkStore:
-    """Per-tenant batch files and seen-id sets under ``data_dir``."""
+    """Per-tenant batch files and seen-id sets under ``data_dir``.
+
+    Both are written through :class:`~ingress.transport.file.RecordFile`: a
+    storage error (disk full, EIO) leaves only whole records behind, is raised
+    to the caller (the server answers 503 ``storage_unavailable``), and the
+    tenant's next batch is stored as soon as space returns.
+    """
 
     def __init__(self, data_dir: str | os.PathLike, max_file_bytes: int = 64 << 20) -> None:
         from ingress.transport.file import FileOutput
@@ -149,7 +184,11 @@ class SinkStore:
             return t
 
     def put(self, tenant: str, batch_id: bytes, payload: bytes, sample_count: int, host: str) -> bool:
-        """Store a batch unless its id was stored before; True when stored."""
+        """Store a batch unless its id was stored before; True when stored.
+
+        Raises :class:`~ingress.errors.RetryableError` (or OSError) when the
+        batch cannot be stored; nothing of it is left behind then.
+        """
         from ingress.transport.base import OutgoingBatch
 
         lock, seen = self._tenant(tenant)
@@ -158,7 +197,7 @@ class SinkStore:
                 self.counts[tenant]["duplicates"] += 1
                 return False
             self.files.write(OutgoingBatch(tenant, batch_id, payload, sample_count, host))
-            seen.add(batch_id)
+            seen.add(batch_id)  # only after the batch is written and fsynced
             c = self.counts[tenant]
             c["stored"] += 1
             c["samples"] += sample_count
