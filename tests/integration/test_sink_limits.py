@@ -107,10 +107,11 @@ def _peak_rss(pid):
 
 
 @pytest.fixture
-def sink_process(tmp_path):
+def sink_process(tmp_path, request):
     (tmp_path / "keys.toml").write_text('acme = "acme-key"\n')
+    extra = getattr(request, "param", [])
     proc = subprocess.Popen([sys.executable, "-m", "ingress", "sink", "--listen", "127.0.0.1:0",
-                             "--data-dir", str(tmp_path / "d"), "--keys", str(tmp_path / "keys.toml")],
+                             "--data-dir", str(tmp_path / "d"), "--keys", str(tmp_path / "keys.toml"), *extra],
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()
@@ -155,6 +156,30 @@ def test_unauthenticated_uploads_do_not_grow_the_sink(sink_process):
     grown = _peak_rss(proc.pid) - before
     assert grown < size, f"peak RSS grew by {grown >> 20} MiB for unauthenticated uploads"
     assert proc.poll() is None
+
+
+@pytest.mark.parametrize("sink_process", [["--max-connections", "1", "--header-timeout", "30"]], indirect=True)
+def test_cli_limits_take_effect(sink_process):
+    proc, port = sink_process
+    held = socket.create_connection(("127.0.0.1", port), timeout=GUARD)  # takes the only slot
+    s = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
+    status, h, body = read_response(s)
+    assert status == 503 and body["error"]["code"] == "busy" and h["retry-after"] == "1"
+    s.close()
+    held.close()
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--max-connections", "0", "sink max_connections: 0 must be a positive number"),
+    ("--header-timeout", "-1", "must be a positive number of seconds"),
+    ("--body-timeout", "soon", "is not a number of seconds"),
+])
+def test_cli_bad_limit_is_one_line_and_exit_2(tmp_path, flag, value, message):
+    (tmp_path / "keys.toml").write_text('acme = "k"\n')
+    r = subprocess.run([sys.executable, "-m", "ingress", "sink", "--listen", "127.0.0.1:0", "--data-dir",
+                        str(tmp_path / "d"), "--keys", str(tmp_path / "keys.toml"), flag, value],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
 
 
 # -- (b) slow, idle and flooding connections ------------------------------------
