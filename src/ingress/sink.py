@@ -9,18 +9,38 @@ duplicate batch ids and stores each tenant's batches in its own files::
 Request checks, in order, each failure a JSON error ``{"error": {"code", "message"}}``:
 
 ====  =========================  ==============================================
-411   length_required            no Content-Length
+411   length_required            no Content-Length, one that is not a decimal
+                                 number, several that differ, or a
+                                 Transfer-Encoding
 413   too_large                  body larger than ``max_body``
 415   unsupported_media_type     Content-Type is not application/vnd.ingress.batch.v1
 401   unauthorized               no ``Authorization: Bearer``, no ``X-Tenant-ID``
                                  known to the sink, or a key that is not the
                                  tenant's (one answer for all three, so tenant
                                  ids cannot be probed)
+408   request_timeout            the body did not arrive within ``body_timeout``
 400   bad_batch                  the body is not a valid batch (wire error text)
 400   tenant_mismatch            the batch's tenant is not X-Tenant-ID
 400   idempotency_key_mismatch   Idempotency-Key is not the batch's id
 503   storage_unavailable        the batch could not be stored (retry later)
 ====  =========================  ==============================================
+
+The checks down to 401 need only the headers and come before a byte of the
+body is read: such an answer carries ``Connection: close``, the sink discards
+at most 1 MiB or 1 s of whatever the client still sends (so the client reads
+the answer rather than a reset) and closes. ``Expect: 100-continue`` is
+answered only once the headers passed. A 408 also closes the connection.
+
+Connections (each served on its own thread) are bounded by
+``max_connections``; one more is answered ``503 busy`` with ``Retry-After: 1``
+at once and closed, so a flood cannot take threads or memory without bound.
+Time is bounded per phase, each a deadline, not a per-read timeout, so a
+client dripping a byte at a time is cut too: ``header_timeout`` for the TLS
+handshake and the request line and headers (from the accept, or from the
+first byte of a kept-alive connection's next request), ``idle_timeout``
+between requests on a kept-alive connection, ``body_timeout`` for an
+accepted request's body. A header deadline, an idle timeout or a client that
+disconnects ends the connection without an answer and with one debug line.
 
 A stored batch answers ``200 {"status": "stored", ...}``; a batch id already
 stored answers ``200 {"status": "duplicate", ...}`` (2xx, so the agent forgets
@@ -47,14 +67,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -220,15 +243,144 @@ class _Reject(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+class _ClientGone(Exception):
+    """The client left or stalled while sending its body; there is nobody to answer."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+_LINGER_S = 1.0  # after an early answer: how long, and how much, of the unread request is discarded
+_LINGER_BYTES = 1 << 20
+
+
+def _busy_response() -> bytes:
+    body = json.dumps({"error": {"code": "busy", "message": "too many connections; retry later"}}).encode() + b"\n"
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" % len(body)) + body
+
+
+_BUSY = _busy_response()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads, each with the time left before ``deadline`` as its timeout.
+
+    A per-read timeout alone lets a client that drips one byte at a time hold
+    the connection forever; a deadline per phase (headers, idle, body) does not.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = float("inf")  # time.monotonic()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(b)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: "_Server"
+
+    def setup(self) -> None:
+        super().setup()
+        self._in = _DeadlineReader(self.connection)
+        self._in.deadline = time.monotonic() + self.server.sink.header_timeout
+        self.rfile.close()
+        self.rfile = io.BufferedReader(self._in, 65536)
+        self._served = False
+        self._linger = False
+        self._body_read = False
+        self._expect_continue = False
+
+    def handle_one_request(self) -> None:
+        sink: SinkServer = self.server.sink
+        self._body_read = self._expect_continue = False
+        if self._served:  # a kept-alive connection: wait up to idle_timeout for the next request
+            self._in.deadline = time.monotonic() + sink.idle_timeout
+            try:
+                first = self.rfile.peek(1)
+            except TimeoutError:
+                log.debug("sink: %s: idle for %gs, closing", self.address_string(), sink.idle_timeout)
+                first = b""
+            if not first:
+                self.close_connection = True
+                return
+            self._in.deadline = time.monotonic() + sink.header_timeout
+        self._served = True
+        super().handle_one_request()  # a header deadline is logged (debug) and closes there
+
+    def handle_expect_100(self) -> bool:
+        # "100 Continue" only once the headers passed every check (see read_body):
+        # a refused client learns it before it sends a byte of the body.
+        self._expect_continue = True
+        return True
+
+    def read_body(self, n: int) -> bytes:
+        """The request body, read within ``body_timeout``; :class:`_ClientGone` if it does not arrive."""
+        sink: SinkServer = self.server.sink
+        self._body_read = True
+        if self._expect_continue:
+            self.send_response_only(100)
+            self.end_headers()
+        self._in.deadline = time.monotonic() + sink.body_timeout
+        try:
+            body = self.rfile.read(n)
+        except TimeoutError:
+            raise _ClientGone(f"body of {n} bytes not received within {sink.body_timeout:g}s",
+                              timed_out=True) from None
+        except OSError as e:
+            raise _ClientGone(f"connection lost while reading the body: {e}") from None
+        if len(body) < n:
+            raise _ClientGone(f"client closed the connection after {len(body)} of {n} body bytes")
+        return body
+
+    def finish(self) -> None:
+        super().finish()
+        if self._linger:
+            self._discard_rest()
+
+    def _discard_rest(self) -> None:
+        """Half-close after an early answer, then drop what the client still sends.
+
+        Closing with unread bytes would send a reset, which can destroy the
+        answer on its way; the discarding is bounded by _LINGER_S and
+        _LINGER_BYTES and keeps nothing.
+        """
+        sock = self.connection
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        end, left, buf = time.monotonic() + _LINGER_S, _LINGER_BYTES, bytearray(65536)
+        try:
+            while left > 0:
+                t = end - time.monotonic()
+                if t <= 0:
+                    break
+                sock.settimeout(t)
+                n = sock.recv_into(buf, min(len(buf), left))
+                if not n:
+                    break
+                left -= n
+        except OSError:
+            pass
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s " + fmt, self.address_string(), *args)
 
     def _reply(self, status: int, obj: dict) -> None:
         body = json.dumps(obj).encode() + b"\n"
+        self.connection.settimeout(self.server.sink.header_timeout)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -248,6 +400,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self.close_connection = True
+        self._linger = True
         self._error(405, "method_not_allowed", "batches are POSTed")
 
     do_DELETE = do_PUT
@@ -258,7 +411,20 @@ class _Handler(BaseHTTPRequestHandler):
             status, obj = sink.handle(self)
         except _Reject as r:
             sink.count_reject(r.code)
+            if not self._body_read:  # answered from the headers: the body is never read
+                self.close_connection = True
+                self._linger = True
             self._error(r.status, r.code, r.message)
+            return
+        except _ClientGone as e:
+            log.debug("sink: %s: %s", self.address_string(), e)
+            self.close_connection = True
+            if e.timed_out:
+                sink.count_reject("request_timeout")
+                try:
+                    self._error(408, "request_timeout", str(e))
+                except OSError:
+                    pass
             return
         self._reply(status, obj)
 
@@ -266,8 +432,54 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog
     sink: "SinkServer"
     tls: ssl.SSLContext | None = None
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._refused_logged = 0.0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Runs in the accept loop: never block here.
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: Any, client_address: Any) -> None:
+        """Every connection slot is taken: 503 at once (plain HTTP), then close."""
+        self.sink.count_reject("busy")
+        now = time.monotonic()
+        if now - self._refused_logged >= 10.0:
+            self._refused_logged = now
+            log.warning("sink: all %d connections busy; refusing new ones (503) from %s",
+                        self.sink.max_connections, client_address[0])
+        if self.tls is None:
+            try:
+                request.setblocking(False)
+                request.send(_BUSY)
+            except OSError:
+                pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        e = sys.exc_info()[1]
+        if isinstance(e, (OSError, ssl.SSLError)):  # the client went away or stalled
+            log.debug("sink: connection from %s ended: %s: %s", client_address[0], type(e).__name__, e)
+        else:
+            log.exception("sink: request from %s failed", client_address[0])
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # The TLS handshake runs here, in the connection's own thread: wrapping
@@ -275,7 +487,7 @@ class _Server(ThreadingHTTPServer):
         # silent client could stall every other.
         if self.tls is not None:
             try:
-                request.settimeout(30)
+                request.settimeout(self.sink.header_timeout)
                 request = self.tls.wrap_socket(request, server_side=True)
                 request.settimeout(None)
             except (OSError, ssl.SSLError) as e:
@@ -308,6 +520,18 @@ class SinkServer:
         Require client certificates signed by this CA (mutual TLS).
     verify_batches
         Decode every batch fully (checksums) before storing it, not just its header.
+    max_connections
+        Connections served at once, each on its own thread; one more is
+        answered ``503 busy`` (``Retry-After: 1``) and closed at once.
+    header_timeout
+        Seconds a new connection has to complete its TLS handshake and its
+        request line and headers (and a kept-alive one, its next request's
+        headers once their first byte came); past it the connection is closed.
+    idle_timeout
+        Seconds a kept-alive connection may wait for its next request.
+    body_timeout
+        Seconds an authenticated request has to deliver its whole body; past
+        it the sink answers 408 and closes the connection.
     """
 
     def __init__(
@@ -321,7 +545,19 @@ class SinkServer:
         tls_key: str | None = None,
         client_ca: str | None = None,
         verify_batches: bool = True,
+        max_connections: int = 128,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 30.0,
+        body_timeout: float = 60.0,
     ) -> None:
+        for name, v in (("max_connections", max_connections), ("header_timeout", header_timeout),
+                        ("idle_timeout", idle_timeout), ("body_timeout", body_timeout)):
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise ConfigError(f"sink {name}: {v!r} must be a positive number")
+        self.max_connections = int(max_connections)
+        self.header_timeout = float(header_timeout)
+        self.idle_timeout = float(idle_timeout)
+        self.body_timeout = float(body_timeout)
         self.listen = _parse_listen(listen)
         self.keys = keys if isinstance(keys, dict) else load_keys(keys)
         self.store = SinkStore(data_dir)
@@ -355,7 +591,7 @@ class SinkServer:
 
     def start(self) -> "SinkServer":
         try:
-            httpd = _Server(self.listen, _Handler)
+            httpd = _Server(self.listen, _Handler, self.max_connections)
         except OSError as e:
             raise ConfigError(f"sink --listen {self.listen[0]}:{self.listen[1]}: {e.strerror or e}") from None
         httpd.tls = self._ctx
@@ -377,34 +613,41 @@ class SinkServer:
             self.rejects[code] = self.rejects.get(code, 0) + 1
 
     def _authorised(self, tenant: str | None, auth: str | None) -> bool:
-        if not tenant or not auth or not auth.startswith("Bearer "):
+        scheme, _, key = (auth or "").strip().partition(" ")
+        key = key.strip()
+        if not tenant or scheme.lower() != "bearer" or not key:
             return False
         want = self.keys.get(tenant)
-        got = _hash(auth[7:].strip())
+        got = _hash(key)
         # Compare even for unknown tenants so both cases take the same time.
         return hmac.compare_digest(got, want if want is not None else b"\0" * 32) and want is not None
 
-    def handle(self, req: BaseHTTPRequestHandler) -> tuple[int, dict]:
-        """Check and store one POSTed batch; raise _Reject with the error to send."""
+    def handle(self, req: _Handler) -> tuple[int, dict]:
+        """Check and store one POSTed batch; raise _Reject with the error to send.
+
+        Every check the headers allow comes before the body is read, so a
+        refused request costs no body memory (the handler closes the connection).
+        """
         from ingress import wire
 
         h = req.headers
         ctype = (h.get("Content-Type") or "").split(";")[0].strip().lower()
-        length = h.get("Content-Length")
-        if length is None or not length.isdigit():
-            req.close_connection = True
-            raise _Reject(411, "length_required", "Content-Length is required")
-        n = int(length)
+        lengths = {v.strip() for v in h.get_all("Content-Length") or ()}
+        length = lengths.pop() if len(lengths) == 1 else ""
+        if "Transfer-Encoding" in h or not re.fullmatch(r"[0-9]+", length):
+            raise _Reject(411, "length_required",
+                          "one decimal Content-Length is required (and no Transfer-Encoding)")
+        digits = length.lstrip("0") or "0"
+        n = int(digits) if len(digits) <= 18 else self.max_body + 1
         if n > self.max_body:
-            req.close_connection = True
-            raise _Reject(413, "too_large", f"body of {n} bytes is over the limit of {self.max_body}")
-        body = req.rfile.read(n)
+            raise _Reject(413, "too_large", f"body of {digits[:24]} bytes is over the limit of {self.max_body}")
         if ctype != CONTENT_TYPE:
             raise _Reject(415, "unsupported_media_type",
                           f"Content-Type must be {CONTENT_TYPE}, got {ctype or 'none'}")
         tenant = h.get("X-Tenant-ID")
         if not self._authorised(tenant, h.get("Authorization")):
             raise _Reject(401, "unauthorized", "missing or unknown key for this tenant")
+        body = req.read_body(n)
         try:
             info = wire.peek(body)
             if self.verify_batches:
@@ -458,8 +701,10 @@ def serve(listen: str, data_dir: str | os.PathLike, keys: str | os.PathLike | di
 def run(args: argparse.Namespace) -> int:
     """Run the sink in the foreground until SIGINT/SIGTERM; 0 on a clean stop, 2 on a bad setting."""
     try:
+        limits = {k: getattr(args, k) for k in ("max_connections", "header_timeout", "idle_timeout",
+                                                "body_timeout") if getattr(args, k, None) is not None}
         sink = SinkServer(args.listen, args.data_dir, args.keys, tls_cert=args.tls_cert,
-                          tls_key=args.tls_key, client_ca=args.client_ca).start()
+                          tls_key=args.tls_key, client_ca=args.client_ca, **limits).start()
     except ConfigError as e:
         print(f"ingress sink: {e}", file=sys.stderr)
         return 2
