@@ -287,9 +287,9 @@ TWO = V(3) + V(1) + b"m" + V(1) + b"k" + V(1) + b"v"
     (hostile(dictionary=TWO + V(0) + V(1) + V(7) + V(0)), "tag key 0 refers to string 7 but there are 3"),
     (hostile(dictionary=TWO + V(0) + V(2) + V(1) + V(1) + V(4) + V(0)), "series 0 repeats a tag key"),
     (hostile(dictionary=TWO + V(0) + V(2**40)), "series 0 promises 1099511627776 tags"),
-    (hostile(nser=10**9), "header promises 1000000000 series"),
+    (hostile(nser=200_000), "header promises 200000 series"),
     # index column
-    (hostile(n=2**32 - 1), "index column: header promises 4294967295 samples"),
+    (hostile(n=900_000), "index column: header promises 900000 samples"),
     (hostile(index=V(ref.zigzag(3))), "index column: sample 0 refers to series 3, outside the dictionary"),
     (hostile(index=V(ref.zigzag(-1))), "sample 0 refers to series -1"),
     (hostile(index=b"\xff" * 10 + b"\x7f"), "index column: varint runs past 64 bits"),
