@@ -489,3 +489,177 @@ def test_series_dictionary_differs_in_nothing_from_encode_dictionary(ops, clears
     rnd.shuffle(slots)
     assert d.count == len(held)
     assert d.encode(np.array(slots, np.uint32)) == encode_dictionary([held[s] for s in slots])
+
+
+# ------------------------------------------------------------------ decode limits (issue 8)
+def bomb(n: int, value: float = 1.5) -> bytes:
+    """A valid batch of n samples of one series, its lz4 block made by hand (~n / 255 bytes).
+
+    Index bytes all zero (series 0), one timestamp run, one CONST value: the
+    decompression bomb of issue 8. Nothing of the test's own is ever n bytes.
+    """
+    dictionary = V(1) + V(1) + b"m" + V(0) + V(0)
+    suffix = b"\x00" + V(1) + V(n) + V(ref.zigzag(5)) + b"\x00" + struct.pack("<d", value)
+    block = ref.lz4_run_block(dictionary, 0, n, suffix)
+    raw_len = len(dictionary) + n + len(suffix)
+    return ref.frame(block, "acme", "h", BID, n, 1, compress=False, flags=1, raw_len=raw_len)
+
+
+def _peak(fn, *args, **kw):
+    """(outcome, peak bytes traced while running fn): outcome is the result or the WireError."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            out = fn(*args, **kw)
+        except errors.WireError as exc:
+            out = exc
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return out, peak
+
+
+def test_bomb_builder_makes_valid_batches():
+    b = wire.decode(bomb(10_000))
+    assert len(b) == 10_000 and b.series == [("m", {})]
+    assert set(b.timestamps.tolist()) == {5} and set(b.values.tolist()) == {1.5}
+    assert ref.decode(bomb(300))["values"] == [1.5] * 300
+    big = bomb(50_000_000)
+    fields, raw = ref.unframe(big)  # lz4 itself agrees: 50 MB of body, all index bytes zero
+    assert fields["n"] == 50_000_000 and len(raw) == 5 + 50_000_000 + 16
+    assert raw.count(b"\x00", 5, 50_000_005) == 50_000_000
+
+
+def test_decompression_bomb_is_refused_before_allocating():
+    data = bomb(50_000_000)
+    assert 190_000 < len(data) < 210_000
+    out, peak = _peak(wire.decode, data)
+    assert isinstance(out, errors.DecodeLimitError), out
+    assert out.limit == "max_samples" and out.value == 50_000_000
+    assert str(out) == "header: 50000000 samples, over the decode limit max_samples = 1000000"
+    assert peak < 64_000
+    # every header-level limit stops it on its own, before decompressing
+    for limits, name in [(wire.DecodeLimits(max_samples=10**8, max_raw_bytes=10**6), "max_raw_bytes"),
+                         (wire.DecodeLimits(max_samples=10**8, max_ratio=100), "max_ratio")]:
+        out, peak = _peak(wire.decode, data, limits)
+        assert isinstance(out, errors.DecodeLimitError) and out.limit == name and name in str(out)
+        assert peak < 64_000
+    # peek shows the header as it is, and refuses it when given the limits
+    assert wire.peek(data).sample_count == 50_000_000
+    with pytest.raises(errors.DecodeLimitError, match="max_samples"):
+        wire.peek(data, limits=wire.DecodeLimits())
+
+
+def _quantities(data: bytes) -> dict:
+    """What each limit bounds, read from a valid batch with the reference's primitives."""
+    fields, raw = ref.unframe(data)
+    raw_len, body_len = struct.unpack_from("<II", data, 32)
+    r = ref.Reader(raw)
+    n_strings = r.varint()
+    string_bytes = sum(len(r.take(r.varint())) for _ in range(n_strings))
+    [r.varint() for _ in range(fields["nser"])]
+    tags = sum(r.varint() for _ in range(fields["nser"]))
+    return dict(max_samples=fields["n"], max_series=fields["nser"], max_tags=tags,
+                max_strings=n_strings, max_string_bytes=string_bytes, max_raw_bytes=raw_len,
+                max_ratio=raw_len / body_len)
+
+
+LIMITED = make(*tick_major(40, 30))
+
+
+@pytest.mark.parametrize("limit", [f for f in wire.DecodeLimits.__slots__])
+def test_each_limit_admits_its_value_and_refuses_one_more(limit):
+    q = _quantities(LIMITED)
+    assert LIMITED[5] & wire.FLAG_LZ4 and q["max_ratio"] > 1  # lz4-compressed: the ratio applies
+    at = q[limit]
+    assert wire.decode(LIMITED, wire.DecodeLimits(**{limit: at})).series_index.size == q["max_samples"]
+    under = at - 1 if limit != "max_ratio" else at * 0.99
+    with pytest.raises(errors.DecodeLimitError) as info:
+        wire.decode(LIMITED, wire.DecodeLimits(**{limit: under}))
+    assert info.value.limit == limit and f"over the decode limit {limit} = " in str(info.value)
+    assert isinstance(info.value, errors.WireError)
+
+
+def test_default_limits_are_far_above_what_the_agent_writes():
+    from ingress import config
+
+    d = wire.DecodeLimits()
+    agent = config.default_settings().agent.batch
+    assert d.max_samples >= 20 * agent.max_samples
+    assert d.max_raw_bytes >= 32 * agent.max_bytes
+    wire.decode(make(*tick_major(1000, 100)))  # a large agent batch: 100,000 samples
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(max_samples=-1), "DecodeLimits.max_samples must be an integer >= 0, got -1"),
+    (dict(max_tags=1.5), "DecodeLimits.max_tags must be an integer >= 0"),
+    (dict(max_series=True), "DecodeLimits.max_series must be an integer >= 0"),
+    (dict(max_ratio=0.5), "DecodeLimits.max_ratio must be a number from 1 to 255, got 0.5"),
+    (dict(max_ratio=300), "DecodeLimits.max_ratio must be a number from 1 to 255"),
+])
+def test_decode_limits_refuse_bad_values(kw, words):
+    with pytest.raises(ValueError) as info:
+        wire.DecodeLimits(**kw)
+    assert str(info.value).startswith(words)
+    with pytest.raises(TypeError, match="limits must be a wire.DecodeLimits"):
+        wire.decode(LIMITED, {"max_samples": 5})
+
+
+def test_non_contiguous_buffer_is_a_wire_error():
+    data = LIMITED
+    strided = memoryview(bytes(x for b in data for x in (b, 0)))[::2]
+    assert bytes(strided) == data and not strided.c_contiguous
+    for fn in (wire.decode, wire.peek):
+        with pytest.raises(errors.WireError, match="batch buffer is not contiguous"):
+            fn(strided)
+    # contiguous views of another shape or item size are read as their bytes
+    want = wire.decode(data)
+    flat = wire.decode(memoryview(data).cast("B", shape=[1, len(data)]))
+    assert flat.series_index.tolist() == want.series_index.tolist()
+    for host in ("h", "hh", "hhh", "hhhh"):
+        padded = make(*tick_major(5, 3), host=host)
+        if len(padded) % 4 == 0:
+            break
+    assert wire.decode(memoryview(padded).cast("I")).host == host
+    assert wire.peek(memoryview(padded).cast("I")).host == host
+
+
+@pytest.mark.parametrize("where, words", [
+    ("lz4.block.decompress", "out of memory decompressing the body to"),
+    ("ingress._core._codec.decode_dictionary", "out of memory building the dictionary of 40 series"),
+    ("ingress._core._codec.decode_columns", "out of memory allocating the columns of 1200 samples"),
+])
+def test_memory_error_becomes_wire_error_naming_the_allocation(monkeypatch, where, words):
+    def no_memory(*a, **kw):
+        raise MemoryError()
+
+    monkeypatch.setattr(where, no_memory)
+    with pytest.raises(errors.WireError) as info:
+        wire.decode(LIMITED)
+    assert str(info.value).startswith(words)
+
+
+def test_out_of_memory_for_real_is_a_wire_error(tmp_path):
+    """Under an address-space limit, a batch the (raised) limits admit fails as WireError."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.ibatch"
+    path.write_bytes(bomb(50_000_000))
+    script = f"""
+import resource, sys
+from ingress import wire
+data = open({str(path)!r}, 'rb').read()
+with open('/proc/self/status') as f:
+    vm = [int(line.split()[1]) * 1024 for line in f if line.startswith('VmSize')][0]
+resource.setrlimit(resource.RLIMIT_AS, (vm + (160 << 20), resource.RLIM_INFINITY))
+try:
+    wire.decode(data, wire.DecodeLimits(max_samples=10**8, max_raw_bytes=10**8))
+except wire.WireError as exc:
+    print('WireError:', exc)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("WireError: out of memory")
