@@ -492,17 +492,9 @@ def test_series_dictionary_differs_in_nothing_from_encode_dictionary(ops, clears
 
 
 # ------------------------------------------------------------------ decode limits (issue 8)
-def bomb(n: int, value: float = 1.5) -> bytes:
-    """A valid batch of n samples of one series, its lz4 block made by hand (~n / 255 bytes).
-
-    Index bytes all zero (series 0), one timestamp run, one CONST value: the
-    decompression bomb of issue 8. Nothing of the test's own is ever n bytes.
-    """
-    dictionary = V(1) + V(1) + b"m" + V(0) + V(0)
-    suffix = b"\x00" + V(1) + V(n) + V(ref.zigzag(5)) + b"\x00" + struct.pack("<d", value)
-    block = ref.lz4_run_block(dictionary, 0, n, suffix)
-    raw_len = len(dictionary) + n + len(suffix)
-    return ref.frame(block, "acme", "h", BID, n, 1, compress=False, flags=1, raw_len=raw_len)
+def bomb(n: int) -> bytes:
+    """The decompression bomb of issue 8 with n samples: ``wire_reference.bomb``."""
+    return ref.bomb(n, "acme", BID)
 
 
 def _peak(fn, *args, **kw):
@@ -552,26 +544,12 @@ def test_decompression_bomb_is_refused_before_allocating():
         wire.peek(data, limits=wire.DecodeLimits())
 
 
-def _quantities(data: bytes) -> dict:
-    """What each limit bounds, read from a valid batch with the reference's primitives."""
-    fields, raw = ref.unframe(data)
-    raw_len, body_len = struct.unpack_from("<II", data, 32)
-    r = ref.Reader(raw)
-    n_strings = r.varint()
-    string_bytes = sum(len(r.take(r.varint())) for _ in range(n_strings))
-    [r.varint() for _ in range(fields["nser"])]
-    tags = sum(r.varint() for _ in range(fields["nser"]))
-    return dict(max_samples=fields["n"], max_series=fields["nser"], max_tags=tags,
-                max_strings=n_strings, max_string_bytes=string_bytes, max_raw_bytes=raw_len,
-                max_ratio=raw_len / body_len)
-
-
 LIMITED = make(*tick_major(40, 30))
 
 
 @pytest.mark.parametrize("limit", [f for f in wire.DecodeLimits.__slots__])
 def test_each_limit_admits_its_value_and_refuses_one_more(limit):
-    q = _quantities(LIMITED)
+    q = ref.quantities(LIMITED)
     assert LIMITED[5] & wire.FLAG_LZ4 and q["max_ratio"] > 1  # lz4-compressed: the ratio applies
     at = q[limit]
     assert wire.decode(LIMITED, wire.DecodeLimits(**{limit: at})).series_index.size == q["max_samples"]

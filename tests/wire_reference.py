@@ -333,6 +333,35 @@ def lz4_run_block(prefix: bytes, fill: int, run: int, suffix: bytes) -> bytes:
     return bytes(out + suffix)
 
 
+def bomb(n: int, tenant: str = "acme", batch_id: bytes = bytes(16), value: float = 1.5) -> bytes:
+    """A valid batch of n samples of one series, its lz4 block made by hand (~n / 255 bytes).
+
+    Index bytes all zero (series 0), one timestamp run (ts 5), one CONST value:
+    the decompression bomb of issue 8. Nothing here is ever n bytes long.
+    """
+    dictionary = varint(1) + varint(1) + b"m" + varint(0) + varint(0)
+    suffix = (b"\x00" + varint(1) + varint(n) + varint(zigzag(5))
+              + b"\x00" + struct.pack("<d", value))
+    block = lz4_run_block(dictionary, 0, n, suffix)
+    raw_len = len(dictionary) + n + len(suffix)
+    return frame(block, tenant, "h", batch_id, n, 1, compress=False, flags=1, raw_len=raw_len)
+
+
+def quantities(data: bytes) -> dict:
+    """What each decode limit (``wire.DecodeLimits`` field) bounds, read from a valid batch."""
+    fields, raw = unframe(data)
+    raw_len, body_len = struct.unpack_from("<II", data, 32)
+    r = Reader(raw)
+    n_strings = r.varint()
+    string_bytes = sum(len(r.take(r.varint())) for _ in range(n_strings))
+    for _ in range(fields["nser"]):
+        r.varint()
+    tags = sum(r.varint() for _ in range(fields["nser"]))
+    return dict(max_samples=fields["n"], max_series=fields["nser"], max_tags=tags,
+                max_strings=n_strings, max_string_bytes=string_bytes, max_raw_bytes=raw_len,
+                max_ratio=raw_len / body_len)
+
+
 def unframe(data: bytes) -> tuple[dict, bytes]:
     """Header fields and the raw (decompressed) body of a valid batch."""
     magic, ver, flags, tl, hl, bid, n, nser, raw_len, body_len, crc = FIXED.unpack_from(data)

@@ -269,6 +269,9 @@ class SinkServer:
         Require client certificates signed by this CA (mutual TLS).
     verify_batches
         Decode every batch fully (checksums) before storing it, not just its header.
+    decode_limits
+        ``wire.DecodeLimits`` for every batch (default: ``DecodeLimits()``); a
+        batch over one answers 400 ``bad_batch`` naming the limit.
     """
 
     def __init__(
@@ -282,7 +285,15 @@ class SinkServer:
         tls_key: str | None = None,
         client_ca: str | None = None,
         verify_batches: bool = True,
+        decode_limits: Any = None,
     ) -> None:
+        from ingress import wire
+
+        if decode_limits is None:
+            decode_limits = wire.DecodeLimits()
+        elif not isinstance(decode_limits, wire.DecodeLimits):
+            raise TypeError(f"decode_limits must be a wire.DecodeLimits, got {type(decode_limits).__name__}")
+        self.decode_limits = decode_limits
         self.listen = _parse_listen(listen)
         self.keys = keys if isinstance(keys, dict) else load_keys(keys)
         self.store = SinkStore(data_dir)
@@ -367,9 +378,12 @@ class SinkServer:
         if not self._authorised(tenant, h.get("Authorization")):
             raise _Reject(401, "unauthorized", "missing or unknown key for this tenant")
         try:
-            info = wire.peek(body)
+            info = wire.peek(body, limits=self.decode_limits)
             if self.verify_batches:
-                wire.decode(body)
+                wire.decode(body, self.decode_limits)
+        except wire.DecodeLimitError as e:
+            flag = "--max-batch-" + e.limit.removeprefix("max_").replace("_", "-")
+            raise _Reject(400, "bad_batch", f"batch over the sink's limit {flag}: {e}") from None
         except (WireError, ValueError) as e:
             raise _Reject(400, "bad_batch", f"not a valid batch: {e}") from None
         b_tenant, b_host, b_id, b_count = _peek_fields(info)
@@ -420,7 +434,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the sink in the foreground until SIGINT/SIGTERM; 0 on a clean stop, 2 on a bad setting."""
     try:
         sink = SinkServer(args.listen, args.data_dir, args.keys, tls_cert=args.tls_cert,
-                          tls_key=args.tls_key, client_ca=args.client_ca).start()
+                          tls_key=args.tls_key, client_ca=args.client_ca,
+                          decode_limits=getattr(args, "decode_limits", None)).start()
     except ConfigError as e:
         print(f"ingress sink: {e}", file=sys.stderr)
         return 2
