@@ -217,7 +217,7 @@ def _bound(lim: wire.DecodeLimits) -> int:
     """What decode may allocate within ``lim`` (docs/wire-format.md, "Decode limits")."""
     return (64 * 1024 + 2 * lim.max_raw_bytes + 36 * lim.max_samples + 16 * lim.max_series
             + 240 * lim.max_series + 100 * lim.max_tags + 120 * lim.max_strings
-            + 2 * lim.max_string_bytes)
+            + 4 * lim.max_string_bytes)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
