@@ -6,6 +6,11 @@ checksums, so most mutants are made on the RAW body and framed again with valid
 checksums (wire_reference.frame), which drives them into the column parsers.
 Whatever ingress.wire makes of a mutant, the pure-Python reference must make
 the same: both decode it to the same batch, or both refuse it.
+
+Decode limits (issue 8): hand-built batches whose counts are backed by bytes
+(millions of samples in a few KB of hand-made lz4) under random limits decode
+or raise WireError, and decode's traced allocation stays within the bound the
+limits promise.
 """
 from __future__ import annotations
 
@@ -14,10 +19,11 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import wire_reference as ref
-from ingress import wire
-from ingress import errors
+from ingress import errors, wire
 from ingress.errors import WireError
 
 SEED = int(os.environ.get("INGRESS_FUZZ_SEED", "20240601"))
@@ -147,10 +153,6 @@ def test_fuzz_mutants_decode_or_raise_wire_error():
 
 
 # ------------------------------------------------------------------ decode limits (issue 8)
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-
 def _small_or_large(small: int, large: int):
     return st.integers(0, small) | st.integers(0, large) | st.just(large)
 
