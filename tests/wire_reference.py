@@ -303,6 +303,65 @@ def frame(raw: bytes, tenant: str, host: str, batch_id: bytes, n: int, nser: int
     return head + struct.pack("<I", zlib.crc32(head)) + stored
 
 
+def _lz4_len(extra: int) -> bytes:
+    return b"\xff" * (extra // 255) + bytes([extra % 255])
+
+
+def lz4_run_block(prefix: bytes, fill: int, run: int, suffix: bytes) -> bytes:
+    """An lz4 block (no size prefix) of ``prefix + bytes([fill]) * run + suffix``, made by hand.
+
+    Two sequences: ``prefix`` and one ``fill`` byte as literals, a match of
+    offset 1 that repeats it ``run - 1`` times (255 bytes of output per stored
+    byte), then ``suffix`` as the closing literals. So a run of 50 M costs
+    about 200 KB and nothing is ever as large as the output. Falls back to
+    ``lz4.block.compress`` when the run or the suffix is too short for that
+    shape (lz4 ends a block with at least 12 literal bytes).
+    """
+    if run < 5 or len(suffix) < 12:
+        return lz4.block.compress(prefix + bytes([fill]) * run + suffix, store_size=False)
+    lit = prefix + bytes([fill])
+    ml = run - 1 - 4
+    out = bytearray([(min(len(lit), 15) << 4) | min(ml, 15)])
+    if len(lit) >= 15:
+        out += _lz4_len(len(lit) - 15)
+    out += lit + b"\x01\x00"
+    if ml >= 15:
+        out += _lz4_len(ml - 15)
+    out.append(min(len(suffix), 15) << 4)
+    if len(suffix) >= 15:
+        out += _lz4_len(len(suffix) - 15)
+    return bytes(out + suffix)
+
+
+def bomb(n: int, tenant: str = "acme", batch_id: bytes = bytes(16), value: float = 1.5) -> bytes:
+    """A valid batch of n samples of one series, its lz4 block made by hand (~n / 255 bytes).
+
+    Index bytes all zero (series 0), one timestamp run (ts 5), one CONST value:
+    the decompression bomb of issue 8. Nothing here is ever n bytes long.
+    """
+    dictionary = varint(1) + varint(1) + b"m" + varint(0) + varint(0)
+    suffix = (b"\x00" + varint(1) + varint(n) + varint(zigzag(5))
+              + b"\x00" + struct.pack("<d", value))
+    block = lz4_run_block(dictionary, 0, n, suffix)
+    raw_len = len(dictionary) + n + len(suffix)
+    return frame(block, tenant, "h", batch_id, n, 1, compress=False, flags=1, raw_len=raw_len)
+
+
+def quantities(data: bytes) -> dict:
+    """What each decode limit (``wire.DecodeLimits`` field) bounds, read from a valid batch."""
+    fields, raw = unframe(data)
+    raw_len, body_len = struct.unpack_from("<II", data, 32)
+    r = Reader(raw)
+    n_strings = r.varint()
+    string_bytes = sum(len(r.take(r.varint())) for _ in range(n_strings))
+    for _ in range(fields["nser"]):
+        r.varint()
+    tags = sum(r.varint() for _ in range(fields["nser"]))
+    return dict(max_samples=fields["n"], max_series=fields["nser"], max_tags=tags,
+                max_strings=n_strings, max_string_bytes=string_bytes, max_raw_bytes=raw_len,
+                max_ratio=raw_len / body_len)
+
+
 def unframe(data: bytes) -> tuple[dict, bytes]:
     """Header fields and the raw (decompressed) body of a valid batch."""
     magic, ver, flags, tl, hl, bid, n, nser, raw_len, body_len, crc = FIXED.unpack_from(data)

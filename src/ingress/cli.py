@@ -84,14 +84,54 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     k.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert, if not in the same file")
     k.add_argument("--client-ca", metavar="FILE", help="require client certificates from this CA")
+    # Decode limits (wire.DecodeLimits): a batch over one is refused with 400 bad_batch.
+    for flag, field, kind, what, default in _SINK_LIMITS:
+        k.add_argument(flag, dest=field, type=kind, metavar="N",
+                       help=f"refuse a batch {what} (default: {default})")
     k.set_defaults(func=cmd_sink)
     return p
 
 
+def _limit_count(text: str) -> int:
+    if not text.isdigit() or int(text) >= 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
+
+def _limit_ratio(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 1 <= v <= 255:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to 255")
+    return v
+
+
+# flag, DecodeLimits field, type, help, default (the DecodeLimits default;
+# tests/integration/test_sink_limits.py holds the two together)
+_SINK_LIMITS = (
+    ("--max-batch-samples", "max_samples", _limit_count, "of more than N samples", "1000000"),
+    ("--max-batch-series", "max_series", _limit_count, "of more than N series", "250000"),
+    ("--max-batch-tags", "max_tags", _limit_count, "of more than N tags over all its series",
+     "1000000"),
+    ("--max-batch-strings", "max_strings", _limit_count,
+     "of more than N distinct strings in its dictionary", "500000"),
+    ("--max-batch-string-bytes", "max_string_bytes", _limit_count,
+     "whose dictionary strings hold more than N bytes", "16777216"),
+    ("--max-batch-raw-bytes", "max_raw_bytes", _limit_count,
+     "whose body decompresses to more than N bytes", "67108864"),
+    ("--max-batch-ratio", "max_ratio", _limit_ratio,
+     "whose lz4 body decompresses to more than N times its size (1 to 255)", "255"),
+)
+
+
 def cmd_sink(args: argparse.Namespace) -> int:
     # Imported here: the sink's HTTP server and TLS modules are no part of `ingress run`.
-    from ingress import sink
+    from ingress import sink, wire
 
+    given = {f: getattr(args, f) for _, f, *_ in _SINK_LIMITS if getattr(args, f) is not None}
+    args.decode_limits = wire.DecodeLimits(**given)
     return sink.run(args)
 
 

@@ -19,6 +19,30 @@ class WireError(IngressError, ValueError):
     """Bytes that claim to be a batch are not a valid batch; says what was wrong."""
 
 
+class DecodeMemoryError(WireError):
+    """A batch that may be valid could not be decoded because memory ran out.
+
+    Not the batch's fault: a receiver should answer "retry later" (the sink: 503),
+    never set the batch aside as invalid.
+    """
+
+
+class DecodeLimitError(WireError):
+    """A batch is over one of the reader's decode limits (``ingress.wire.DecodeLimits``).
+
+    Attributes
+    ----------
+    limit
+        The name of the limit, a field of ``DecodeLimits`` (``"max_samples"``, ...).
+    value, maximum
+        What the batch declares and what the limit allows.
+    """
+
+    def __init__(self, message: str, limit: str, value: int, maximum: float) -> None:
+        super().__init__(message)
+        self.limit, self.value, self.maximum = limit, value, maximum
+
+
 class SpoolError(IngressError):
     """The on-disk spool cannot accept or return a record."""
 

@@ -22,7 +22,8 @@ Request checks, in order, each failure a JSON error ``{"error": {"code", "messag
 400   bad_batch                  the body is not a valid batch (wire error text)
 400   tenant_mismatch            the batch's tenant is not X-Tenant-ID
 400   idempotency_key_mismatch   Idempotency-Key is not the batch's id
-503   storage_unavailable        the batch could not be stored (retry later)
+503   storage_unavailable        the batch could not be stored, or decoding it ran
+                                 out of memory (retry later; never a dead letter)
 ====  =========================  ==============================================
 
 The checks down to 401 need only the headers and come before a byte of the
@@ -82,7 +83,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ingress.errors import ConfigError, IngressError, WireError
+from ingress.errors import ConfigError, DecodeMemoryError, IngressError, WireError
 
 log = logging.getLogger("ingress.sink")
 
@@ -532,6 +533,9 @@ class SinkServer:
     body_timeout
         Seconds an authenticated request has to deliver its whole body; past
         it the sink answers 408 and closes the connection.
+    decode_limits
+        ``wire.DecodeLimits`` for every batch (default: ``DecodeLimits()``); a
+        batch over one answers 400 ``bad_batch`` naming the limit.
     """
 
     def __init__(
@@ -549,7 +553,15 @@ class SinkServer:
         header_timeout: float = 10.0,
         idle_timeout: float = 30.0,
         body_timeout: float = 60.0,
+        decode_limits: Any = None,
     ) -> None:
+        from ingress import wire
+
+        if decode_limits is None:
+            decode_limits = wire.DecodeLimits()
+        elif not isinstance(decode_limits, wire.DecodeLimits):
+            raise TypeError(f"decode_limits must be a wire.DecodeLimits, got {type(decode_limits).__name__}")
+        self.decode_limits = decode_limits
         for name, v in (("max_connections", max_connections), ("header_timeout", header_timeout),
                         ("idle_timeout", idle_timeout), ("body_timeout", body_timeout)):
             if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
@@ -649,9 +661,14 @@ class SinkServer:
             raise _Reject(401, "unauthorized", "missing or unknown key for this tenant")
         body = req.read_body(n)
         try:
-            info = wire.peek(body)
+            info = wire.peek(body, limits=self.decode_limits)
             if self.verify_batches:
-                wire.decode(body)
+                wire.decode(body, self.decode_limits)
+        except DecodeMemoryError as e:  # the sink's trouble, not the batch's: retry later
+            raise _Reject(503, "storage_unavailable", f"cannot decode the batch now: {e}") from None
+        except wire.DecodeLimitError as e:
+            flag = "--max-batch-" + e.limit.removeprefix("max_").replace("_", "-")
+            raise _Reject(400, "bad_batch", f"batch over the sink's limit {flag}: {e}") from None
         except (WireError, ValueError) as e:
             raise _Reject(400, "bad_batch", f"not a valid batch: {e}") from None
         b_tenant, b_host, b_id, b_count = _peek_fields(info)
@@ -704,7 +721,8 @@ def run(args: argparse.Namespace) -> int:
         limits = {k: getattr(args, k) for k in ("max_connections", "header_timeout", "idle_timeout",
                                                 "body_timeout") if getattr(args, k, None) is not None}
         sink = SinkServer(args.listen, args.data_dir, args.keys, tls_cert=args.tls_cert,
-                          tls_key=args.tls_key, client_ca=args.client_ca, **limits).start()
+                          tls_key=args.tls_key, client_ca=args.client_ca,
+                          decode_limits=getattr(args, "decode_limits", None), **limits).start()
     except ConfigError as e:
         print(f"ingress sink: {e}", file=sys.stderr)
         return 2

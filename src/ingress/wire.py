@@ -19,9 +19,10 @@ import lz4.block
 import numpy as np
 
 from ingress._core import _codec
-from ingress.errors import WireError
+from ingress.errors import DecodeLimitError, DecodeMemoryError, WireError
 
-__all__ = ["Batch", "Header", "WireError", "decode", "encode", "peek", "MAGIC", "VERSION"]
+__all__ = ["Batch", "DecodeLimitError", "DecodeLimits", "DecodeMemoryError", "Header", "WireError", "decode", "encode",
+           "peek", "MAGIC", "VERSION"]
 
 MAGIC = b"INGB"
 VERSION = 1
@@ -36,6 +37,62 @@ _U32 = 0xFFFFFFFF
 # Every declared size is checked against the bytes present before anything is
 # allocated: raw_len <= LZ4_MAX_RATIO * body_len (lz4 cannot expand further).
 LZ4_MAX_RATIO = _codec.LZ4_MAX_RATIO
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """How much one batch may make ``decode`` allocate; past a limit, ``DecodeLimitError``.
+
+    A batch is small on the wire and large in memory (lz4 expands up to 255:1,
+    and every sample costs 36 bytes of columns), so a reader of untrusted
+    batches bounds what the header and the dictionary may declare. Each limit is
+    checked once per count, before anything is allocated for it (never per
+    sample). The defaults are far above what the agent writes (its batches hold
+    at most ``agent.batch.max_samples``, default 50,000, and are split past
+    ``agent.batch.max_bytes``, default 1 MiB); ``ingress sink`` sets them with
+    ``--max-batch-*`` flags. docs/wire-format.md, "Decode limits", has the table.
+
+    Attributes
+    ----------
+    max_samples : int
+        Samples (header ``sample_count``). Default 1,000,000.
+    max_series : int
+        Series in the dictionary (header ``series_count``). Default 250,000.
+    max_tags : int
+        Tags over all series of the dictionary. Default 1,000,000.
+    max_strings : int
+        Distinct strings of the dictionary. Default 500,000.
+    max_string_bytes : int
+        Bytes of UTF-8 over all those strings. Default 16 MiB.
+    max_raw_bytes : int
+        Body length after decompression (header ``raw_len``). Default 64 MiB.
+    max_ratio : float
+        ``raw_len / body_len`` of an lz4 body. Default 255, lz4's own ceiling:
+        an idle tenant batched over many passes legitimately reaches ~190:1.
+    """
+
+    max_samples: int = 1_000_000
+    max_series: int = 250_000
+    max_tags: int = 1_000_000
+    max_strings: int = 500_000
+    max_string_bytes: int = 16 << 20
+    max_raw_bytes: int = 64 << 20
+    max_ratio: float = LZ4_MAX_RATIO
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            v = getattr(self, name)
+            if name == "max_ratio":
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 1 <= v <= LZ4_MAX_RATIO
+                want = f"a number from 1 to {LZ4_MAX_RATIO}"
+            else:
+                ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+                want = "an integer >= 0"
+            if not ok:
+                raise ValueError(f"DecodeLimits.{name} must be {want}, got {v!r}")
+
+
+DEFAULT_LIMITS = DecodeLimits()
 
 
 class Header(NamedTuple):
@@ -159,59 +216,116 @@ def encode(tenant: str, host: str, series: Iterable[tuple[str, Mapping[str, str]
     return b"".join((head, _CRC.pack(zlib.crc32(head)), body))
 
 
-def peek(data: bytes) -> Header:
+def peek(data: bytes, limits: DecodeLimits | None = None) -> Header:
     """Read and check the header only (no decompression, body CRC not verified).
+
+    With ``limits``, also the limits the header alone can show: samples, series,
+    raw length and compression ratio (the outputs call ``peek`` on batches they
+    have just built, without limits).
 
     Raises
     ------
     WireError
-        Wrong magic or version, bad header CRC, or a length that does not match.
+        Wrong magic or version, bad header CRC, or a length that does not match;
+        ``DecodeLimitError`` for a header over ``limits``.
     """
     h = _header(data)
+    if limits is not None:
+        _check_header_limits(h, limits)
     return Header(h[0], h[1], h[2], h[3])
 
 
-def decode(data: bytes) -> Batch:
+def decode(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Batch:
     """Decode a batch made by ``encode``.
 
-    Memory: every declared size is checked against the bytes present before it
-    is allocated. The decompressed body is at most ``LZ4_MAX_RATIO`` (255) times
-    the stored body; each sample needs at least one byte of it and costs 36 bytes
-    of output and scratch; each series needs at least two and costs 16 bytes
-    plus its Python tuple and dict. So decode allocates O(raw_len), about 100 x
-    raw_len at worst (docs/wire-format.md, "Memory bound").
+    Memory: every declared size is checked, before it is allocated, against
+    the bytes present and against ``limits`` (``DecodeLimits()`` by default):
+    samples, series, raw length and ratio from the header before decompressing,
+    strings, string bytes and tags as the dictionary declares them. A batch
+    within the limits makes decode allocate about ``max_raw_bytes`` + 36 bytes
+    per sample + a few hundred per series, tag and string (docs/wire-format.md,
+    "Decode limits").
 
     Raises
     ------
     WireError
-        Anything wrong with the bytes; the message says what and where.
+        Anything wrong with the bytes; the message says what and where. Also
+        when memory runs out (the message names the allocation): no
+        ``MemoryError`` leaves decode.
+    DecodeLimitError
+        (a ``WireError``) The batch is over a limit; the message names it.
     """
-    tenant, host, batch_id, n, n_series, flags, raw_len, body_len, body_crc, off = _header(data)
-    body = memoryview(data)[off:]
+    if not isinstance(limits, DecodeLimits):
+        raise TypeError(f"limits must be a wire.DecodeLimits, got {type(limits).__name__}")
+    h = _header(data)
+    tenant, host, batch_id, n, n_series, flags, raw_len, body_len, body_crc, off = h
+    _check_header_limits(h, limits)
+    body = _as_bytes(data)[off:]
     if zlib.crc32(body) != body_crc:
         raise WireError(f"body checksum mismatch: header says {body_crc:08x}, "
                         f"body has {zlib.crc32(body):08x}")
     if flags & FLAG_LZ4:
-        if raw_len > LZ4_MAX_RATIO * body_len:
-            raise WireError(f"raw_len {raw_len} is more than lz4 can expand {body_len} stored bytes to")
         try:
             raw = lz4.block.decompress(body, uncompressed_size=raw_len)
         except lz4.block.LZ4BlockError as exc:
             raise WireError(f"body is not a valid lz4 block of {raw_len} bytes: {exc}") from None
+        except MemoryError:
+            raise DecodeMemoryError(f"out of memory decompressing the body to {raw_len} bytes") from None
         if len(raw) != raw_len:
             raise WireError(f"body decompresses to {len(raw)} bytes, header says {raw_len}")
     else:
-        if raw_len != body_len:
-            raise WireError(f"uncompressed body is {body_len} bytes, header says raw_len {raw_len}")
         raw = body
-    series, pos = _codec.decode_dictionary(raw, n_series)
-    idx, ts, vals = _codec.decode_columns(raw, pos, n, n_series)
+    try:
+        series, pos = _codec.decode_dictionary(raw, n_series, limits.max_strings,
+                                               limits.max_string_bytes, limits.max_tags)
+    except MemoryError:
+        raise DecodeMemoryError(f"out of memory building the dictionary of {n_series} series") from None
+    try:
+        idx, ts, vals = _codec.decode_columns(raw, pos, n, n_series)
+    except MemoryError:
+        raise DecodeMemoryError(f"out of memory allocating the columns of {n} samples "
+                        f"({36 * n + 16 * n_series} bytes)") from None
     return Batch(tenant, host, batch_id, series, idx, ts, vals)
+
+
+def _over(what: str, value: int, limit: str, maximum: float) -> DecodeLimitError:
+    return DecodeLimitError(f"header: {what}, over the decode limit {limit} = {maximum}",
+                            limit, value, maximum)
+
+
+def _check_header_limits(h: tuple, limits: DecodeLimits) -> None:
+    """The limits the header shows: O(1), before the body is touched."""
+    n, n_series, flags, raw_len, body_len = h[3], h[4], h[5], h[6], h[7]
+    if n > limits.max_samples:
+        raise _over(f"{n} samples", n, "max_samples", limits.max_samples)
+    if n_series > limits.max_series:
+        raise _over(f"{n_series} series", n_series, "max_series", limits.max_series)
+    if flags & FLAG_LZ4:
+        if raw_len > LZ4_MAX_RATIO * body_len:
+            raise WireError(f"raw_len {raw_len} is more than lz4 can expand {body_len} stored bytes to")
+        if raw_len > limits.max_ratio * body_len:
+            raise _over(f"raw_len {raw_len} is {raw_len / body_len:.1f} times body_len {body_len}",
+                        raw_len, "max_ratio", limits.max_ratio)
+    elif raw_len != body_len:
+        raise WireError(f"uncompressed body is {body_len} bytes, header says raw_len {raw_len}")
+    if raw_len > limits.max_raw_bytes:
+        raise _over(f"raw_len {raw_len} bytes", raw_len, "max_raw_bytes", limits.max_raw_bytes)
+
+
+def _as_bytes(data) -> memoryview:
+    """``data`` as a flat view of bytes; WireError for a buffer that is not contiguous."""
+    view = memoryview(data)
+    if not view.c_contiguous:
+        raise WireError("batch buffer is not contiguous: pass bytes or a C-contiguous buffer")
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    return view
 
 
 def _header(data) -> tuple:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    data = _as_bytes(data)
     size = len(data)
     if size < HEADER_MIN:
         raise WireError(f"batch is {size} bytes, shorter than the smallest header ({HEADER_MIN})")
@@ -225,7 +339,7 @@ def _header(data) -> tuple:
     if size < off + _CRC.size:
         raise WireError(f"header needs {off + _CRC.size} bytes, batch has {size}")
     (crc,) = _CRC.unpack_from(data, off)
-    actual = zlib.crc32(memoryview(data)[:off])
+    actual = zlib.crc32(data[:off])
     if crc != actual:
         raise WireError(f"header checksum mismatch: stored {crc:08x}, computed {actual:08x}")
     if flags & ~FLAG_LZ4:

@@ -76,7 +76,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
-from ingress.errors import WireError
+from ingress.errors import DecodeLimitError, WireError
 
 cnp.import_array()
 
@@ -578,8 +578,19 @@ cdef class SeriesDictionary:
             free(last)
 
 
-def decode_dictionary(const uint8_t[::1] raw, Py_ssize_t n_series):
-    """Parse the dictionary at the start of ``raw``; returns (series, end offset)."""
+cdef _over(str section, str what, uint64_t value, str limit, Py_ssize_t maximum):
+    raise DecodeLimitError(f"{section}: {what}, over the decode limit {limit} = {maximum}",
+                           limit, value, maximum)
+
+
+def decode_dictionary(const uint8_t[::1] raw, Py_ssize_t n_series, Py_ssize_t max_strings=-1,
+                      Py_ssize_t max_string_bytes=-1, Py_ssize_t max_tags=-1):
+    """Parse the dictionary at the start of ``raw``; returns (series, end offset).
+
+    ``max_strings``, ``max_string_bytes`` and ``max_tags`` (-1: none) are the
+    decode limits (``wire.DecodeLimits``): each is checked once per count read,
+    before anything is allocated for it, and raises ``DecodeLimitError``.
+    """
     cdef const uint8_t* base = &raw[0] if raw.shape[0] else NULL
     cdef const uint8_t* p = base
     cdef const uint8_t* end = base + raw.shape[0]
@@ -592,12 +603,15 @@ def decode_dictionary(const uint8_t[::1] raw, Py_ssize_t n_series):
     cdef int64_t* last = NULL
     cdef int64_t vs
     cdef const uint8_t* keyp
+    cdef uint64_t string_bytes = 0
     rc = rd_varint(&p, end, &n_strings)
     if rc:
         _raise_varint(rc, "dictionary", p - base, "string count")
     # every string costs at least its length byte, every series two bytes
     if n_strings > <uint64_t>(end - p):
         raise WireError(f"dictionary: {n_strings} strings promised but only {end - p} body bytes remain")
+    if n_strings > <uint64_t>max_strings:
+        _over("dictionary", f"{n_strings} strings", n_strings, "max_strings", max_strings)
     strings = [None] * n_strings
     for i in range(<Py_ssize_t>n_strings):
         rc = rd_varint(&p, end, &ln)
@@ -606,6 +620,10 @@ def decode_dictionary(const uint8_t[::1] raw, Py_ssize_t n_series):
         if ln > <uint64_t>(end - p):
             raise WireError(f"dictionary: string {i} at body offset {p - base} is {ln} bytes "
                             f"but only {end - p} remain")
+        string_bytes += ln
+        if string_bytes > <uint64_t>max_string_bytes:
+            _over("dictionary", f"strings 0..{i} hold {string_bytes} bytes", string_bytes,
+                  "max_string_bytes", max_string_bytes)
         try:
             strings[i] = PyUnicode_DecodeUTF8(<const char*>p, <Py_ssize_t>ln, "strict")
         except UnicodeDecodeError as exc:
@@ -635,6 +653,9 @@ def decode_dictionary(const uint8_t[::1] raw, Py_ssize_t n_series):
                 if <uint64_t>total > <uint64_t>(end - p) // 2:
                     raise WireError(f"dictionary: the series promise {total} tags but only "
                                     f"{end - p} body bytes remain")
+                if <uint64_t>total > <uint64_t>max_tags:
+                    _over("dictionary", f"series 0..{i - n_series} hold {total} tags", total,
+                          "max_tags", max_tags)
         last = <int64_t*>calloc(n_strings + 1, sizeof(int64_t))
         if last == NULL:
             raise MemoryError()
