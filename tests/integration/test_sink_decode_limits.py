@@ -153,3 +153,24 @@ def test_bad_limit_flags_exit_2_with_one_line(tmp_path, args, words):
                        timeout=30)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
+
+
+def test_out_of_memory_while_decoding_is_503_and_the_batch_is_stored_on_retry(sink_with, monkeypatch):
+    """A valid batch that meets a sink short of memory is "retry later", never a dead letter."""
+    from ingress._core import _codec
+
+    sink = sink_with()
+    real = _codec.decode_columns
+
+    def no_memory(*a, **kw):
+        raise MemoryError()
+
+    batch = big()
+    monkeypatch.setattr(_codec, "decode_columns", no_memory)
+    st, body = post(sink.address, batch)
+    assert st == 503 and body["error"]["code"] == "storage_unavailable", body
+    assert "out of memory allocating the columns" in body["error"]["message"]
+    assert sink.store.seen("acme") == set()
+    monkeypatch.setattr(_codec, "decode_columns", real)
+    st, body = post(sink.address, batch)
+    assert (st, body["status"]) == (200, "stored")
