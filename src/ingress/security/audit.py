@@ -107,32 +107,33 @@ class AuditLog:
                 get_logger("ingress.audit").every("audit write", 60.0).error(
                     "audit log not written", path=str(self.path), error=str(e))
 
-    def _append(self, line: bytes) -> None:
+    def _open_locked(self) -> int:
+        """An fd of the current file, flock-ed; retried when another writer rotated it meanwhile."""
         import fcntl
 
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
+        while True:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            # Another process may have rotated between our open and the lock: the
-            # name then points at a new file; write there instead.
             try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    return fd
             except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                size = os.fstat(fd).st_size
+                pass
+            os.close(fd)
+
+    def _append(self, line: bytes) -> None:
+        fd = self._open_locked()
+        try:
+            size = os.fstat(fd).st_size
             if size and size + len(line) > self.max_bytes:
-                self._rotate()
+                self._rotate()  # under the lock of the file being rotated
                 os.close(fd)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fd = -1
+                fd = self._open_locked()
             os.write(fd, line)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def _rotate(self) -> None:
         p = self.path
