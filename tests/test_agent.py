@@ -184,6 +184,8 @@ data_dir = "{data}"
 hostname = "h1"
 [agent.batch]
 max_samples = {max_samples}
+[control]
+listen = "127.0.0.1:0"
 
 [[tenants]]
 id = "acme"
@@ -320,6 +322,7 @@ def test_oversized_batches_are_split(tmp_path):
     # order inside a tenant is kept across the split
     vals = [r[3] for b in acme for r in b[2]["rows"]]
     assert vals == [1.0, 2.0, 1.0, 2.0, 3.0, 2.0, 3.0, 4.0, 3.0, 4.0, 5.0, 4.0]
+    agent.stop()
 
 
 # --------------------------------------------------------------------------- planning and --once

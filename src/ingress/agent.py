@@ -475,6 +475,7 @@ class Agent:
         self._stop = threading.Event()
         self._started = False
         self._summary = all(o.type == "file" for o in settings.outputs)
+        self.control: Any = None  # the control API (ingress.control), while started
         self._last_summary: dict[str, tuple[int, int]] = {}
 
     # -- self metrics ---------------------------------------------------------------------
@@ -562,6 +563,9 @@ class Agent:
                 d = make(o)
                 self.deliveries.append(d)
                 d.start()
+            from ingress.control import start as start_control
+
+            self.control = start_control(self)  # health, readiness, metrics, tenant API
             self.scheduler = self._scheduler_factory(s, self.pipeline.bindings, self.pipeline.on_columns)
             self.scheduler.start()
         except BaseException:
@@ -571,7 +575,7 @@ class Agent:
         _freeze_heap()
         log.info("started", tenants=[t.id for t in self.tenants.enabled],
                  collectors=sorted(self.pipeline.bindings), outputs=[o.name for o in self.outputs],
-                 data_dir=str(a.data_dir), host=a.hostname)
+                 data_dir=str(a.data_dir), host=a.hostname, control=self.control.url)
 
     def _tenant_checker(self) -> Any:
         from ingress.transport.validate import TenantChecker, TenantRule
@@ -701,6 +705,8 @@ class Agent:
             return max(0.0, deadline - time.monotonic())
 
         steps: list[tuple[str, Callable[[], Any]]] = []
+        if self.control is not None:
+            steps.append(("control", self.control.stop))
         if self.scheduler is not None:
             steps.append(("collectors", lambda: self.scheduler.stop(timeout=max(left(), 1.0))))
         if flush and self.spool is not None:
@@ -718,6 +724,7 @@ class Agent:
             except Exception as e:  # keep going: later steps still protect data
                 log.exception("stop step failed", step=what, error=str(e))
         self.scheduler, self.deliveries, self.outputs, self.spool = None, [], [], None
+        self.control = None
         if self._started:
             self._started = False
             log.info("stopped", **{"samples": {k: v.collected for k, v in self.pipeline.stats.items()},

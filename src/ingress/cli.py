@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=cmd_spool_stats)
 
+    _add_keys_parser(sub)
+
     k = sub.add_parser(
         "sink", help="run the reference receiver (accepts batches over HTTP)",
         description="Accept batches POSTed by ingress HTTP outputs, check each tenant's key, "
@@ -180,6 +182,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     # Also what only the build can tell: every collector exists and takes its options.
     build_collectors(plan_collectors(TenantSet(settings.tenants).enabled), settings)
+    from ingress.control import validate as validate_control
+
+    validate_control(settings)  # [control]: TLS off loopback, allow-list CIDRs
     print("ok")
     return 0
 
@@ -234,6 +239,114 @@ def cmd_spool_stats(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    return 0
+
+
+# --------------------------------------------------------------------------- keys (control API)
+
+def _add_keys_parser(sub: Any) -> None:
+    k = sub.add_parser("keys", help="control-API keys: create, list, revoke, rotate",
+                       description="Manage the keys of the control API (docs/keys.md). Only a salted "
+                                   "hash of each key is stored; a new key is printed once.")
+    ks = k.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    c = ks.add_parser("create", help="create a key; prints it once, as the last word of the last line")
+    c.add_argument("--tenant", required=True, metavar="T", help="the tenant the key reads (admin: any)")
+    c.add_argument("--scope", choices=("tenant", "admin"), default="tenant",
+                   help="tenant: that tenant only (default); admin: every tenant")
+    c.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 30d, 12h (default: none)")
+    c.add_argument("--name", default="", metavar="NOTE", help="a note shown by `keys list`")
+    c.set_defaults(func=cmd_keys_create)
+    ls = ks.add_parser("list", help="list keys (never the secret)")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.set_defaults(func=cmd_keys_list)
+    r = ks.add_parser("revoke", help="revoke a key now")
+    r.add_argument("key_id", metavar="KEY_ID")
+    r.set_defaults(func=cmd_keys_revoke)
+    o = ks.add_parser("rotate", help="issue a successor; the old key stays valid for a grace period")
+    o.add_argument("key_id", metavar="KEY_ID")
+    o.add_argument("--grace", default="24h", metavar="DURATION",
+                   help="how long the old key stays valid (default: %(default)s)")
+    o.set_defaults(func=cmd_keys_rotate)
+    for p in (c, ls, r, o):
+        p.add_argument("-c", "--config", metavar="FILE", required=True)
+
+
+def _keystore(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from ingress.security import audit
+    from ingress.security.keys import KeyStore
+
+    settings = _settings(args.config)
+    store = KeyStore(settings.agent.data_dir)
+    store._ensure_dir()
+    log = audit.AuditLog(settings.agent.data_dir / audit.AUDIT_FILE, settings.control.audit_max_mb << 20,
+                         settings.control.audit_keep)
+    return settings, store, log
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from ingress.security.audit import local_actor
+    from ingress.security.keys import parse_expiry
+
+    settings, store, audit = _keystore(args)
+    expires = parse_expiry(args.expires) if args.expires else None
+    if args.tenant not in {t.id for t in settings.tenants}:
+        raise ConfigError(f"--tenant: {args.tenant!r} is not a tenant of {settings.source}")
+    rec, token = store.create(args.tenant, args.scope, expires, args.name)
+    audit.record("key_created", "ok", actor=local_actor(), tenant=rec.tenant, key_id=rec.id, scope=rec.scope,
+                 expires=rec.expires)
+    print(f"created key {rec.id} (tenant {rec.tenant}, scope {rec.scope}"
+          + (f", expires {_when(rec.expires)}" if rec.expires else "") + ")")
+    print("store it now; it is not shown again:")
+    print(token)
+    return 0
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    _settings_, store, _ = _keystore(args)
+    rows = list(store.iter_public())
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    table = [["id", "tenant", "scope", "state", "created", "expires", "revoked", "name"]]
+    for r in rows:
+        table.append([r["id"], r["tenant"], r["scope"], r["state"], _when(r["created"]), _when(r["expires"]),
+                      _when(r["revoked"]), r["name"]])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from ingress.security.audit import local_actor
+
+    _s, store, audit = _keystore(args)
+    rec = store.revoke(args.key_id)
+    audit.record("key_revoked", "ok", actor=local_actor(), tenant=rec.tenant, key_id=rec.id)
+    print(f"revoked key {rec.id} (tenant {rec.tenant})")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from ingress.security.audit import local_actor
+    from ingress.security.keys import parse_expiry
+
+    _s, store, audit = _keystore(args)
+    grace = parse_expiry(args.grace) if args.grace not in ("0", "0s") else 0.0
+    old, new, token = store.rotate(args.key_id, grace)
+    audit.record("key_rotated", "ok", actor=local_actor(), tenant=new.tenant, key_id=old.id, successor=new.id,
+                 old_valid_until=old.revoked)
+    print(f"key {old.id} rotated: it stays valid until {_when(old.revoked)}; successor {new.id}")
+    print("store it now; it is not shown again:")
+    print(token)
     return 0
 
 

@@ -96,6 +96,11 @@ class AgentSettings:
 @dataclass(frozen=True)
 class ControlSettings:
     listen: str
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    audit_max_mb: int = 10
+    audit_keep: int = 5
 
     @property
     def host(self) -> str:
@@ -633,7 +638,17 @@ OPTIONS: tuple[Option, ...] = (
     # [control]
     Option("control", "listen", HostPort(), "127.0.0.1:8787",
            "Address of the control API (health, readiness, metrics, tenant status); "
-           "port 0 picks a free port."),
+           "port 0 picks a free port. A non-loopback address needs `tls_cert`."),
+    Option("control", "allow", StrList(Str(), doc="list of CIDRs"), ["127.0.0.0/8", "::1/128"],
+           "Client networks that may connect; anyone else is disconnected unanswered."),
+    Option("control", "tls_cert", PathKind(), None,
+           "Serve the control API over HTTPS with this certificate (PEM); required when "
+           "`listen` is not a loopback address.", default_doc="none"),
+    Option("control", "tls_key", PathKind(), None, "Private key of `tls_cert`.",
+           default_doc="in `tls_cert`"),
+    Option("control", "audit_max_mb", Int(1, 1024), 10,
+           "`<data_dir>/audit.log` is rotated past this size, MiB."),
+    Option("control", "audit_keep", Int(0, 100), 5, "Rotated audit logs kept (`audit.log.1` ...)."),
     # [[tenants]]
     Option("tenants", "id", Str(TENANT_ID_RE, "tenant id", doc="tenant id"), REQUIRED,
            f"The tenant's id, `{TENANT_ID_RE.pattern}`; appears unchanged in topics, "

@@ -1,6 +1,7 @@
 """Security building blocks: per-tenant keys and encryption at rest.
 
-See docs/security.md. Today the spool is the only user of at-rest keys.
+See docs/security.md (spool encryption), docs/keys.md (control-API keys, ``keys``)
+and docs/audit.md (``audit``).
 """
 from __future__ import annotations
 

@@ -1,0 +1,293 @@
+"""``/metrics``: the agent's own figures in the Prometheus text format.
+
+One custom ``prometheus_client`` collector reads, at scrape time, counters the
+agent already keeps (pipeline, rings, registry, spool, delivery, scheduler,
+control API, audit log); no hot path is instrumented. Names follow Prometheus
+conventions: ``ingress_`` prefix, ``_total`` on counters, base units
+(seconds, bytes, ratios). Labels are ``tenant``, ``output`` and ``collector``,
+whose values come from the configuration, plus a few fixed enumerations
+(``reason``, ``state``, ``category``, ``code``, ``generation``): never values
+taken from the data. docs/control-api.md lists every family.
+
+``prometheus_client`` is imported by :func:`make_renderer`, i.e. only when the
+control server starts (its RSS cost is in docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any, Callable, Iterator
+
+from ingress import __version__
+from ingress.control.status import AgentView, rss_bytes
+
+__all__ = ["AgentCollector", "make_renderer", "ControlCounters"]
+
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class ControlCounters:
+    """The control server's own counters (requests by status, rejected connections)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.responses: dict[int, int] = {}
+        self.rejected: dict[str, int] = {}
+
+    def response(self, _req: Any, status: int) -> None:
+        with self._lock:
+            self.responses[status] = self.responses.get(status, 0) + 1
+
+    def event(self, kind: str) -> None:
+        with self._lock:
+            self.rejected[kind] = self.rejected.get(kind, 0) + 1
+
+    def snapshot(self) -> tuple[dict[int, int], dict[str, int]]:
+        with self._lock:
+            return dict(self.responses), dict(self.rejected)
+
+
+def _proc_stat() -> tuple[float, int, float]:
+    """(CPU seconds user+system, threads, start time since boot in seconds)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tick, int(fields[17]), int(fields[19]) / tick
+    except (OSError, ValueError, IndexError):
+        t = os.times()
+        return t.user + t.system, threading.active_count(), 0.0
+
+
+def _open_fds() -> int:
+    try:
+        n = os.stat("/proc/self/fd").st_size  # Linux 6.2+: the count, one stat
+        return n if n > 0 else len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def _boot_time() -> float:
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+class AgentCollector:
+    """A ``prometheus_client`` collector over an :class:`AgentView` (see the module doc)."""
+
+    def __init__(self, view: AgentView, mc: Any, control: ControlCounters | None = None,
+                 auth: Any = None, audit: Any = None) -> None:
+        self.view = view
+        self.mc = mc  # prometheus_client.metrics_core
+        self.control = control
+        self.auth = auth
+        self.audit = audit
+        self._btime = _boot_time()
+
+    def _c(self, name: str, doc: str, labels: list[str]) -> Any:
+        return self.mc.CounterMetricFamily(name, doc, labels=labels)
+
+    def _g(self, name: str, doc: str, labels: list[str]) -> Any:
+        return self.mc.GaugeMetricFamily(name, doc, labels=labels)
+
+    def collect(self) -> Iterator[Any]:
+        v = self.view
+        a = v.agent
+        T, TO = ["tenant"], ["tenant", "output"]
+        tenants = v.tenant_ids()
+        stats = a.pipeline.stats
+        delivery = v.delivery_stats()
+        spool = v.spool_stats()
+        rings = v.ring_and_series()
+
+        collected = self._c("ingress_samples_collected", "Samples collected into the tenant's ring", T)
+        spooled = self._c("ingress_samples_spooled", "Samples written to the tenant's spool", T)
+        sbatches = self._c("ingress_batches_spooled", "Batches written to the tenant's spool", T)
+        dropped = self._c("ingress_samples_dropped", "Samples dropped, by reason", T + ["reason"])
+        refused = self._c("ingress_series_refused", "Series refused past the tenant's cardinality cap", T)
+        series = self._g("ingress_series", "Series the tenant has registered", T)
+        fill = self._g("ingress_ring_fill_ratio", "Share (0..1) of the tenant's ring in use", T)
+        ringdrop = self._c("ingress_ring_dropped_samples", "Samples the tenant's full ring dropped", T)
+        sp_bytes = self._g("ingress_spool_bytes", "Bytes in the tenant's spool", T)
+        sp_quota = self._g("ingress_spool_quota_bytes", "The tenant's spool quota", T)
+        sp_segs = self._g("ingress_spool_segments", "Segment files in the tenant's spool", T)
+        sp_age = self._g("ingress_spool_oldest_pending_age_seconds",
+                         "Age of the oldest sample not yet delivered everywhere", T)
+        sp_pend = self._g("ingress_spool_pending_samples", "Samples not yet delivered by every output", T)
+        sp_dropb = self._c("ingress_spool_dropped_batches", "Batches the spool dropped by quota or retention", T)
+        sp_corrupt = self._c("ingress_spool_corrupt_records", "Damaged spool records found since open", T)
+        held = self._g("ingress_tenant_held", "1 while the tenant is held (not collected or sent)", T)
+        for t in tenants:
+            st = stats.get(t)
+            if st is not None:
+                collected.add_metric([t], st.collected)
+                spooled.add_metric([t], st.spooled)
+                sbatches.add_metric([t], st.spooled_batches)
+                dropped.add_metric([t, "ring_full"], st.ring_dropped)
+                dropped.add_metric([t, "spool_refused"], st.spool_dropped)
+            s = spool.get(t)
+            if s is not None:
+                dropped.add_metric([t, "spool_quota_or_retention"], s.get("dropped_samples", 0))
+                sp_bytes.add_metric([t], s.get("bytes", 0))
+                sp_segs.add_metric([t], s.get("segments", 0))
+                sp_age.add_metric([t], s.get("oldest_age_s", 0.0))
+                sp_pend.add_metric([t], s.get("samples_pending", 0))
+                sp_dropb.add_metric([t], s.get("dropped_batches", 0))
+                sp_corrupt.add_metric([t], s.get("corrupt_records", 0))
+            ts = v.tenant_settings.get(t)
+            if ts is not None:
+                sp_quota.add_metric([t], ts.spool.max_mb * (1 << 20))
+            r = rings.get(t)
+            if r is not None:
+                refused.add_metric([t], r["series_refused"])
+                series.add_metric([t], r["series"])
+                fill.add_metric([t], r["ring_fill"])
+                ringdrop.add_metric([t], r["ring_dropped"])
+            held.add_metric([t], 1.0 if t in v.held() else 0.0)
+        yield from (collected, spooled, sbatches, dropped, refused, series, fill, ringdrop, sp_bytes, sp_quota,
+                    sp_segs, sp_age, sp_pend, sp_dropb, sp_corrupt, held)
+
+        sent_s = self._c("ingress_samples_sent", "Samples the output acknowledged", TO)
+        sent_b = self._c("ingress_batches_sent", "Batches the output acknowledged", TO)
+        retried = self._c("ingress_batches_retried", "Retryable failures, each followed by a retry", TO)
+        failed = self._c("ingress_delivery_failures", "Failed delivery attempts", TO)
+        dead = self._c("ingress_batches_dead_lettered", "Batches set aside as dead letters", TO)
+        inflight = self._g("ingress_batches_in_flight", "Batches submitted and not yet answered", TO)
+        checks = self._c("ingress_tenant_check_failures", "Batches held back by a tenant check, by category",
+                         TO + ["category"])
+        breaker = self._g("ingress_breaker_state", "1 for the breaker's current state", TO + ["state"])
+        opened = self._c("ingress_breaker_opened", "Times the breaker opened", TO)
+        pair_held = self._g("ingress_output_held", "1 while the pair is held by a failed tenant check", TO)
+        latency = self._g("ingress_delivery_latency_seconds",
+                          "Batch close to acknowledgement, quantile over the last 1024 batches",
+                          TO + ["quantile"])
+        for t in tenants:
+            for o, st in sorted(delivery.get(t, {}).items()):
+                lv = [t, o]
+                sent_s.add_metric(lv, st.get("sent_samples", 0))
+                sent_b.add_metric(lv, st.get("sent_batches", 0))
+                retried.add_metric(lv, st.get("retries", 0))
+                failed.add_metric(lv, st.get("failures", 0))
+                dead.add_metric(lv, st.get("dead_letters", 0))
+                inflight.add_metric(lv, st.get("in_flight", 0))
+                for cat, n in sorted((st.get("tenant_check_failures") or {}).items()):
+                    checks.add_metric(lv + [cat], n)
+                b = st.get("breaker") or {}
+                for s in BREAKER_STATES:
+                    breaker.add_metric(lv + [s], 1.0 if b.get("state", "closed") == s else 0.0)
+                opened.add_metric(lv, b.get("times_opened", 0))
+                pair_held.add_metric(lv, 1.0 if st.get("blocked") else 0.0)
+                for q, key in (("0.5", "latency_p50_s"), ("0.99", "latency_p99_s")):
+                    if st.get(key) is not None:
+                        latency.add_metric(lv + [q], st[key])
+        yield from (sent_s, sent_b, retried, failed, dead, inflight, checks, breaker, opened, pair_held, latency)
+
+        sched = getattr(a, "scheduler", None)
+        interval = self._g("ingress_collector_interval_seconds",
+                           "The collector's effective interval after any stretching", ["collector"])
+        passes = self._c("ingress_collector_passes", "Passes dispatched", ["collector"])
+        errors = self._c("ingress_collector_errors", "Passes whose collection raised", ["collector"])
+        overruns = self._c("ingress_collector_overruns", "Passes skipped: the previous one still ran",
+                           ["collector"])
+        last = self._g("ingress_collector_last_pass_samples", "Samples the collector's last pass produced",
+                       ["collector"])
+        names = list(a.pipeline.bindings)
+        for fam, fn in ((interval, "effective_intervals"), (passes, "passes"), (errors, "errors"),
+                        (overruns, "overruns")):
+            got = getattr(sched, fn, None)
+            vals = got() if callable(got) else {}
+            for k in names:
+                if k in vals:
+                    fam.add_metric([k], vals[k])
+        for k in names:
+            if k in a.pipeline.last_samples:
+                last.add_metric([k], a.pipeline.last_samples[k])
+        yield from (interval, passes, errors, overruns, last)
+
+        cpu, threads, start = _proc_stat()
+        yield self._single_c("ingress_process_cpu_seconds", "CPU time (user + system) the agent used", cpu)
+        yield self._single_g("ingress_process_resident_memory_bytes", "The agent's resident memory", rss_bytes())
+        yield self._single_g("ingress_process_memory_limit_bytes", "agent.limits.memory_mb",
+                             v.settings.agent.limits.memory_mb * (1 << 20))
+        yield self._single_g("ingress_process_open_fds", "The agent's open file descriptors", _open_fds())
+        yield self._single_g("ingress_process_threads", "The agent's threads", threads)
+        yield self._single_g("ingress_process_start_time_seconds", "Start time, seconds since the epoch",
+                             self._btime + start if self._btime else v.started_at)
+        from ingress.buffer.gcstats import gc_pause_stats
+
+        gcs = gc_pause_stats()
+        gc_n = self._c("ingress_gc_collections", "Cyclic garbage collections, by generation", ["generation"])
+        gc_s = self._c("ingress_gc_pause_seconds", "Time spent in cyclic garbage collections", ["generation"])
+        gc_max = self._g("ingress_gc_pause_max_seconds", "Longest garbage collection pause", ["generation"])
+        for g, d in sorted(gcs.items()):
+            gc_n.add_metric([str(g)], d["count"])
+            gc_s.add_metric([str(g)], d["total_s"])
+            gc_max.add_metric([str(g)], d["max_s"])
+        yield from (gc_n, gc_s, gc_max)
+        info = self.mc.InfoMetricFamily("ingress_build", "Version of the running agent",
+                                        value={"version": __version__,
+                                               "python": ".".join(map(str, sys.version_info[:3]))})
+        yield info
+        reasons = v.readiness()
+        yield self._single_g("ingress_ready", "1 when /readyz answers 200", 0.0 if reasons else 1.0)
+        rr = self._g("ingress_not_ready_reasons", "Reasons /readyz gives, by kind", ["reason"])
+        kinds: dict[str, int] = {}
+        for r in reasons:
+            kinds[r["reason"]] = kinds.get(r["reason"], 0) + 1
+        for k, n in sorted(kinds.items()):
+            rr.add_metric([k], n)
+        yield rr
+
+        if self.control is not None:
+            resp, rej = self.control.snapshot()
+            req = self._c("ingress_control_responses", "Control API responses, by status code", ["code"])
+            for code, n in sorted(resp.items()):
+                req.add_metric([str(code)], n)
+            rc = self._c("ingress_control_rejected", "Control API connections or requests refused, by reason",
+                         ["reason"])
+            for kind, n in sorted(rej.items()):
+                rc.add_metric([kind], n)
+            yield from (req, rc)
+        if self.auth is not None:
+            au = self._c("ingress_control_auth", "Control API authentication outcomes", ["outcome"])
+            for k, n in sorted(self.auth.counts.items()):
+                au.add_metric([k], n)
+            yield au
+            se = self._c("ingress_security_events", "Security events raised, by kind", ["kind"])
+            se.add_metric(["auth_rate_limited"], self.auth.security_events)
+            yield se
+        if self.audit is not None:
+            yield self._single_c("ingress_audit_lines", "Lines written to the audit log", self.audit.lines)
+            yield self._single_c("ingress_audit_write_errors", "Audit lines that could not be written",
+                                 self.audit.errors)
+
+    def _single_c(self, name: str, doc: str, value: float) -> Any:
+        return self.mc.CounterMetricFamily(name, doc, value=value)
+
+    def _single_g(self, name: str, doc: str, value: float) -> Any:
+        return self.mc.GaugeMetricFamily(name, doc, value=value)
+
+
+def make_renderer(view: AgentView, control: ControlCounters | None = None, auth: Any = None,
+                  audit: Any = None) -> Callable[[], tuple[bytes, str]]:
+    """``render() -> (body, content type)`` over a private registry (imports prometheus_client)."""
+    from prometheus_client import CollectorRegistry, metrics_core
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(view, metrics_core, control, auth, audit))
+    lock = threading.Lock()
+
+    def render() -> tuple[bytes, str]:
+        with lock:  # one scrape at a time: a scrape is cheap, concurrent ones add nothing
+            return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+
+    return render
+
