@@ -322,10 +322,11 @@ class Spool:
     Raises
     ------
     SpoolError
-        The spool is locked by another process, or cannot be read.
-    KeyFileError
-        An encrypted tenant's key is missing, malformed or not the key its
-        segments were written with.
+        The spool is locked by another process, or its directory cannot be
+        created or read. A problem of one tenant alone (its key missing,
+        malformed or not the key its segments were written with; a directory
+        where its spool keeps a file) does not raise: that tenant is held,
+        see :attr:`held`.
     """
 
     def __init__(self, data_dir: str | os.PathLike, tenants: Mapping[str, TenantPolicy],
@@ -470,7 +471,7 @@ class Spool:
         ro = self._readonly
         d = self.dir / tid
         try:
-            st = os.lstat(d)
+            st = os.stat(d)  # a symlink to a directory elsewhere is fine
         except FileNotFoundError:
             st = None
         if st is not None and not stat.S_ISDIR(st.st_mode):
