@@ -33,7 +33,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -50,6 +50,7 @@ __all__ = ["Agent", "Pipeline", "Binding", "plan_collectors", "build_collectors"
 
 MIB = 1 << 20
 EVICT_EVERY_S = 60.0
+HELD_LOG_EVERY_S = 60.0
 log = get_logger("ingress.agent")
 
 
@@ -470,6 +471,9 @@ class Agent:
         self.outputs: list = []
         self.deliveries: list = []
         self.spool: Any = None
+        # {tenant: reason} of tenants whose spool could not be opened: not collected, not sent,
+        # their spool untouched, while every other tenant runs (readiness and metrics read it).
+        self.held_tenants: dict[str, str] = {}
         self.scheduler: Any = None
         self._scheduler_factory = scheduler_factory or make_scheduler
         self._stop = threading.Event()
@@ -538,7 +542,14 @@ class Agent:
         ------
         IngressError
             A credential cannot be resolved, an output is unusable, the spool is
-            locked by another process; what was started is stopped again.
+            locked by another process, or every enabled tenant is held; what
+            was started is stopped again.
+
+        A tenant whose spool cannot be opened (its key file missing or wrong, a
+        directory where its spool keeps a file, an unreadable directory) is
+        *held*: it is not collected and not sent, its spool stays as it is,
+        :attr:`held_tenants` names it with the reason, and an error line says
+        so at start and every minute. The other tenants run.
         """
         s, a = self.settings, self.settings.agent
         try:
@@ -547,6 +558,7 @@ class Agent:
                     self.tenants.check_credentials([t.id for t in self.tenants.enabled if o.serves(t.id)])
             _make_data_dir(a.data_dir)
             self.spool = self._spool_factory(s)
+            self._hold(dict(getattr(self.spool, "held", None) or {}))
             checker = None
             if self._outputs_given is None:
                 checker = self._tenant_checker()
@@ -577,6 +589,31 @@ class Agent:
                  collectors=sorted(self.pipeline.bindings), outputs=[o.name for o in self.outputs],
                  data_dir=str(a.data_dir), host=a.hostname, control=self.control.url)
 
+    def _hold(self, held: Mapping[str, str]) -> None:
+        """Leave the held tenants out of collection and delivery; refuse to run with none left."""
+        self.held_tenants = dict(held)
+        if not held:
+            return
+        enabled = [t.id for t in self.tenants.enabled]
+        if enabled and all(t in held for t in enabled):
+            raise IngressError("every tenant is held, nothing to run: " + "; ".join(
+                f"tenant {t!r}: {held[t]}" for t in enabled))
+        p = self.pipeline
+        bindings = {}
+        for k, b in p.bindings.items():
+            keep = tuple(t for t in b.tenants if t.id not in held)
+            if keep:
+                bindings[k] = b if len(keep) == len(b.tenants) else replace(b, tenants=keep)
+        p.bindings = bindings  # the scheduler is built from these after this point
+        p._by_id = {tid: t for tid, t in p._by_id.items() if tid not in held}
+        self._log_held()
+
+    def _log_held(self) -> None:
+        for tid, reason in self.held_tenants.items():
+            log.every(("tenant held", tid), HELD_LOG_EVERY_S).error(
+                "tenant held: not collected, not sent, its spool left as it is; fix the reason and restart",
+                tenant=tid, reason=reason)
+
     def _tenant_checker(self) -> Any:
         from ingress.transport.validate import TenantChecker, TenantRule
 
@@ -603,7 +640,7 @@ class Agent:
                 r, br = cfg.retry, cfg.breaker
                 kw["backoff"] = lambda: Backoff(base_s=r.backoff_initial_s, cap_s=r.backoff_max_s)
                 kw["breaker_factory"] = lambda: CircuitBreaker(br.failures, br.reset_s)
-            tenants = [t.id for t in self.settings.tenants if out.serves(t.id)]
+            tenants = [t.id for t in self.settings.tenants if out.serves(t.id) and t.id not in self.held_tenants]
             return Delivery(self.spool, [out], checker, tenants=tenants, data_dir=self.settings.agent.data_dir,
                             host=self.settings.agent.hostname, **kw)
 
@@ -631,6 +668,8 @@ class Agent:
             if wanted.is_set() or now >= next_flush:
                 self.flush()
                 next_flush = now + a.batch.max_delay_s
+            if self.held_tenants:
+                self._log_held()  # rate-limited: one line per tenant per minute
             if self._summary and now >= next_summary:
                 self._log_summary()
                 next_summary = now + a.interval_s

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ from spool_helpers import T0, bid, fill, ids, payload
 
 from ingress.security import DecryptError, KeyFileError, KeyStore, TenantCipher
 from ingress.security.crypto import NONCE_SIZE, OVERHEAD, fingerprint
+from ingress.errors import SpoolError
 from ingress.spool import TenantPolicy
 from ingress.spool.segment import (
     FLAG_SEALED,
@@ -20,6 +22,11 @@ from ingress.spool.segment import (
 )
 
 ENC = TenantPolicy(encrypt=True)
+
+
+def _tree(d):
+    """Every file under ``d`` with its bytes and mtime: what "untouched" means."""
+    return {p.relative_to(d): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def test_cipher_round_trip_and_fresh_nonces():
@@ -136,9 +143,15 @@ def test_segment_moved_to_another_tenant_is_refused_by_its_key(open_spool, data_
     sp.close()
     src = next((data_dir / "spool" / "acme").glob("*.seg"))
     shutil.copy(src, data_dir / "spool" / "beta" / "00000000000000000050.seg")
-    with pytest.raises(KeyFileError, match=r"keys/beta\.key: tenant 'beta': this key \(fingerprint [0-9a-f]{16}\) "
-                                           r"is not the key .*beta/00000000000000000050\.seg was written with"):
-        open_spool(tenants=pol)
+    before = _tree(data_dir / "spool" / "beta")
+    sp = open_spool(tenants=pol)  # beta is held; acme works
+    assert re.search(r"keys/beta\.key: tenant 'beta': this key \(fingerprint [0-9a-f]{16}\) "
+                     r"is not the key .*beta/00000000000000000050\.seg was written with", sp.held["beta"])
+    assert list(sp.held) == ["beta"] and ids(sp.pending("acme", "out")) == [0, 1]
+    with pytest.raises(SpoolError, match="tenant 'beta' is held: .*is not the key"):
+        sp.append("beta", bid(99), b"x", 1, T0)
+    sp.close()
+    assert _tree(data_dir / "spool" / "beta") == before  # not a byte changed
 
 
 def test_records_moved_with_the_key_still_fail_the_tenant_binding(open_spool, data_dir):
@@ -161,10 +174,18 @@ def test_missing_key_is_a_clear_error(open_spool, data_dir):
     fill(sp, "acme", 1)
     sp.close()
     os.unlink(data_dir / "keys" / "acme.key")
-    for pol in (ENC, TenantPolicy(encrypt=False)):  # turning encryption off does not hide the problem
-        with pytest.raises(KeyFileError, match=r"keys/acme\.key: tenant 'acme': key file is missing, but the "
-                                               r"tenant's spool in .*acme holds encrypted records"):
-            open_spool(tenants={"acme": pol})
+    before = _tree(data_dir / "spool" / "acme")
+    for k, pol in enumerate((ENC, TenantPolicy(encrypt=False))):  # turning encryption off does not hide it
+        sp = open_spool(tenants={"acme": pol, "beta": TenantPolicy()})
+        assert re.fullmatch(r".*keys/acme\.key: tenant 'acme': key file is missing, but the "
+                            r"tenant's spool in .*acme holds encrypted records.*", sp.held["acme"])
+        for call in (lambda: sp.append("acme", bid(2), b"x", 1, T0), lambda: sp.pending("acme", "out")):
+            with pytest.raises(SpoolError, match="tenant 'acme' is held: .*key file is missing"):
+                call()
+        sp.append("beta", bid(3 + k), b"y", 1, T0)  # the other tenant is not held back
+        assert ids(sp.pending("beta", "out"))[-1] == 3 + k and "acme" not in sp.stats()
+        sp.close()
+        assert _tree(data_dir / "spool" / "acme") == before
     assert not (data_dir / "keys" / "acme.key").exists()  # no new key was invented
 
 
@@ -174,9 +195,9 @@ def test_wrong_key_is_a_clear_error(open_spool, data_dir):
     sp.close()
     p = data_dir / "keys" / "acme.key"
     p.write_bytes(os.urandom(32))
-    with pytest.raises(KeyFileError, match=r"acme\.key: tenant 'acme': this key .* is not the key"):
-        open_spool(tenants={"acme": ENC})
-    # the failed open released the lock: a correct configuration can open right after
+    sp = open_spool(tenants={"acme": ENC})
+    assert re.match(r".*acme\.key: tenant 'acme': this key .* is not the key", sp.held["acme"])
+    sp.close()
     shutil.rmtree(data_dir / "spool" / "acme")
     open_spool(tenants={"acme": ENC}).close()
 

@@ -56,7 +56,8 @@ def test_truncating_the_last_record_at_every_offset(golden, tmp_path):
         sp.close()
         sp = _open(d)
         assert ids(sp.pending("acme", "out", limit=10)) == [0, 1, 9], cut
-        assert sp.stats()["acme"]["corrupt_records"] == 0, cut
+        # the loss stays visible after the truncation and a reopen, and is not counted twice
+        assert sp.stats()["acme"]["corrupt_records"] == (1 if cut > last else 0), cut
         sp.close()
         shutil.rmtree(d)
 

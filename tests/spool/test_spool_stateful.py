@@ -76,14 +76,12 @@ class SpoolMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.sp.close()
-        self.sp = self._open()
-        self.corrupt = dict.fromkeys(TENANTS, 0)
+        self.sp = self._open()  # loss counters are persisted: a reopen keeps them
 
     @rule()
     def crash(self):
         self.sp._abandon()
         self.sp = self._open()
-        self.corrupt = dict.fromkeys(TENANTS, 0)
 
     @rule(t=tenants, cut=st.integers(0, 1 << 16))
     def crash_tearing_the_last_record(self, t, cut):
@@ -101,8 +99,7 @@ class SpoolMachine(RuleBasedStateMachine):
         self.model[t].remove(rec)
         self.last[t] = None
         self.sp = self._open()
-        self.corrupt = dict.fromkeys(TENANTS, 0)
-        self.corrupt[t] = 1 if keep > rec.ref.offset else 0
+        self.corrupt[t] += 1 if keep > rec.ref.offset else 0  # cumulative, survives later reopens
 
     @invariant()
     def pending_matches_the_model(self):

@@ -22,6 +22,19 @@ The associated data binds the blob to its place::
 so a record copied to another tenant, or given another batch id, sample count
 or first timestamp, fails authentication instead of decrypting to something.
 
+Sealed dead letter
+------------------
+A dead letter of an encrypting tenant (``<data_dir>/deadletter/<tenant>/<output>/<id>.batch``)
+is sealed with the same tenant key, in a self-describing file::
+
+    b"IDLS" || u8 version = 1 || u8 len(tenant) || tenant (ascii) || batch_id (16)
+        || key fingerprint (8) || nonce (12) || ciphertext || tag (16)
+
+The associated data is ``b"ingress-deadletter/1\\0"`` followed by every header
+byte before the nonce, so the tenant and batch id are bound to the blob and a
+dead letter can never pass for a spool record (or the other way round).
+:func:`open_dead_letter` reads one back with the key found next to it.
+
 The key fingerprint (first 8 bytes of SHA-256 over a domain prefix and the key)
 is written into every encrypted spool segment header; a mismatch at open names
 the tenant and the key file rather than producing authentication failures
@@ -45,6 +58,9 @@ OVERHEAD = NONCE_SIZE + TAG_SIZE
 _AAD_PREFIX = b"ingress-spool/1\0"
 _FP_PREFIX = b"ingress-spool-key-fingerprint/1\0"
 _AAD_TAIL = struct.Struct("<Iq")
+DEAD_LETTER_MAGIC = b"IDLS"
+_DL_VERSION = 1
+_DL_AAD_PREFIX = b"ingress-deadletter/1\0"
 
 
 class KeyFileError(SpoolError):
@@ -123,6 +139,71 @@ class TenantCipher:
             raise DecryptError(
                 f"tenant {self.tenant!r}: batch {batch_id.hex()} does not authenticate with key "
                 f"{self.key_path} (tampered, moved from another tenant, or another key)") from None
+
+
+def _dead_letter_header(tenant: str, batch_id: bytes, fp: bytes) -> bytes:
+    t = tenant.encode("ascii")
+    return b"".join((DEAD_LETTER_MAGIC, bytes((_DL_VERSION, len(t))), t, batch_id, fp))
+
+
+def seal_dead_letter(cipher: TenantCipher, batch_id: bytes, payload: bytes) -> bytes:
+    """A dead letter's file content, sealed with the tenant's key (format in the module doc)."""
+    head = _dead_letter_header(cipher.tenant, bytes(batch_id), cipher.fingerprint)
+    nonce = os.urandom(NONCE_SIZE)
+    return head + nonce + cipher._aead.encrypt(nonce, bytes(payload), _DL_AAD_PREFIX + head)
+
+
+def dead_letter_header(blob: bytes) -> tuple[str, bytes, bytes, int] | None:
+    """``(tenant, batch_id, key fingerprint, header length)`` of a sealed dead letter;
+    None when ``blob`` is not one (a plaintext dead letter is a plain batch)."""
+    if len(blob) < 6 or blob[:4] != DEAD_LETTER_MAGIC or blob[4] != _DL_VERSION:
+        return None
+    n = blob[5]
+    end = 6 + n + 16 + 8
+    if len(blob) < end + OVERHEAD:
+        return None
+    try:
+        tenant = bytes(blob[6:6 + n]).decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return tenant, bytes(blob[6 + n:6 + n + 16]), bytes(blob[end - 8:end]), end
+
+
+def open_dead_letter(blob: bytes, path: Path | str | None) -> bytes:
+    """The batch inside a dead letter: ``blob`` itself when it is not sealed, else decrypted
+    with ``<data_dir>/keys/<tenant>.key``, ``data_dir`` found from the file's place
+    (``<data_dir>/deadletter/<tenant>/<output>/<id>.batch``).
+
+    Raises
+    ------
+    KeyFileError
+        The file is not where its key can be found (stdin, or moved), or the key
+        is missing, unreadable or another key.
+    DecryptError
+        It does not authenticate (tampered, or another tenant's).
+    """
+    h = dead_letter_header(blob)
+    if h is None:
+        return blob
+    tenant, batch_id, fp, end = h
+    what = f"encrypted dead letter of tenant {tenant!r} (batch {batch_id.hex()})"
+    p = Path(path).absolute() if path is not None else None
+    if p is None or len(p.parents) < 4 or p.parents[2].name != "deadletter" or p.parents[1].name != tenant:
+        raise KeyFileError(f"{what}: its key is found from where it lies, <data_dir>/deadletter/{tenant}/"
+                           f"<output>/; give that path (not stdin or a copy elsewhere)")
+    ks = KeyStore(p.parents[3])
+    cipher = TenantCipher(tenant, ks.load(tenant), ks.path(tenant))
+    if cipher.fingerprint != fp:
+        raise KeyFileError(f"{ks.path(tenant)}: tenant {tenant!r}: this key (fingerprint "
+                           f"{cipher.fingerprint.hex()}) is not the key the {what} was sealed with "
+                           f"(fingerprint {fp.hex()})")
+    from cryptography.exceptions import InvalidTag
+
+    try:
+        return cipher._aead.decrypt(blob[end:end + NONCE_SIZE], bytes(blob[end + NONCE_SIZE:]),
+                                    _DL_AAD_PREFIX + bytes(blob[:end]))
+    except InvalidTag:
+        raise DecryptError(f"{what}: does not authenticate with key {ks.path(tenant)} (damaged or tampered)") from None
 
 
 class KeyStore:

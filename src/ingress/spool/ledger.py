@@ -60,7 +60,7 @@ def parse_ledger_name(name: str) -> tuple[int, str] | None:
     if not name.endswith(".ack") or len(name) < 26 or name[20] != ".":
         return None
     stem = name[:20]
-    if not stem.isdigit():
+    if not (stem.isascii() and stem.isdigit()):
         return None
     return int(stem), unquote(name[21:-4])
 

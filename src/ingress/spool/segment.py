@@ -93,11 +93,16 @@ def segment_name(seq: int) -> str:
     return f"{seq:020d}.seg"
 
 
+MAX_SEQ = (1 << 63) - 1  # the spool never writes more; larger names are not its own
+
+
 def parse_segment_name(name: str) -> int | None:
+    """The sequence number in a segment file name, or None when it is not one the spool writes."""
     stem, dot, ext = name.partition(".")
-    if ext != "seg" or len(stem) != 20 or not stem.isdigit():
+    if ext != "seg" or len(stem) != 20 or not (stem.isascii() and stem.isdigit()):
         return None
-    return int(stem)
+    seq = int(stem)
+    return seq if seq <= MAX_SEQ else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from array import array
@@ -75,7 +76,7 @@ from typing import Callable, NamedTuple
 
 from ingress._fs import fsync_dir
 from ingress.errors import SpoolError
-from ingress.security.crypto import DecryptError, KeyFileError, KeyStore, TenantCipher
+from ingress.security.crypto import DecryptError, KeyFileError, KeyStore, TenantCipher, fingerprint
 from ingress.spool.ledger import AckLedger, parse_ledger_name, read_ledger
 from ingress.spool.segment import (
     FLAG_SEALED,
@@ -98,6 +99,22 @@ _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _NS = 1_000_000_000
 _U32 = 1 << 32
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+COUNTERS = "counters.json"
+DAMAGED_SUFFIX = ".damaged"  # a state file set aside: never read again, kept for whoever investigates
+_COUNTERS_MAX = 1 << 20
+_COUNTER_KEYS = ("dropped_batches", "dropped_samples", "torn_tails", "corrupt_records", "damaged_files")
+
+
+def _sane_count(v: object) -> bool:
+    return type(v) is int and 0 <= v <= _I64_MAX
+
+
+def _set_aside(path: Path) -> None:
+    """Rename a damaged state file to ``<name>.damaged`` (replacing an older one)."""
+    try:
+        os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
+    except FileNotFoundError:
+        pass
 
 
 class SpoolFull(SpoolError):
@@ -221,7 +238,8 @@ class _Segment:
 class _Tenant:
     __slots__ = ("id", "policy", "dir", "outputs", "cipher", "segments", "by_seq", "wlock", "mlock",
                  "bytes", "pend_b", "pend_s", "union_b", "union_s", "dropped_b", "dropped_s",
-                 "corrupt", "torn_tails", "new_torn", "ledgers", "next_seq", "seg_target", "seg_max_age_ns")
+                 "corrupt", "torn_tails", "new_torn", "damaged", "corrupt_seen", "ledgers", "next_seq",
+                 "seg_target", "seg_max_age_ns")
 
     def __init__(self, tid: str, policy: TenantPolicy, d: Path, outputs: tuple[str, ...],
                  segment_bytes: int) -> None:
@@ -236,9 +254,11 @@ class _Tenant:
         self.pend_s = dict.fromkeys(outputs, 0)
         self.union_b = self.union_s = 0
         self.dropped_b = self.dropped_s = 0
-        self.corrupt = 0
+        self.corrupt = 0  # cumulative, persisted: damaged regions and records, each counted once
         self.torn_tails = 0  # cumulative, persisted: torn tails truncated at open
         self.new_torn = 0
+        self.damaged = 0  # cumulative, persisted: damaged state files set aside
+        self.corrupt_seen: dict[int, int] = {}  # seq -> damaged regions of it already counted
         self.ledgers = {o: AckLedger(d, o) for o in outputs}
         self.next_seq = 1
         # An eighth of the quota per segment bounds what one quota drop throws away.
@@ -302,10 +322,11 @@ class Spool:
     Raises
     ------
     SpoolError
-        The spool is locked by another process, or cannot be read.
-    KeyFileError
-        An encrypted tenant's key is missing, malformed or not the key its
-        segments were written with.
+        The spool is locked by another process, or its directory cannot be
+        created or read. A problem of one tenant alone (its key missing,
+        malformed or not the key its segments were written with; a directory
+        where its spool keeps a file) does not raise: that tenant is held,
+        see :attr:`held`.
     """
 
     def __init__(self, data_dir: str | os.PathLike, tenants: Mapping[str, TenantPolicy],
@@ -321,6 +342,7 @@ class Spool:
         self._full = False
         self._lock_fd = -1
         self._tenants: dict[str, _Tenant] = {}
+        self._held: dict[str, str] = {}
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         if fsync == "batch":
@@ -385,12 +407,30 @@ class Spool:
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         self._keys.clean_temp()
-        self._clean_leftovers()
         for tid, policy in tenants.items():
             if not isinstance(policy, TenantPolicy):
                 raise TypeError(f"tenant {tid!r}: policy must be a TenantPolicy, got {type(policy).__name__}")
-            self._tenants[tid] = self._load_tenant(tid, policy, _outputs_for(outputs, tid), segment_bytes)
+        self._clean_leftovers(skip=set(tenants))
+        for tid, policy in tenants.items():
+            outs = _outputs_for(outputs, tid)
+            self._open_tenant(tid, policy, outs, segment_bytes)
         fsync_dir(self.dir)
+
+    def _open_tenant(self, tid: str, policy: TenantPolicy, outputs: tuple[str, ...] | None,
+                     segment_bytes: int) -> None:
+        """Load one tenant; a problem of this tenant alone holds it instead of failing the spool."""
+        try:
+            self._tenants[tid] = self._load_tenant(tid, policy, outputs, segment_bytes)
+        except (SpoolError, OSError) as e:  # KeyFileError is a SpoolError
+            if isinstance(e, OSError):
+                reason = f"{e.filename}: {e.strerror or e}" if e.filename else str(e.strerror or e)
+            else:
+                reason = str(e)
+            reason = "; ".join(x.strip() for x in reason.splitlines() if x.strip()) or type(e).__name__
+            self._held[tid] = reason
+            if not self._readonly:
+                log.error("tenant %r is held (not collected, not sent, its spool left as it is): %s",
+                          tid, reason)
 
     def _open_readonly(self, _tenants, outputs) -> None:
         try:
@@ -400,31 +440,72 @@ class Spool:
         for tid in names:
             if TENANT_RE.match(tid) and (self.dir / tid).is_dir():
                 outs = _outputs_for(outputs, tid) if outputs is not _DISCOVER else None
-                self._tenants[tid] = self._load_tenant(tid, TenantPolicy(), outs, 8 << 20)
+                self._open_tenant(tid, TenantPolicy(), outs, 8 << 20)
 
-    def _clean_leftovers(self) -> None:
-        """Temp files and half-deleted segments of a previous crash, in every tenant dir."""
+    def _clean_leftovers(self, skip: set[str]) -> None:
+        """Temp files and half-deleted segments of a previous crash in the directories of
+        tenants that are not configured (a configured tenant's are removed by its load)."""
         for entry in os.scandir(self.dir):
-            if not entry.is_dir(follow_symlinks=False):
+            if entry.name in skip or not entry.is_dir(follow_symlinks=False):
                 continue
-            for name in os.listdir(entry.path):
-                if name.endswith(".tmp") or name.endswith(".deleting"):
-                    _unlink_quiet(Path(entry.path) / name)
+            try:
+                with os.scandir(entry.path) as it:
+                    for f in it:
+                        if (f.name.endswith(".tmp") or f.name.endswith(".deleting")) \
+                                and f.is_file(follow_symlinks=False):
+                            _unlink_quiet(Path(f.path))
+            except OSError as e:
+                log.warning("%s: cannot clean leftovers: %s", entry.path, e.strerror or e)
 
     def _load_tenant(self, tid: str, policy: TenantPolicy, outputs: tuple[str, ...] | None,
                      segment_bytes: int) -> _Tenant:
+        """Read one tenant's directory, then (writer) repair it.
+
+        First everything is read and judged without changing a byte: entry
+        types, segments (scan), counters, and the key. A problem that makes the
+        tenant unusable raises (SpoolError or OSError) before anything on disk
+        changed, so a held tenant's spool stays exactly as it was. Only then
+        does the writer remove leftovers, truncate torn tails and set damaged
+        state files aside.
+        """
         ro = self._readonly
         d = self.dir / tid
-        if not ro:
-            d.mkdir(mode=0o700, exist_ok=True)
         try:
-            names = os.listdir(d)
+            st = os.stat(d)  # a symlink to a directory elsewhere is fine
         except FileNotFoundError:
-            names = []
+            st = None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise SpoolError(f"{d}: the tenant's spool path is not a directory; move it away")
+        if st is None and not ro:
+            d.mkdir(mode=0o700)
         seg_names: dict[int, str] = {}
         ledgers: list[tuple[int, str, str]] = []
+        leftovers: list[str] = []
+        odd: list[str] = []
         max_seq = 0
-        for name in names:
+        entries = []
+        if st is not None:
+            with os.scandir(d) as it:
+                entries = [(e.name, e.is_file(follow_symlinks=False)) for e in it]
+        for name, regular in entries:
+            if name.endswith(DAMAGED_SUFFIX):
+                continue  # set aside earlier; kept for whoever investigates
+            leftover = name.endswith(".tmp") or name.endswith(".deleting")
+            ours = leftover or name == COUNTERS or name.endswith(".seg") or name.endswith(".ack")
+            if not ours:
+                continue  # not a name the spool uses: left alone
+            if not regular:
+                raise SpoolError(f"{d / name}: is a directory or another non-regular file where the "
+                                 f"spool keeps a file; move it away")
+            if leftover:
+                leftovers.append(name)
+                if name.endswith(".seg.deleting"):
+                    seq = parse_segment_name(name[:-len(".deleting")])
+                    if seq is not None:
+                        max_seq = max(max_seq, seq)
+                continue
+            if name == COUNTERS:
+                continue
             seq = parse_segment_name(name)
             if seq is not None:
                 seg_names[seq] = name
@@ -433,14 +514,20 @@ class Spool:
             led = parse_ledger_name(name)
             if led is not None:
                 ledgers.append((led[0], led[1], name))
-            elif name.endswith(".seg.deleting") and name[:20].isdigit():
-                max_seq = max(max_seq, int(name[:20]))
+            else:
+                odd.append(name)  # a .seg or .ack name that is not one the spool writes
         if outputs is None:  # read-only discovery
             outputs = tuple(sorted({o for _, o, _ in ledgers}))
         t = _Tenant(tid, policy, d, outputs, segment_bytes)
         t.next_seq = max_seq + 1
+        counters, counters_damage = self._read_counters(t)
+        seen = counters.get("corrupt_by_segment", {})
         encrypted_segs: list[tuple[_Segment, bytes, Path]] = []
         any_sealed_records = False
+        torn_created: list[Path] = []
+        truncations: list[tuple[Path, int]] = []
+        regions_now: dict[int, int] = {}
+        new_corrupt = 0
         for seq in sorted(seg_names):
             path = d / seg_names[seq]
             try:
@@ -449,27 +536,24 @@ class Spool:
             except FileNotFoundError:
                 continue  # deleted by the writer while a read-only view looked
             if len(data) < SEG_HEADER_SIZE:
-                if not ro:
-                    log.info("%s: removing segment torn while it was created (%d bytes)", path, len(data))
-                    _unlink_quiet(path)
+                torn_created.append(path)
                 continue
             res = scan(data)
             size = len(data)
+            already = seen.get(seq, 0)
             if res.corrupt_regions:
-                t.corrupt += res.corrupt_regions
-                log.warning("%s: skipped %d corrupt region(s); the other records stay usable",
-                            path, res.corrupt_regions)
+                regions_now[seq] = res.corrupt_regions
+                fresh = max(0, res.corrupt_regions - already)
+                new_corrupt += fresh
+                log.warning("%s: skipped %d corrupt region(s)%s; the other records stay usable", path,
+                            res.corrupt_regions, "" if fresh == res.corrupt_regions else
+                            f" ({res.corrupt_regions - fresh} counted before)")
             if res.tail_bytes and not ro:
-                t.corrupt += 1
+                # A region this segment's count already holds (found on read) is not counted twice.
+                if already <= res.corrupt_regions:
+                    new_corrupt += 1
                 t.new_torn += 1
-                log.warning("%s: torn or corrupt tail of %d bytes after offset %d: truncated",
-                            path, res.tail_bytes, res.valid_end)
-                fd = os.open(path, os.O_WRONLY)
-                try:
-                    os.ftruncate(fd, res.valid_end)
-                    os.fdatasync(fd)
-                finally:
-                    os.close(fd)
+                truncations.append((path, res.valid_end))
                 size = res.valid_end
             uid = res.header.uid if res.header is not None else bytes(8)
             seg = _Segment(seq, uid, path, size, outputs)
@@ -483,8 +567,35 @@ class Spool:
             t.segments.append(seg)
             t.by_seq[seq] = seg
             t.bytes += size
+        self._setup_cipher(t, encrypted_segs, any_sealed_records)
+        # ---- from here on the writer changes the directory; nothing above did
+        t.dropped_b = counters.get("dropped_batches", 0)
+        t.dropped_s = counters.get("dropped_samples", 0)
+        t.torn_tails = counters.get("torn_tails", 0)
+        t.corrupt = counters.get("corrupt_records", 0) + new_corrupt
+        t.damaged = counters.get("damaged_files", 0) + counters_damage + len(odd)
+        t.corrupt_seen = regions_now
+        for name in odd:
+            log.warning("%s: not a name the spool writes (segment number out of range or malformed)%s",
+                        d / name, "" if ro else f"; set aside as {name}{DAMAGED_SUFFIX}")
         if not ro:
-            self._setup_cipher(t, encrypted_segs, any_sealed_records)
+            for name in leftovers:
+                _unlink_quiet(d / name)
+            for path in torn_created:
+                log.info("%s: removing segment torn while it was created", path)
+                _unlink_quiet(path)
+            for path, end in truncations:
+                log.warning("%s: torn or corrupt tail after offset %d: truncated", path, end)
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, end)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            for name in odd:
+                _set_aside(d / name)
+            if counters_damage:
+                _set_aside(d / COUNTERS)
         self._replay_ledgers(t, ledgers)
         for seg in t.segments:
             for i in range(seg.n):
@@ -499,12 +610,14 @@ class Spool:
                 else:
                     t.union_b += 1
                     t.union_s += seg.samples[i]
-        self._load_counters(t)
-        if t.new_torn:
-            t.torn_tails += t.new_torn
-            t.new_torn = 0
-            self._save_counters(t)
+        t.torn_tails += t.new_torn
+        t.new_torn = 0
         if not ro:
+            was = {k: counters.get(k, 0) for k in _COUNTER_KEYS}
+            if counters.get("corrupt_by_segment"):
+                was["corrupt_by_segment"] = counters["corrupt_by_segment"]
+            if counters_damage or was != self._counters_of(t):
+                self._save_counters(t)
             with t.wlock, t.mlock:
                 for seg in list(t.segments):
                     if seg.n == 0 or seg.fully_acked():
@@ -514,23 +627,34 @@ class Spool:
         return t
 
     def _setup_cipher(self, t: _Tenant, encrypted_segs, any_sealed_records: bool) -> None:
+        """Load (writer: create when allowed) the tenant's key and check it against its segments.
+
+        The read-only view only checks, by fingerprint, and never imports the AES bindings.
+        """
         if not (t.policy.encrypt or encrypted_segs or any_sealed_records):
             return
         key_path = self._keys.path(t.id)
         if self._keys.exists(t.id):
-            t.cipher = self._keys.cipher(t.id)
+            if self._readonly:
+                fp = fingerprint(self._keys.load(t.id))
+            else:
+                t.cipher = self._keys.cipher(t.id)
+                fp = t.cipher.fingerprint
         elif encrypted_segs or any_sealed_records:
             raise KeyFileError(
                 f"{key_path}: tenant {t.id!r}: key file is missing, but the tenant's spool in {t.dir} "
                 f"holds encrypted records; restore the key or move that directory away")
+        elif self._readonly:
+            return
         else:
             t.cipher = self._keys.cipher(t.id, create=True)
             log.info("%s: created the at-rest key of tenant %r", key_path, t.id)
-        for seg, fp, path in encrypted_segs:
-            if fp != t.cipher.fingerprint:
+            fp = t.cipher.fingerprint
+        for seg, sfp, path in encrypted_segs:
+            if sfp != fp:
                 raise KeyFileError(
-                    f"{key_path}: tenant {t.id!r}: this key (fingerprint {t.cipher.fingerprint.hex()}) is not "
-                    f"the key {path} was written with (fingerprint {fp.hex()})")
+                    f"{key_path}: tenant {t.id!r}: this key (fingerprint {fp.hex()}) is not "
+                    f"the key {path} was written with (fingerprint {sfp.hex()})")
 
     def _replay_ledgers(self, t: _Tenant, ledgers: list[tuple[int, str, str]]) -> None:
         ro = self._readonly
@@ -545,8 +669,11 @@ class Spool:
                 continue  # an output not configured now: its ledger waits for it
             got = read_ledger(path, seg.uid)
             if got is None:
+                t.damaged += 1
+                log.warning("%s: ledger is damaged or belongs to another segment; %s", path,
+                            "its acks are lost (batches go out again)" if ro else
+                            "removed, its acks are lost (batches go out again)")
                 if not ro:
-                    log.warning("%s: ledger does not belong to this segment; ignored and removed", path)
                     _unlink_quiet(path)
                 continue
             offsets, whole = got
@@ -557,33 +684,81 @@ class Spool:
                 if i >= 0:
                     seg.set_acked(out, i)
 
-    def _load_counters(self, t: _Tenant) -> None:
-        p = t.dir / "counters.json"
+    def _read_counters(self, t: _Tenant) -> tuple[dict, int]:
+        """The persisted counters, each checked; and 1 when the file is damaged (else 0).
+
+        Never raises for the file's content: arbitrary bytes, a JSON value of
+        the wrong type, a non-integer, NaN, ``1e999`` or deep nesting make the
+        file damaged; every field that is still a sane count is kept.
+        """
+        p = t.dir / COUNTERS
         try:
-            c = json.loads(p.read_text())
-            t.dropped_b = int(c["dropped_batches"])
-            t.dropped_s = int(c["dropped_samples"])
-            t.torn_tails = int(c.get("torn_tails", 0))
+            with open(p, "rb") as f:
+                raw = f.read(_COUNTERS_MAX + 1)
         except FileNotFoundError:
-            pass
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("%s: unreadable counters (%s); dropped counts restart at 0", p, e)
+            return {}, 0
+        problem = None
+        out: dict = {}
+        c: object = None
+        if len(raw) > _COUNTERS_MAX:
+            problem = f"larger than {_COUNTERS_MAX} bytes"
+        else:
+            try:
+                c = json.loads(raw)
+            except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+                problem = f"not JSON ({type(e).__name__})"
+        if problem is None and not isinstance(c, dict):
+            problem = f"a JSON {type(c).__name__}, not an object"
+        if problem is None:
+            bad = []
+            for k in _COUNTER_KEYS:
+                if k not in c:
+                    continue
+                v = c[k]
+                if _sane_count(v):
+                    out[k] = v
+                else:
+                    bad.append(k)
+            by_seg = c.get("corrupt_by_segment", {})
+            if isinstance(by_seg, dict) and all(isinstance(k, str) and k.isascii() and k.isdigit()
+                                                and len(k) <= 20 and _sane_count(v)
+                                                for k, v in by_seg.items()):
+                out["corrupt_by_segment"] = {int(k): v for k, v in by_seg.items()}
+            else:
+                bad.append("corrupt_by_segment")
+            if bad:
+                problem = f"field(s) {', '.join(bad)} not a count"
+        if problem is not None:
+            log.warning("%s: damaged counters (%s); %s; the counts it held are lost", p, problem,
+                        f"set aside as {COUNTERS}{DAMAGED_SUFFIX}" if not self._readonly else "counted")
+            return out, 1
+        return out, 0
+
+    @staticmethod
+    def _counters_of(t: _Tenant) -> dict:
+        c = {"dropped_batches": t.dropped_b, "dropped_samples": t.dropped_s, "torn_tails": t.torn_tails,
+             "corrupt_records": t.corrupt, "damaged_files": t.damaged}
+        if t.corrupt_seen:
+            c["corrupt_by_segment"] = dict(t.corrupt_seen)
+        return c
 
     def _save_counters(self, t: _Tenant) -> None:
-        p = t.dir / "counters.json"
-        tmp = t.dir / "counters.json.tmp"
+        p = t.dir / COUNTERS
+        tmp = t.dir / (COUNTERS + ".tmp")
+        c = self._counters_of(t)
+        if "corrupt_by_segment" in c:
+            c["corrupt_by_segment"] = {str(k): v for k, v in c["corrupt_by_segment"].items()}
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, json.dumps({"dropped_batches": t.dropped_b, "dropped_samples": t.dropped_s,
-                                         "torn_tails": t.torn_tails}).encode())
+                os.write(fd, json.dumps(c).encode())
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, p)
             fsync_dir(t.dir)
         except OSError as e:
-            log.error("%s: cannot save dropped counters: %s", p, e)
+            log.error("%s: cannot save the loss counters: %s", p, e)
 
     # ---------------------------------------------------------------- writes
     def append(self, tenant: str, batch_id: bytes, payload: bytes, sample_count: int,
@@ -790,6 +965,7 @@ class Spool:
         t.union_s -= lost_s
         t.segments.remove(seg)
         del t.by_seq[seg.seq]
+        t.corrupt_seen.pop(seg.seq, None)
         t.bytes -= seg.size
         for led in t.ledgers.values():
             led.forget(seg.seq)
@@ -908,8 +1084,12 @@ class Spool:
         with t.mlock:
             if t.by_seq.get(seg.seq) is seg and not seg.full(i):
                 t.corrupt += 1
+                t.corrupt_seen[seg.seq] = t.corrupt_seen.get(seg.seq, 0) + 1
+                # Acked for good (persisted), so it is never read, or counted, again.
                 for o in t.outputs:
-                    self._mark(t, seg, o, i, persist=False)
+                    self._mark(t, seg, o, i, persist=not self._readonly)
+                if not self._readonly:
+                    self._save_counters(t)
                 if seg.sealed and seg.fully_acked():
                     self._delete_segment(t, seg, reason=None)
         return None
@@ -1003,10 +1183,12 @@ class Spool:
         oldest batch not yet delivered everywhere; 0.0 when none), ``samples_pending``
         and ``batches_pending`` (not yet delivered by every output),
         ``pending_by_output`` ({output: {batches, samples}}), ``dropped_batches``,
-        ``dropped_samples`` (cumulative, persisted), ``corrupt_records`` (damaged
-        regions found since this spool was opened) and ``torn_tails`` (torn or
-        corrupt segment tails truncated at open, cumulative, persisted: the trace
-        a crash in the middle of a write leaves after recovery)."""
+        ``dropped_samples``, ``corrupt_records`` (damaged regions and records,
+        each counted once), ``torn_tails`` (torn or corrupt segment tails
+        truncated at open: the trace a crash in the middle of a write leaves)
+        and ``damaged_files`` (state files found damaged and set aside). Every
+        loss counter is cumulative and persisted in ``counters.json``.
+        A held tenant (see :attr:`held`) has no entry."""
         now = self._clock()
         out: dict[str, dict] = {}
         for tid, t in self._tenants.items():
@@ -1024,6 +1206,7 @@ class Spool:
                     "dropped_samples": t.dropped_s,
                     "corrupt_records": t.corrupt,
                     "torn_tails": t.torn_tails,
+                    "damaged_files": t.damaged,
                 }
         return out
 
@@ -1044,9 +1227,24 @@ class Spool:
     def outputs_for(self, tenant: str) -> tuple[str, ...]:
         return self._tenant(tenant).outputs
 
+    @property
+    def held(self) -> dict[str, str]:
+        """``{tenant: reason}`` of the tenants this spool could not open (a missing or
+        wrong key, an unreadable directory, a directory where the spool keeps a
+        file). A held tenant's directory was not changed; append, pending and ack
+        raise SpoolError for it; every other tenant works as usual."""
+        return dict(self._held)
+
+    def cipher_for(self, tenant: str) -> TenantCipher | None:
+        """The tenant's at-rest cipher when its policy encrypts, else None (dead letters use it)."""
+        t = self._tenant(tenant)
+        return t.cipher if t.policy.encrypt else None
+
     def _tenant(self, tenant: str) -> _Tenant:
         t = self._tenants.get(tenant)
         if t is None:
+            if tenant in self._held:
+                raise SpoolError(f"tenant {tenant!r} is held: {self._held[tenant]}")
             raise SpoolError(f"tenant {tenant!r} has no spool (known: {', '.join(self._tenants) or 'none'})")
         return t
 
@@ -1140,9 +1338,14 @@ def _outputs_for(outputs, tenant: str) -> tuple[str, ...]:
 
 def stats_for(data_dir: str | os.PathLike, outputs: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
               *, clock: Callable[[], int] = time.time_ns) -> dict[str, dict]:
-    """:meth:`Spool.stats` of a spool on disk without taking its lock (``ingress spool stats``)."""
+    """:meth:`Spool.stats` of a spool on disk without taking its lock (``ingress spool stats``).
+
+    A tenant the agent would hold is ``{"held": reason}``."""
     sp = Spool.open_readonly(data_dir, outputs, clock=clock)
     try:
-        return sp.stats()
+        out = sp.stats()
+        for tid, reason in sp.held.items():
+            out[tid] = {"held": reason}
+        return out
     finally:
         sp._abandon()

@@ -26,11 +26,14 @@ While a pair is retrying (or its breaker is not closed) it sends one batch at a
 time, the oldest, so a recovering endpoint is probed gently and the backlog
 drains in order; otherwise up to ``window`` batches are in flight.
 
-Dead letters::
+Dead letters (directories 0700, files 0600)::
 
-    <data_dir>/deadletter/<tenant>/<output>/<batch id hex>.batch   the payload, as sent
+    <data_dir>/deadletter/<tenant>/<output>/<batch id hex>.batch   the payload, as sent; sealed with
+                                                                   the tenant's key when its spool
+                                                                   encrypts (ingress.security.crypto)
     <data_dir>/deadletter/<tenant>/<output>/<batch id hex>.json    {"batch_id", "tenant", "output",
-        "host", "sample_count", "error", "reason", "time"}         reason = the error's first line
+        "host", "sample_count", "error", "reason", "time",         reason = the error's first line
+        "encrypted"}
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import itertools
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -46,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ingress._fs import fsync_dir
 from ingress.transport.base import OutgoingBatch, Output
 from ingress.transport.breaker import CLOSED, CircuitBreaker
 from ingress.transport.retry import Backoff, is_retryable, retry_after_of
@@ -359,8 +364,15 @@ class _Pair:
     def _dead_letter(self, flight: _Flight, err: BaseException) -> None:
         d = self.d
         folder = d.deadletter_dir / self.tenant / self.output.name
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dirs(d.deadletter_dir.parent, folder)
         name = flight.batch.batch_id.hex()
+        payload = flight.batch.payload
+        get_cipher = getattr(d.spool, "cipher_for", None)
+        cipher = get_cipher(self.tenant) if get_cipher is not None else None
+        if cipher is not None:  # the tenant's data is encrypted at rest: so is its dead letter
+            from ingress.security.crypto import seal_dead_letter
+
+            payload = seal_dead_letter(cipher, flight.batch.batch_id, payload)
         reason = {
             "batch_id": name,
             "tenant": self.tenant,
@@ -370,8 +382,9 @@ class _Pair:
             "error": type(err).__name__,
             "reason": first_line(err),
             "time": time.time(),
+            "encrypted": cipher is not None,
         }
-        for suffix, data in ((".batch", flight.batch.payload),
+        for suffix, data in ((".batch", payload),
                              (".json", json.dumps(reason, indent=1).encode() + b"\n")):
             tmp = folder / f".{name}{suffix}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -381,6 +394,7 @@ class _Pair:
             finally:
                 os.close(fd)
             os.replace(tmp, folder / f"{name}{suffix}")
+        fsync_dir(folder)  # durable before the spool forgets the batch
 
     def snapshot(self) -> dict:
         with self.stats_lock:
@@ -405,6 +419,23 @@ class _Pair:
                         out["breaker"]["state"] if out["breaker"]["state"] != CLOSED else
                         "retrying" if self.attempts else "ok")
         return out
+
+
+def _private_dirs(base: Path, leaf: Path) -> None:
+    """Create every directory below ``base`` down to ``leaf`` as 0700 (mkdir's
+    ``parents=True`` would make the intermediate ones 0777 & ~umask); tighten one
+    an older version left open to group or others."""
+    p = base
+    for part in leaf.relative_to(base).parts:
+        p = p / part
+        try:
+            os.mkdir(p, 0o700)
+        except FileExistsError:
+            st = os.stat(p)
+            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(p, 0o700)
+            continue
+        os.chmod(p, 0o700)  # the umask filters mkdir's mode
 
 
 class Delivery:
