@@ -1,6 +1,6 @@
 """``/metrics``: the agent's own figures in the Prometheus text format.
 
-One custom ``prometheus_client`` collector reads, at scrape time, counters the
+One collector reads, at scrape time, counters the
 agent already keeps (pipeline, rings, registry, spool, delivery, scheduler,
 control API, audit log); no hot path is instrumented. Names follow Prometheus
 conventions: ``ingress_`` prefix, ``_total`` on counters, base units
@@ -9,8 +9,11 @@ whose values come from the configuration, plus a few fixed enumerations
 (``reason``, ``state``, ``category``, ``code``, ``generation``): never values
 taken from the data. docs/control-api.md lists every family.
 
-``prometheus_client`` is imported by :func:`make_renderer`, i.e. only when the
-control server starts (its RSS cost is in docs/benchmarks.md).
+The families and the text encoder come from :mod:`ingress.control.exposition`,
+which has ``prometheus_client.metrics_core``'s API for the three family types
+used here and writes byte-for-byte what ``prometheus_client`` writes, without
+importing it (8 MB of RSS; docs/benchmarks.md). The test suite renders the same
+collector through ``prometheus_client`` and compares.
 """
 from __future__ import annotations
 
@@ -80,12 +83,17 @@ def _boot_time() -> float:
 
 
 class AgentCollector:
-    """A ``prometheus_client`` collector over an :class:`AgentView` (see the module doc)."""
+    """A collector over an :class:`AgentView` (see the module doc).
+
+    ``mc`` provides ``CounterMetricFamily``, ``GaugeMetricFamily`` and
+    ``InfoMetricFamily``: :mod:`ingress.control.exposition`, or
+    ``prometheus_client.metrics_core`` (the tests' reference).
+    """
 
     def __init__(self, view: AgentView, mc: Any, control: ControlCounters | None = None,
                  auth: Any = None, audit: Any = None) -> None:
         self.view = view
-        self.mc = mc  # prometheus_client.metrics_core
+        self.mc = mc
         self.control = control
         self.auth = auth
         self.audit = audit
@@ -277,17 +285,18 @@ class AgentCollector:
 
 def make_renderer(view: AgentView, control: ControlCounters | None = None, auth: Any = None,
                   audit: Any = None) -> Callable[[], tuple[bytes, str]]:
-    """``render() -> (body, content type)`` over a private registry (imports prometheus_client)."""
-    from prometheus_client import CollectorRegistry, metrics_core
-    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+    """``render() -> (body, content type)``: the Prometheus text format of :class:`AgentCollector`.
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(view, metrics_core, control, auth, audit))
+    Written by :mod:`ingress.control.exposition` (byte-identical to
+    ``prometheus_client.generate_latest``, without its 8 MB of imports).
+    """
+    from ingress.control import exposition
+
+    collector = AgentCollector(view, exposition, control, auth, audit)
     lock = threading.Lock()
 
     def render() -> tuple[bytes, str]:
         with lock:  # one scrape at a time: a scrape is cheap, concurrent ones add nothing
-            return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+            return exposition.render(collector.collect()), exposition.CONTENT_TYPE
 
     return render
-
