@@ -532,12 +532,15 @@ class Url(Str):
     def convert(self, v: Any) -> str:
         s = super().convert(v)
         problem = url_problem(s)
+        if problem == _NOT_HTTP:
+            raise _Bad(f"{_show(s)} is not an http:// or https:// URL")
         if problem:
-            raise _Bad(f"{_show(s)} is not a usable http:// or https:// URL: {problem}")
+            raise _Bad(f"{_show(s)} is not a usable URL: {problem}")
         return s
 
 
 _URL_CHARS = re.compile(r"[!-~]+")  # printable ASCII, no space
+_NOT_HTTP = "the scheme must be http or https"
 
 
 def url_problem(s: str) -> str | None:
@@ -546,6 +549,8 @@ def url_problem(s: str) -> str | None:
     ``{tenant}`` may appear anywhere; it is checked with a tenant id put in.
     """
     u = s.replace("{tenant}", "t")
+    if not re.match(r"https?://", u):
+        return _NOT_HTTP
     if not names.fullmatch(_URL_CHARS, u):
         bad = names.control_char_name(u)
         return (f"it contains {bad}" if bad else
@@ -556,8 +561,6 @@ def url_problem(s: str) -> str | None:
         port = p.port
     except ValueError as e:
         return str(e)
-    if p.scheme not in ("http", "https"):
-        return "the scheme must be http or https"
     if not p.hostname or not names.is_host(p.hostname):
         return "it has no valid host"
     if port == 0:
@@ -951,6 +954,7 @@ class Locator:
                             resolved += (arrays[resolved],)
                         elif resolved in arrays:
                             resolved += (arrays[resolved],)
+                        self._mark(resolved, lineno)  # [a.b] also locates a
                     table = resolved
                     self._mark(table, lineno)
                     continue

@@ -91,7 +91,8 @@ def load_keys(path: str | os.PathLike) -> dict[str, bytes]:
     for tenant, key in data.items():
         if not names.is_tenant_id(tenant):
             shown = repr(tenant[:100]) + ("..." if len(tenant) > 100 else "")
-            raise ConfigError(f"{p}: tenants: {shown} is not a valid tenant id "
+            where = tenant if tenant.isprintable() and len(tenant) <= 100 else shown
+            raise ConfigError(f"{p}: tenants.{where}: {shown} is not a valid tenant id "
                               f"({names.text(names.TENANT_ID_RE)})")
         if not isinstance(key, str) or not key:
             raise ConfigError(f"{p}: tenants.{tenant}: the key must be a non-empty string")
