@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "drop duplicate batch ids and store batches per tenant.")
     k.add_argument("--listen", default="127.0.0.1:8088", metavar="HOST:PORT",
                    help="address to listen on (default: %(default)s)")
+    k.add_argument("--max-connections", type=int, metavar="N",
+                   help="connections served at once; more are answered 503 (default: 128)")
+    k.add_argument("--header-timeout", type=_seconds, metavar="S",
+                   help="seconds a connection has for its request headers (default: 10)")
+    k.add_argument("--idle-timeout", type=_seconds, metavar="S",
+                   help="seconds a kept-alive connection waits for its next request (default: 30)")
+    k.add_argument("--body-timeout", type=_seconds, metavar="S",
+                   help="seconds an accepted request has for its body (default: 60)")
     k.add_argument("--data-dir", required=True, metavar="DIR", help="where batches are stored, per tenant")
     k.add_argument("--keys", required=True, metavar="FILE",
                    help="TOML/JSON file: tenant = key (or \"sha256:<hex>\")")

@@ -814,8 +814,9 @@ OPTIONS: tuple[Option, ...] = (
            "Passed to the client as is (librdkafka settings). `enable.idempotence` and "
            "`acks` are fixed by ingress.", types=K),
     Option("outputs", "url", Url(), REQUIRED, "Endpoint batches are POSTed to.", types=H),
-    Option("outputs", "timeout", Duration(positive=True), "10s", "Time limit of one request.",
-           types=H),
+    Option("outputs", "timeout", Duration(positive=True), "10s",
+           "Deadline for the whole request: connect, TLS handshake, sending, and the answer's headers "
+           "and body; past it the request fails as retryable (the breaker counts it).", types=H),
     Option("outputs", "ca_file", PathKind(), None, "CA bundle to verify the server with.",
            default_doc="the system's", types=H),
     Option("outputs", "cert_file", PathKind(), None,

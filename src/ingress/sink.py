@@ -9,24 +9,51 @@ duplicate batch ids and stores each tenant's batches in its own files::
 Request checks, in order, each failure a JSON error ``{"error": {"code", "message"}}``:
 
 ====  =========================  ==============================================
-411   length_required            no Content-Length
+411   length_required            no Content-Length, one that is not a decimal
+                                 number, several that differ, or a
+                                 Transfer-Encoding
 413   too_large                  body larger than ``max_body``
 415   unsupported_media_type     Content-Type is not application/vnd.ingress.batch.v1
 401   unauthorized               no ``Authorization: Bearer``, no ``X-Tenant-ID``
                                  known to the sink, or a key that is not the
                                  tenant's (one answer for all three, so tenant
                                  ids cannot be probed)
+408   request_timeout            the body did not arrive within ``body_timeout``
 400   bad_batch                  the body is not a valid batch (wire error text)
 400   tenant_mismatch            the batch's tenant is not X-Tenant-ID
 400   idempotency_key_mismatch   Idempotency-Key is not the batch's id
 503   storage_unavailable        the batch could not be stored (retry later)
 ====  =========================  ==============================================
 
+The checks down to 401 need only the headers and come before a byte of the
+body is read: such an answer carries ``Connection: close``, the sink discards
+at most 1 MiB or 1 s of whatever the client still sends (so the client reads
+the answer rather than a reset) and closes. ``Expect: 100-continue`` is
+answered only once the headers passed. A 408 also closes the connection.
+
+Connections (each served on its own thread) are bounded by
+``max_connections``; one more is answered ``503 busy`` with ``Retry-After: 1``
+at once and closed, so a flood cannot take threads or memory without bound.
+Time is bounded per phase, each a deadline, not a per-read timeout, so a
+client dripping a byte at a time is cut too: ``header_timeout`` for the TLS
+handshake and the request line and headers (from the accept, or from the
+first byte of a kept-alive connection's next request), ``idle_timeout``
+between requests on a kept-alive connection, ``body_timeout`` for an
+accepted request's body. A header deadline, an idle timeout or a client that
+disconnects ends the connection without an answer and with one debug line.
+
 A stored batch answers ``200 {"status": "stored", ...}``; a batch id already
 stored answers ``200 {"status": "duplicate", ...}`` (2xx, so the agent forgets
 it) and is not stored twice. A batch is recorded as seen only after it is
 written and fsynced, so a crash in between causes at most a duplicate, never a
 loss.
+
+Storage errors (disk full, EIO) answer ``503 storage_unavailable`` and leave
+only whole records in both files: the partial record is cut off at once (see
+:class:`ingress.transport.file.RecordFile`), and the tenant's next batch is
+stored as soon as space returns. If the batch was stored but its id could not
+be written, the answer is still ``stored``: the id is kept in memory (a resend
+is a duplicate) and written with the tenant's next id.
 
 Keys file (TOML, or JSON when the name ends in ``.json``): tenant id to key,
 either the key itself or ``"sha256:<64 hex>"`` of it::
@@ -40,14 +67,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -113,31 +143,59 @@ def load_keys(path: str | os.PathLike) -> dict[str, bytes]:
 
 
 class _SeenIds:
-    """The persisted set of batch ids one tenant has stored."""
+    """The persisted set of batch ids one tenant has stored.
+
+    ``seen.ids`` is a :class:`~ingress.transport.file.RecordFile` of 16-byte
+    records, so a failed append (disk full) is cut off at once and a torn tail
+    left by a crash is cut on open. An id is added only after its batch is
+    stored and fsynced. If writing it fails, the id is still seen in memory (a
+    resend is a duplicate) and stays pending: the next add writes it together
+    with its own id, all or nothing.
+    """
 
     def __init__(self, path: Path) -> None:
+        from ingress.transport.file import RecordFile
+
         self.path = path
-        self.ids: set[bytes] = set()
-        if path.exists():
-            data = path.read_bytes()
-            whole = len(data) - len(data) % _ID
-            if whole != len(data):  # torn tail: that id was never confirmed stored
-                with open(path, "r+b") as f:
-                    f.truncate(whole)
-            self.ids = {data[i:i + _ID] for i in range(0, whole, _ID)}
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.file = RecordFile(path, lambda fd, size: size - size % _ID)
+        self.file.open()
+        with open(path, "rb") as f:
+            data = f.read(self.file.size)
+        self.ids: set[bytes] = {data[i:i + _ID] for i in range(0, len(data) - len(data) % _ID, _ID)}
+        self.pending: list[bytes] = []
 
     def add(self, bid: bytes) -> None:
-        os.write(self.fd, bid)
-        os.fsync(self.fd)
+        """Record ``bid`` as stored; a failed write keeps it pending (logged), never raises OSError."""
         self.ids.add(bid)
+        self.pending.append(bid)
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write the pending ids; True when none is left."""
+        if not self.pending:
+            return True
+        try:
+            self.file.append(b"".join(self.pending))
+        except OSError as e:
+            log.warning("sink: %s: cannot record %d stored batch id(s) yet: %s (kept in memory, written "
+                        "with the next one)", self.path, len(self.pending), e.strerror or e)
+            return False
+        self.pending.clear()
+        return True
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.flush()
+        self.file.close()
 
 
 class SinkStore:
-    """Per-tenant batch files and seen-id sets under ``data_dir``."""
+    """Per-tenant batch files and seen-id sets under ``data_dir``.
+
+    Both are written through :class:`~ingress.transport.file.RecordFile`: a
+    storage error (disk full, EIO) leaves only whole records behind, is raised
+    to the caller (the server answers 503 ``storage_unavailable``), and the
+    tenant's next batch is stored as soon as space returns.
+    """
 
     def __init__(self, data_dir: str | os.PathLike, max_file_bytes: int = 64 << 20) -> None:
         from ingress.transport.file import FileOutput
@@ -160,7 +218,11 @@ class SinkStore:
             return t
 
     def put(self, tenant: str, batch_id: bytes, payload: bytes, sample_count: int, host: str) -> bool:
-        """Store a batch unless its id was stored before; True when stored."""
+        """Store a batch unless its id was stored before; True when stored.
+
+        Raises :class:`~ingress.errors.RetryableError` (or OSError) when the
+        batch cannot be stored; nothing of it is left behind then.
+        """
         from ingress.transport.base import OutgoingBatch
 
         lock, seen = self._tenant(tenant)
@@ -169,7 +231,7 @@ class SinkStore:
                 self.counts[tenant]["duplicates"] += 1
                 return False
             self.files.write(OutgoingBatch(tenant, batch_id, payload, sample_count, host))
-            seen.add(batch_id)
+            seen.add(batch_id)  # only after the batch is written and fsynced
             c = self.counts[tenant]
             c["stored"] += 1
             c["samples"] += sample_count
@@ -192,15 +254,144 @@ class _Reject(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+class _ClientGone(Exception):
+    """The client left or stalled while sending its body; there is nobody to answer."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+_LINGER_S = 1.0  # after an early answer: how long, and how much, of the unread request is discarded
+_LINGER_BYTES = 1 << 20
+
+
+def _busy_response() -> bytes:
+    body = json.dumps({"error": {"code": "busy", "message": "too many connections; retry later"}}).encode() + b"\n"
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" % len(body)) + body
+
+
+_BUSY = _busy_response()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads, each with the time left before ``deadline`` as its timeout.
+
+    A per-read timeout alone lets a client that drips one byte at a time hold
+    the connection forever; a deadline per phase (headers, idle, body) does not.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = float("inf")  # time.monotonic()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(b)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: "_Server"
+
+    def setup(self) -> None:
+        super().setup()
+        self._in = _DeadlineReader(self.connection)
+        self._in.deadline = time.monotonic() + self.server.sink.header_timeout
+        self.rfile.close()
+        self.rfile = io.BufferedReader(self._in, 65536)
+        self._served = False
+        self._linger = False
+        self._body_read = False
+        self._expect_continue = False
+
+    def handle_one_request(self) -> None:
+        sink: SinkServer = self.server.sink
+        self._body_read = self._expect_continue = False
+        if self._served:  # a kept-alive connection: wait up to idle_timeout for the next request
+            self._in.deadline = time.monotonic() + sink.idle_timeout
+            try:
+                first = self.rfile.peek(1)
+            except TimeoutError:
+                log.debug("sink: %s: idle for %gs, closing", self.address_string(), sink.idle_timeout)
+                first = b""
+            if not first:
+                self.close_connection = True
+                return
+            self._in.deadline = time.monotonic() + sink.header_timeout
+        self._served = True
+        super().handle_one_request()  # a header deadline is logged (debug) and closes there
+
+    def handle_expect_100(self) -> bool:
+        # "100 Continue" only once the headers passed every check (see read_body):
+        # a refused client learns it before it sends a byte of the body.
+        self._expect_continue = True
+        return True
+
+    def read_body(self, n: int) -> bytes:
+        """The request body, read within ``body_timeout``; :class:`_ClientGone` if it does not arrive."""
+        sink: SinkServer = self.server.sink
+        self._body_read = True
+        if self._expect_continue:
+            self.send_response_only(100)
+            self.end_headers()
+        self._in.deadline = time.monotonic() + sink.body_timeout
+        try:
+            body = self.rfile.read(n)
+        except TimeoutError:
+            raise _ClientGone(f"body of {n} bytes not received within {sink.body_timeout:g}s",
+                              timed_out=True) from None
+        except OSError as e:
+            raise _ClientGone(f"connection lost while reading the body: {e}") from None
+        if len(body) < n:
+            raise _ClientGone(f"client closed the connection after {len(body)} of {n} body bytes")
+        return body
+
+    def finish(self) -> None:
+        super().finish()
+        if self._linger:
+            self._discard_rest()
+
+    def _discard_rest(self) -> None:
+        """Half-close after an early answer, then drop what the client still sends.
+
+        Closing with unread bytes would send a reset, which can destroy the
+        answer on its way; the discarding is bounded by _LINGER_S and
+        _LINGER_BYTES and keeps nothing.
+        """
+        sock = self.connection
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        end, left, buf = time.monotonic() + _LINGER_S, _LINGER_BYTES, bytearray(65536)
+        try:
+            while left > 0:
+                t = end - time.monotonic()
+                if t <= 0:
+                    break
+                sock.settimeout(t)
+                n = sock.recv_into(buf, min(len(buf), left))
+                if not n:
+                    break
+                left -= n
+        except OSError:
+            pass
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s " + fmt, self.address_string(), *args)
 
     def _reply(self, status: int, obj: dict) -> None:
         body = json.dumps(obj).encode() + b"\n"
+        self.connection.settimeout(self.server.sink.header_timeout)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -220,6 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self.close_connection = True
+        self._linger = True
         self._error(405, "method_not_allowed", "batches are POSTed")
 
     do_DELETE = do_PUT
@@ -230,7 +422,20 @@ class _Handler(BaseHTTPRequestHandler):
             status, obj = sink.handle(self)
         except _Reject as r:
             sink.count_reject(r.code)
+            if not self._body_read:  # answered from the headers: the body is never read
+                self.close_connection = True
+                self._linger = True
             self._error(r.status, r.code, r.message)
+            return
+        except _ClientGone as e:
+            log.debug("sink: %s: %s", self.address_string(), e)
+            self.close_connection = True
+            if e.timed_out:
+                sink.count_reject("request_timeout")
+                try:
+                    self._error(408, "request_timeout", str(e))
+                except OSError:
+                    pass
             return
         self._reply(status, obj)
 
@@ -238,8 +443,54 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog
     sink: "SinkServer"
     tls: ssl.SSLContext | None = None
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._refused_logged = 0.0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Runs in the accept loop: never block here.
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: Any, client_address: Any) -> None:
+        """Every connection slot is taken: 503 at once (plain HTTP), then close."""
+        self.sink.count_reject("busy")
+        now = time.monotonic()
+        if now - self._refused_logged >= 10.0:
+            self._refused_logged = now
+            log.warning("sink: all %d connections busy; refusing new ones (503) from %s",
+                        self.sink.max_connections, client_address[0])
+        if self.tls is None:
+            try:
+                request.setblocking(False)
+                request.send(_BUSY)
+            except OSError:
+                pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        e = sys.exc_info()[1]
+        if isinstance(e, (OSError, ssl.SSLError)):  # the client went away or stalled
+            log.debug("sink: connection from %s ended: %s: %s", client_address[0], type(e).__name__, e)
+        else:
+            log.exception("sink: request from %s failed", client_address[0])
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # The TLS handshake runs here, in the connection's own thread: wrapping
@@ -247,7 +498,7 @@ class _Server(ThreadingHTTPServer):
         # silent client could stall every other.
         if self.tls is not None:
             try:
-                request.settimeout(30)
+                request.settimeout(self.sink.header_timeout)
                 request = self.tls.wrap_socket(request, server_side=True)
                 request.settimeout(None)
             except (OSError, ssl.SSLError) as e:
@@ -280,6 +531,18 @@ class SinkServer:
         Require client certificates signed by this CA (mutual TLS).
     verify_batches
         Decode every batch fully (checksums) before storing it, not just its header.
+    max_connections
+        Connections served at once, each on its own thread; one more is
+        answered ``503 busy`` (``Retry-After: 1``) and closed at once.
+    header_timeout
+        Seconds a new connection has to complete its TLS handshake and its
+        request line and headers (and a kept-alive one, its next request's
+        headers once their first byte came); past it the connection is closed.
+    idle_timeout
+        Seconds a kept-alive connection may wait for its next request.
+    body_timeout
+        Seconds an authenticated request has to deliver its whole body; past
+        it the sink answers 408 and closes the connection.
     """
 
     def __init__(
@@ -293,7 +556,19 @@ class SinkServer:
         tls_key: str | None = None,
         client_ca: str | None = None,
         verify_batches: bool = True,
+        max_connections: int = 128,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 30.0,
+        body_timeout: float = 60.0,
     ) -> None:
+        for name, v in (("max_connections", max_connections), ("header_timeout", header_timeout),
+                        ("idle_timeout", idle_timeout), ("body_timeout", body_timeout)):
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise ConfigError(f"sink {name}: {v!r} must be a positive number")
+        self.max_connections = int(max_connections)
+        self.header_timeout = float(header_timeout)
+        self.idle_timeout = float(idle_timeout)
+        self.body_timeout = float(body_timeout)
         self.listen = _parse_listen(listen)
         self.keys = keys if isinstance(keys, dict) else load_keys(keys)
         self.store = SinkStore(data_dir)
@@ -327,7 +602,7 @@ class SinkServer:
 
     def start(self) -> "SinkServer":
         try:
-            httpd = _Server(self.listen, _Handler)
+            httpd = _Server(self.listen, _Handler, self.max_connections)
         except OSError as e:
             raise ConfigError(f"sink --listen {self.listen[0]}:{self.listen[1]}: {e.strerror or e}") from None
         httpd.tls = self._ctx
@@ -349,34 +624,41 @@ class SinkServer:
             self.rejects[code] = self.rejects.get(code, 0) + 1
 
     def _authorised(self, tenant: str | None, auth: str | None) -> bool:
-        if not tenant or not auth or not auth.startswith("Bearer "):
+        scheme, _, key = (auth or "").strip().partition(" ")
+        key = key.strip()
+        if not tenant or scheme.lower() != "bearer" or not key:
             return False
         want = self.keys.get(tenant)
-        got = _hash(auth[7:].strip())
+        got = _hash(key)
         # Compare even for unknown tenants so both cases take the same time.
         return hmac.compare_digest(got, want if want is not None else b"\0" * 32) and want is not None
 
-    def handle(self, req: BaseHTTPRequestHandler) -> tuple[int, dict]:
-        """Check and store one POSTed batch; raise _Reject with the error to send."""
+    def handle(self, req: _Handler) -> tuple[int, dict]:
+        """Check and store one POSTed batch; raise _Reject with the error to send.
+
+        Every check the headers allow comes before the body is read, so a
+        refused request costs no body memory (the handler closes the connection).
+        """
         from ingress import wire
 
         h = req.headers
         ctype = (h.get("Content-Type") or "").split(";")[0].strip().lower()
-        length = h.get("Content-Length")
-        if length is None or not length.isdigit():
-            req.close_connection = True
-            raise _Reject(411, "length_required", "Content-Length is required")
-        n = int(length)
+        lengths = {v.strip() for v in h.get_all("Content-Length") or ()}
+        length = lengths.pop() if len(lengths) == 1 else ""
+        if "Transfer-Encoding" in h or not re.fullmatch(r"[0-9]+", length):
+            raise _Reject(411, "length_required",
+                          "one decimal Content-Length is required (and no Transfer-Encoding)")
+        digits = length.lstrip("0") or "0"
+        n = int(digits) if len(digits) <= 18 else self.max_body + 1
         if n > self.max_body:
-            req.close_connection = True
-            raise _Reject(413, "too_large", f"body of {n} bytes is over the limit of {self.max_body}")
-        body = req.rfile.read(n)
+            raise _Reject(413, "too_large", f"body of {digits[:24]} bytes is over the limit of {self.max_body}")
         if ctype != CONTENT_TYPE:
             raise _Reject(415, "unsupported_media_type",
                           f"Content-Type must be {CONTENT_TYPE}, got {ctype or 'none'}")
         tenant = h.get("X-Tenant-ID")
         if not self._authorised(tenant, h.get("Authorization")):
             raise _Reject(401, "unauthorized", "missing or unknown key for this tenant")
+        body = req.read_body(n)
         try:
             info = wire.peek(body)
             if self.verify_batches:
@@ -443,8 +725,10 @@ def serve(listen: str, data_dir: str | os.PathLike, keys: str | os.PathLike | di
 def run(args: argparse.Namespace) -> int:
     """Run the sink in the foreground until SIGINT/SIGTERM; 0 on a clean stop, 2 on a bad setting."""
     try:
+        limits = {k: getattr(args, k) for k in ("max_connections", "header_timeout", "idle_timeout",
+                                                "body_timeout") if getattr(args, k, None) is not None}
         sink = SinkServer(args.listen, args.data_dir, args.keys, tls_cert=args.tls_cert,
-                          tls_key=args.tls_key, client_ca=args.client_ca).start()
+                          tls_key=args.tls_key, client_ca=args.client_ca, **limits).start()
     except ConfigError as e:
         print(f"ingress sink: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ one JSON object per sample per line (see :mod:`ingress.transport.jsonfmt`).
 A file is closed and the next sequence number opened when the next record
 would take it past ``max_bytes`` (a record larger than ``max_bytes`` gets a
 file of its own). ``done(batch, None)`` is called only after the record is
-written, flushed and, unless ``fsync=False``, fsynced: the spool forgets the
+written and, unless ``fsync=False``, fsynced: the spool forgets the
 batch on that acknowledgement, so the file must already hold it.
 
 Recovery rule: on (re)opening the newest file, a torn tail left by a crash in
@@ -25,19 +25,30 @@ the middle of a write (an incomplete record, or a JSON line without its
 newline) is cut off, so every later record starts at a record boundary. The
 torn batch is still in the spool (it was never acknowledged) and is written
 again whole.
+
+Write errors: every file is written through one :class:`RecordFile`
+(unbuffered ``pwrite`` at the end of the last whole record). A failed write or
+fsync (disk full, EIO) cuts the partial record off at once and is reported as
+a :class:`RetryableError`; the output keeps working and the first write after
+space returns succeeds. A failed rotation keeps the current file in use. The
+sink (:mod:`ingress.sink`) stores its batches and seen ids the same way.
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import struct
 import threading
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Callable, Iterator
 
 from ingress.errors import ConfigError, PermanentError, RetryableError, WireError
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.transport.jsonfmt import FORMATS, sample_lines
+
+log = logging.getLogger("ingress.transport.file")
 
 _LEN = struct.Struct(">I")
 _EXT = {"batch": ".ibatch", "json": ".jsonl"}
@@ -75,42 +86,145 @@ def read_batches(path: str | os.PathLike, strict: bool = False) -> Iterator[byte
             off += 4 + n
 
 
-def _valid_length(path: Path, fmt: str) -> int:
-    """Length of the longest prefix of ``path`` made of whole records."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if fmt == "json":
-            # Scan back from the end for the last newline.
-            pos = size
-            while pos > 0:
-                step = min(65536, pos)
-                f.seek(pos - step)
-                chunk = f.read(step)
-                k = chunk.rfind(b"\n")
-                if k >= 0:
-                    return pos - step + k + 1
-                pos -= step
-            return 0
-        off = 0
-        while off + 4 <= size:
-            f.seek(off)
-            (n,) = _LEN.unpack(f.read(4))
-            if off + 4 + n > size:
-                break
-            off += 4 + n
-        return off
+def valid_length(fd: int, size: int, fmt: str) -> int:
+    """Length of the longest prefix of the open file ``fd`` (``size`` bytes) made of whole records."""
+    if fmt == "json":
+        # Scan back from the end for the last newline.
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            chunk = os.pread(fd, step, pos - step)
+            k = chunk.rfind(b"\n")
+            if k >= 0:
+                return pos - step + k + 1
+            pos -= step
+        return 0
+    off = 0
+    while off + 4 <= size:
+        head = os.pread(fd, 4, off)
+        if len(head) < 4:
+            break
+        (n,) = _LEN.unpack(head)
+        if off + 4 + n > size:
+            break
+        off += 4 + n
+    return off
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class RecordFile:
+    """An append-only file of whole records that survives a failed write.
+
+    The one writer behind the file output's ``.ibatch``/``.jsonl`` files and
+    the sink's batch and seen-id files. It writes with ``os.pwrite`` at the
+    known end of the last whole record, straight to the descriptor: no
+    userspace buffer, so nothing is left over to be flushed (and fail) later.
+
+    Any OSError while writing or fsyncing a record (ENOSPC, EDQUOT, EIO)
+    truncates the file back to the end of the last whole record with
+    ``ftruncate`` on the descriptor, then raises. If even that fails, the
+    descriptor is closed without raising; the next :meth:`append` (or
+    :meth:`close`) opens the file again and cuts it back to the last record it acknowledged (or, for a
+    file it has not written, to the last whole record, see ``valid_length``).
+    So a full disk costs the records written while it is full, never the file:
+    the first append after space returns succeeds.
+
+    Parameters
+    ----------
+    path
+        The file; created ``0600`` on the first open.
+    valid_length
+        ``valid_length(fd, size)``: length of the longest prefix of whole
+        records of the open file; used to cut a torn tail on (re)open.
+    fsync
+        fsync every record before :meth:`append` returns.
+    """
+
+    __slots__ = ("path", "fsync", "_valid", "fd", "size", "_acked", "_dirty")
+
+    def __init__(self, path: str | os.PathLike, valid_length: Callable[[int, int], int],
+                 fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._valid = valid_length
+        self.fd: int | None = None
+        self.size = 0  # end of the last whole record
+        self._acked: int | None = None  # end of the last record append() returned for, or of the repair
+        self._dirty = False  # a failed cut left something after the last whole record
+
+    def open(self) -> None:
+        """Open (creating) the file and cut it back to whole records; no-op when open."""
+        if self.fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            good = self._valid(fd, size)
+            if self._acked is not None and self._acked < good:
+                good = self._acked  # a record written whole but never acknowledged
+            if good != size:
+                os.ftruncate(fd, good)
+        except BaseException:
+            _close_quietly(fd)
+            raise
+        self.fd, self.size, self._acked, self._dirty = fd, good, good, False
+
+    def append(self, rec: bytes) -> None:
+        """Write ``rec`` whole after the last record (and fsync it), or raise OSError leaving the file as before."""
+        self.open()
+        fd, start = self.fd, self.size
+        assert fd is not None
+        try:
+            view, off = memoryview(rec), 0
+            while off < len(view):
+                n = os.pwrite(fd, view[off:], start + off)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                off += n
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            self._cut(start)
+            raise
+        self.size = self._acked = start + len(rec)
+
+    def _cut(self, start: int) -> None:
+        try:
+            os.ftruncate(self.fd, start)  # type: ignore[arg-type]
+        except OSError:
+            self._dirty = True
+            self._drop()  # the next append (or close) reopens and repairs
+
+    def _drop(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            _close_quietly(fd)
+
+    def close(self) -> None:
+        """Close the descriptor, first cutting off what a failed cut left behind if it can; never raises."""
+        if self._dirty:
+            try:
+                self.open()
+            except OSError:
+                pass
+        self._drop()
 
 
 class _TenantFile:
     """The open file of one tenant; all access under ``lock``."""
 
-    __slots__ = ("dir", "seq", "fh", "size", "lock")
+    __slots__ = ("dir", "seq", "rf", "lock")
 
     def __init__(self, d: Path) -> None:
         self.dir = d
         self.seq = 0
-        self.fh: BinaryIO | None = None
-        self.size = 0
+        self.rf: RecordFile | None = None
         self.lock = threading.Lock()
 
 
@@ -209,27 +323,25 @@ class FileOutput(Output):
                 tf = self._files[tenant] = _TenantFile(self.base / tenant)
             return tf
 
+    def _record_file(self, tenant: str, seq: int) -> RecordFile:
+        fmt = self.format
+        return RecordFile(self.file_path(tenant, seq), lambda fd, size: valid_length(fd, size, fmt), self.fsync)
+
     def _open_latest(self, tenant: str, tf: _TenantFile) -> None:
         tf.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         existing = self.files(tenant)
-        if existing:
-            last = existing[-1]
-            tf.seq = int(self._pat.match(last.name).group(1))
-            good = _valid_length(last, self.format)
-            fh = open(last, "r+b")
-            if good != last.stat().st_size:
-                fh.truncate(good)
-            fh.seek(good)
-            tf.fh, tf.size = fh, good
-        else:
-            self._open_seq(tenant, tf, 1)
+        seq = int(self._pat.match(existing[-1].name).group(1)) if existing else 1
+        rf = self._record_file(tenant, seq)
+        rf.open()  # cuts a torn tail off
+        tf.rf, tf.seq = rf, seq
 
-    def _open_seq(self, tenant: str, tf: _TenantFile, seq: int) -> None:
-        p = self.file_path(tenant, seq)
-        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
-        fh = os.fdopen(fd, "r+b")
-        fh.seek(0, os.SEEK_END)
-        tf.fh, tf.seq, tf.size = fh, seq, fh.tell()
+    def _rotate(self, tenant: str, tf: _TenantFile) -> None:
+        """Open the next file, then close the current one: a failure leaves the current one in use."""
+        assert tf.rf is not None
+        rf = self._record_file(tenant, tf.seq + 1)
+        rf.open()
+        tf.rf.close()
+        tf.rf, tf.seq = rf, tf.seq + 1
         if self.max_files is not None:
             old = self.files(tenant)
             for q in old[: max(0, len(old) - self.max_files)]:
@@ -237,11 +349,8 @@ class FileOutput(Output):
                     q.unlink()
                 except FileNotFoundError:
                     pass
-
-    def _rotate(self, tenant: str, tf: _TenantFile) -> None:
-        assert tf.fh is not None
-        tf.fh.close()
-        self._open_seq(tenant, tf, tf.seq + 1)
+                except OSError as e:
+                    log.warning("file output %s: cannot delete old file %s: %s", self.name, q, e.strerror or e)
 
     # -- the output contract -------------------------------------------------
     def _record(self, batch: OutgoingBatch) -> bytes:
@@ -263,29 +372,17 @@ class FileOutput(Output):
             raise PermanentError(f"batch {batch.batch_id.hex()} cannot be decoded for json: {e}") from e
         tf = self._tenant(batch.tenant)
         with tf.lock:
-            start = None
             try:
-                if tf.fh is None:
+                if tf.rf is None:
                     self._open_latest(batch.tenant, tf)
-                if tf.size > 0 and tf.size + len(rec) > self.max_bytes:
+                else:
+                    tf.rf.open()  # after a failed cut: reopen and repair before anything else
+                assert tf.rf is not None
+                if tf.rf.size > 0 and tf.rf.size + len(rec) > self.max_bytes:
                     self._rotate(batch.tenant, tf)
-                fh = tf.fh
-                start = tf.size
-                fh.write(rec)
-                fh.flush()
-                if self.fsync:
-                    os.fsync(fh.fileno())
-                tf.size = start + len(rec)
+                tf.rf.append(rec)  # whole and fsynced, or cut off again
             except OSError as e:
-                where = self.file_path(batch.tenant, tf.seq) if tf.seq else tf.dir
-                # Cut a half-written record off so the next one starts on a boundary.
-                if tf.fh is not None and start is not None:
-                    try:
-                        tf.fh.seek(start)
-                        tf.fh.truncate(start)
-                    except OSError:
-                        tf.fh.close()
-                        tf.fh = None  # reopen (and repair) on the next write
+                where = e.filename or (tf.rf.path if tf.rf is not None else tf.dir)
                 raise RetryableError(f"file output {self.name}: {where}: {e.strerror or e}") from e
 
     def submit(self, batch: OutgoingBatch, done: Done) -> None:
@@ -302,6 +399,6 @@ class FileOutput(Output):
             files = list(self._files.values())
         for tf in files:
             with tf.lock:
-                if tf.fh is not None:
-                    tf.fh.close()
-                    tf.fh = None
+                if tf.rf is not None:
+                    tf.rf.close()
+                    tf.rf = None

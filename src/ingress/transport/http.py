@@ -27,11 +27,19 @@ Isolation: every tenant gets its own small set of worker threads (at most
 ``concurrency``), each holding one keep-alive connection, so a tenant whose
 endpoint hangs only ties up its own threads until ``timeout_s``; ``submit``
 never blocks. Threads exit after ``idle_s`` without work.
+
+``timeout_s`` is a deadline for the whole request: connect (itself at most
+``connect_timeout_s``), TLS handshake, sending, the answer's headers and body.
+Every socket operation gets the time left as its timeout, so a server that
+drips a byte at a time is cut at the deadline, not kept alive by each byte.
+A request cut at its deadline is a :class:`RetryableError` (the breaker counts
+it) and a warning naming the output, tenant and deadline.
 """
 from __future__ import annotations
 
 import email.utils
 import http.client
+import io
 import logging
 import socket
 import ssl
@@ -48,6 +56,85 @@ log = logging.getLogger("ingress.transport.http")
 
 CONTENT_TYPE = "application/vnd.ingress.batch.v1"
 _MAX_BODY = 1 << 20  # response bytes read; past it the connection is dropped instead
+_CHUNK = 64 << 10  # bytes per send, each bounded by the time left
+
+
+class _DeadlineSocket:
+    """A connected socket whose every send and receive ends by ``deadline``.
+
+    ``deadline`` (``time.monotonic()``) is set before each request; each
+    operation gets the time left as its socket timeout, and none starts after
+    it, so the whole request is bounded, not just each read.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.deadline = float("inf")
+        self._readers = 0  # like socket.makefile: close() waits for the response stream
+        self._closed = False
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        self._sock.settimeout(left)
+
+    def sendall(self, data) -> None:
+        view = memoryview(data).cast("B")
+        for i in range(0, len(view), _CHUNK):
+            self._arm()
+            self._sock.sendall(view[i:i + _CHUNK])
+
+    def recv_into(self, buf, nbytes: int = 0) -> int:
+        self._arm()
+        return self._sock.recv_into(buf, nbytes)
+
+    def makefile(self, mode: str = "rb", *args, **kw) -> io.BufferedReader:
+        self._readers += 1
+        return io.BufferedReader(_DeadlineRaw(self))
+
+    def _reader_closed(self) -> None:
+        self._readers -= 1
+        if self._closed and self._readers <= 0:
+            self._sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._readers <= 0:
+            self._sock.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _DeadlineRaw(io.RawIOBase):
+    """The response stream of a :class:`_DeadlineSocket`."""
+
+    def __init__(self, sock: _DeadlineSocket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        return self._sock.recv_into(b)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock._reader_closed()
+        super().close()
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS whose TLS handshake gets the request's time left, not a timeout of its own."""
+
+    deadline = float("inf")
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -135,9 +222,10 @@ class HttpOutput(Output):
     tenants
         Tenants this output serves; ``None`` for every tenant.
     timeout_s
-        Socket timeout for sending the request and for each read of the answer.
+        Deadline for the whole request: connect, TLS handshake, sending it, and
+        reading the answer's headers and body.
     connect_timeout_s
-        Timeout of the TCP (and TLS) connect.
+        Timeout of the TCP connect, within ``timeout_s``.
     verify
         Verify the server's certificate and host name (default).
     ca_file
@@ -310,14 +398,19 @@ class HttpOutput(Output):
                 pass
         return None
 
-    def _connect(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
+    def _connect(self, scheme: str, host: str, port: int, deadline: float) -> http.client.HTTPConnection:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        timeout = min(self.connect_timeout_s, left)
         if scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=self.connect_timeout_s, context=self.ssl_context())
+            conn: http.client.HTTPConnection = _HTTPSConnection(
+                host, port, timeout=timeout, context=self.ssl_context())
+            conn.deadline = deadline
         else:
-            conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout_s)
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
         conn.connect()
-        conn.sock.settimeout(self.timeout_s)
+        conn.sock = _DeadlineSocket(conn.sock)
         with self._lock:
             self.connections_opened += 1
         return conn
@@ -343,11 +436,15 @@ class HttpOutput(Output):
         if conn is not None and key != want:
             conn = self._drop(conn)
         where = f"{scheme}://{host}:{port}{path}"
+        deadline = time.monotonic() + self.timeout_s  # for the whole request, a retried connection included
         for fresh_try in (False, True):
+            if conn is not None and not isinstance(conn.sock, _DeadlineSocket):
+                conn = self._drop(conn)  # closed underneath: never let http.client reconnect unbounded
             reused = conn is not None
             try:
                 if conn is None:
-                    conn = self._connect(scheme, host, port)
+                    conn = self._connect(scheme, host, port, deadline)
+                conn.sock.deadline = deadline
                 conn.request("POST", path, body=batch.payload, headers=headers)
                 resp = conn.getresponse()
                 body = resp.read(_MAX_BODY)
@@ -362,9 +459,15 @@ class HttpOutput(Output):
                 if reused and not fresh_try:
                     continue
                 return None, None, RetryableError(f"{where}: connection lost: {e}")
-            except socket.timeout:
+            except TimeoutError:
                 conn = self._drop(conn)
-                return None, None, RetryableError(f"{where}: timed out after {self.timeout_s:g}s")
+                if time.monotonic() < deadline - 0.05:  # the connect's own, shorter timeout
+                    return None, None, RetryableError(
+                        f"{where}: connect timed out after {min(self.connect_timeout_s, self.timeout_s):g}s")
+                log.warning("http output %s: tenant %s: request to %s cut at its %gs deadline (timeout)",
+                            self.name, batch.tenant, where, self.timeout_s)
+                return None, None, RetryableError(
+                    f"{where}: timed out after {self.timeout_s:g}s (the deadline for the whole request)")
             except ssl.SSLCertVerificationError as e:
                 conn = self._drop(conn)
                 return None, None, RetryableError(f"{where}: TLS certificate not trusted: {e.verify_message}")
