@@ -151,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     logs.configure(settings.agent.log_format, settings.agent.log_level)
+    logs.install_excepthook()
     agent = Agent(settings)
     if args.once:
         out = sys.stdout
@@ -380,7 +381,9 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- entry point
 
 def _one_line(text: str) -> str:
-    return "; ".join(x.strip() for x in str(text).splitlines() if x.strip()) or "error"
+    from ingress.logs import redact
+
+    return redact("; ".join(x.strip() for x in str(text).splitlines() if x.strip()) or "error")
 
 
 def _os_error(e: OSError) -> str:

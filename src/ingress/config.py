@@ -15,6 +15,7 @@ another's.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import socket
@@ -22,10 +23,13 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
+from ingress import names
 from ingress.errors import ConfigError
+from ingress.logs import register_secret
 
 __all__ = [
     "Settings", "AgentSettings", "Limits", "CollectSettings", "AgentSpoolSettings",
@@ -36,11 +40,16 @@ __all__ = [
     "Locator", "locate",
 ]
 
-TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-OUTPUT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-CHECK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-TAG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
-KAFKA_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Unanchored, applied as full matches only (ingress.names): "acme\n" is not a tenant id.
+TENANT_ID_RE = names.TENANT_ID_RE
+OUTPUT_NAME_RE = names.OUTPUT_NAME_RE
+CHECK_NAME_RE = names.CHECK_NAME_RE
+TAG_KEY_RE = names.TAG_KEY_RE
+KAFKA_TOPIC_RE = names.KAFKA_TOPIC_RE
+MAX_DEPTH = 32  # arrays and tables nested deeper than this are refused (no config needs 5)
+MAX_HOSTNAME_BYTES = 255  # what the batch header holds
+# Header values registered as secrets (never logged): names that say they carry one.
+_SECRET_HEADER = re.compile(r"(?i).*(auth|key|token|secret|passw|cookie|session|signature|credential).*")
 KNOWN_COLLECTORS = ("cpu", "memory", "disk", "network", "connections", "processes", "health", "agent")
 OUTPUT_TYPES = ("kafka", "http", "file")
 # Headers whose meaning the contract fixes; an output may not override them.
@@ -228,16 +237,32 @@ class _Bad(Exception):
         self.sub = sub
 
 
-def _toml_repr(v: Any) -> str:
+def _toml_repr(v: Any, _depth: int = 0) -> str:
+    """``v`` as TOML text for a message: one line, at most about 80 characters."""
     if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_repr(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_repr(x)}" for k, x in v.items()) + "}"
-    return repr(v)
+        out = "true" if v else "false"
+    elif isinstance(v, str):
+        out = json.dumps(v[:100], ensure_ascii=False)  # escapes line breaks: one line
+    elif _depth >= 3 and isinstance(v, (list, tuple, dict)):
+        out = "[...]" if isinstance(v, (list, tuple)) else "{...}"
+    elif isinstance(v, (list, tuple)):
+        out = "[" + ", ".join(_toml_repr(x, _depth + 1) for x in v[:8]) + (", ...]" if len(v) > 8 else "]")
+    elif isinstance(v, dict):
+        items = list(v.items())
+        out = "{" + ", ".join(f"{_show_key(k)} = {_toml_repr(x, _depth + 1)}" for k, x in items[:8]) \
+            + (", ...}" if len(items) > 8 else "}")
+    else:
+        out = repr(v)
+    return out if len(out) <= 80 else out[:76] + " ..."
+
+
+def _show_key(k: str) -> str:
+    return k if names.fullmatch(_BARE, k) and len(k) <= 40 else json.dumps(k[:40], ensure_ascii=False)
+
+
+def _show(v: str) -> str:
+    """A user's string in a message: quoted, escaped onto one line, cut at 100 characters."""
+    return repr(v) if len(v) <= 100 else repr(v[:100]) + "..."
 
 
 def _typename(v: Any) -> str:
@@ -264,8 +289,8 @@ class Str(Kind):
             raise _Bad(f"expected a string, got {_typename(v)} {_toml_repr(v)}")
         if not v and not self.empty:
             raise _Bad("must not be empty")
-        if self.pattern is not None and not self.pattern.match(v):
-            raise _Bad(f"{v!r} is not a valid {self.what} (expected {self.pattern.pattern})")
+        if self.pattern is not None and not names.fullmatch(self.pattern, v):
+            raise _Bad(f"{_show(v)} is not a valid {self.what} (expected {names.text(self.pattern)})")
         return v
 
 
@@ -276,7 +301,34 @@ class PathKind(Str):
         super().__init__(doc="path")
 
     def convert(self, v: Any) -> Path:
-        return Path(super().convert(v)).expanduser()
+        s = super().convert(v)
+        if "\0" in s:
+            raise _Bad(f"{_show(s)} contains a NUL character, which no path can hold")
+        return Path(s).expanduser()
+
+
+class Hostname(Str):
+    """The ``host`` of every batch: any text of 1-255 UTF-8 bytes without control characters."""
+
+    def __init__(self) -> None:
+        super().__init__(doc="string")
+
+    def convert(self, v: Any) -> str:
+        s = super().convert(v)
+        return check_hostname(s)
+
+
+def check_hostname(s: str) -> str:
+    bad = names.control_char_name(s)
+    if bad:
+        raise _Bad(f"{_show(s)} contains {bad}")
+    try:
+        n = len(s.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise _Bad(f"{_show(s)} is not encodable as UTF-8") from None
+    if n > MAX_HOSTNAME_BYTES:
+        raise _Bad(f"is {n} bytes of UTF-8; at most {MAX_HOSTNAME_BYTES} fit a batch header")
+    return s
 
 
 class Bool(Kind):
@@ -458,8 +510,9 @@ def _split_host_port(s: str) -> tuple[str, int]:
     host, sep, port = s.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{s!r} is not host:port (e.g. \"127.0.0.1:8787\")")
+    if (not sep or not names.is_host(host) or not names.fullmatch(names.PORT_RE, port)
+            or not 0 <= int(port) <= 65535):
+        raise ValueError(f"{_show(s)} is not host:port (e.g. \"127.0.0.1:8787\")")
     return host, int(port)
 
 
@@ -473,7 +526,7 @@ class Brokers(Str):
             try:
                 _split_host_port(b.strip())
             except ValueError:
-                raise _Bad(f"{b.strip()!r} in {s!r} is not host:port") from None
+                raise _Bad(f"{_show(b.strip())} in {_show(s)} is not host:port") from None
         return s
 
 
@@ -483,24 +536,72 @@ class Url(Str):
 
     def convert(self, v: Any) -> str:
         s = super().convert(v)
-        if not re.match(r"^https?://[^/\s]+", s):
-            raise _Bad(f"{s!r} is not an http:// or https:// URL")
+        problem = url_problem(s)
+        if problem == _NOT_HTTP:
+            raise _Bad(f"{_show(s)} is not an http:// or https:// URL")
+        if problem:
+            raise _Bad(f"{_show(s)} is not a usable URL: {problem}")
         return s
 
 
+_URL_CHARS = re.compile(r"[!-~]+")  # printable ASCII, no space
+_NOT_HTTP = "the scheme must be http or https"
+
+
+def url_problem(s: str) -> str | None:
+    """What keeps ``s`` from being POSTed to / fetched by :mod:`http.client`, or None.
+
+    ``{tenant}`` may appear anywhere; it is checked with a tenant id put in.
+    """
+    u = s.replace("{tenant}", "t")
+    if not re.match(r"https?://", u):
+        return _NOT_HTTP
+    if not names.fullmatch(_URL_CHARS, u):
+        bad = names.control_char_name(u)
+        return (f"it contains {bad}" if bad else
+                "it contains a space or a character outside ASCII (percent-encode it; "
+                "write international host names in punycode)")
+    try:
+        p = urlsplit(u)
+        port = p.port
+    except ValueError as e:
+        return str(e)
+    if not p.hostname or not names.is_host(p.hostname):
+        return "it has no valid host"
+    if port == 0:
+        return "port 0 cannot be connected to"
+    return None
+
+
 class StrMap(Kind):
-    def __init__(self, key: re.Pattern, doc: str = "table of strings") -> None:
-        self.key, self.doc = key, doc
+    def __init__(self, key: re.Pattern, doc: str = "table of strings", what: str = "name") -> None:
+        self.key, self.doc, self.what = key, doc, what
 
     def convert(self, v: Any) -> Mapping[str, str]:
         if not isinstance(v, dict):
             raise _Bad(f"expected a table, got {_typename(v)} {_toml_repr(v)}")
         for k, x in v.items():
-            if not self.key.match(k):
-                raise _Bad(f"{k!r} is not a valid name (expected {self.key.pattern})", (k,))
+            if not names.fullmatch(self.key, k):
+                raise _Bad(f"{_show(k)} is not a valid {self.what} (expected {names.text(self.key)})", (k,))
             if not isinstance(x, str):
                 raise _Bad(f"expected a string, got {_typename(x)} {_toml_repr(x)}", (k,))
+            self.check_value(k, x)
         return MappingProxyType(dict(v))
+
+    def check_value(self, key: str, value: str) -> None:
+        pass
+
+
+class Headers(StrMap):
+    """HTTP header fields: token names; one-line, Latin-1 values (never quoted in errors)."""
+
+    def __init__(self) -> None:
+        super().__init__(names.HEADER_NAME_RE, doc="table of strings", what="header name")
+
+    def check_value(self, key: str, value: str) -> None:
+        problem = names.header_value_problem(value)
+        if problem:
+            raise _Bad(f"the value {problem}", (key,))
 
 
 class Scalars(Kind):
@@ -591,7 +692,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("agent", "data_dir", PathKind(), "./ingress-data",
            "Directory for the spool, keys and audit log; created with mode 0700. "
            "Relative paths are relative to the working directory."),
-    Option("agent", "hostname", Str(), COMPUTED, "The `host` written into every batch.",
+    Option("agent", "hostname", Hostname(), COMPUTED,
+           "The `host` written into every batch: 1 to 255 bytes of UTF-8, no control characters.",
            default_doc="the system's host name"),
     Option("agent", "interval", Duration(positive=True), "10s",
            "Default collection interval of every tenant."),
@@ -651,7 +753,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("control", "audit_keep", Int(0, 100), 5, "Rotated audit logs kept (`audit.log.1` ...)."),
     # [[tenants]]
     Option("tenants", "id", Str(TENANT_ID_RE, "tenant id", doc="tenant id"), REQUIRED,
-           f"The tenant's id, `{TENANT_ID_RE.pattern}`; appears unchanged in topics, "
+           f"The tenant's id, `{names.text(TENANT_ID_RE)}` (the whole value); appears unchanged in topics, "
            "headers, paths and logs."),
     Option("tenants", "enabled", Bool(), True,
            "A disabled tenant is neither collected nor sent; what it already spooled stays "
@@ -670,8 +772,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tenants", "tags", StrMap(TAG_KEY_RE), {},
            "Tags added to every sample of this tenant; a tag the collector sets itself "
            "keeps the collector's value."),
-    Option("tenants", "api_key_env", Str(re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$"),
-                                         "environment variable name"), None,
+    Option("tenants", "api_key_env", Str(names.ENV_VAR_RE, "environment variable name"), None,
            "Environment variable holding the credential sent to HTTP outputs.",
            default_doc="none"),
     Option("tenants", "api_key_file", PathKind(), None,
@@ -739,9 +840,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("outputs", "key_file", PathKind(), None, "Private key of `cert_file`.",
            default_doc="none", types=H),
     Option("outputs", "verify", Bool(), True, "Verify the server's certificate.", types=H),
-    Option("outputs", "headers", StrMap(re.compile(r"^[A-Za-z0-9-]+$")), {},
+    Option("outputs", "headers", Headers(), {},
            "Extra request headers; the contract's headers (`Authorization`, `X-Tenant-ID`, "
-           "`Content-Type`, `Idempotency-Key`) cannot be overridden.", types=H),
+           "`Content-Type`, `Idempotency-Key`) cannot be overridden. Names are HTTP tokens; "
+           "values one line of Latin-1 without control characters. Values of headers whose "
+           "name mentions auth, key, token, secret, password, cookie, session, signature or "
+           "credential are treated as secrets: never logged.", types=H),
     Option("outputs", "path", PathKind(), None, "Directory of the per-tenant files.",
            default_doc="`agent.data_dir`/out", types=F),
     Option("outputs", "max_mb", Int(1), 64, "A tenant's file is rotated past this size, MiB.",
@@ -866,6 +970,7 @@ class Locator:
                             resolved += (arrays[resolved],)
                         elif resolved in arrays:
                             resolved += (arrays[resolved],)
+                        self._mark(resolved, lineno)  # [a.b] also locates a
                     table = resolved
                     self._mark(table, lineno)
                     continue
@@ -960,7 +1065,7 @@ def format_path(path: Iterable) -> str:
         if isinstance(p, int):
             out += f"[{p}]"
         else:
-            s = p if _BARE.fullmatch(p) else '"' + p.replace('"', '\\"') + '"'
+            s = p if _BARE.fullmatch(p) else json.dumps(p, ensure_ascii=False)  # one line
             out += ("." if out else "") + s
     return out
 
@@ -1052,6 +1157,17 @@ def loads(text: str, source: str = "<string>") -> Settings:
         ``source:LINE: path: message`` for the first problem found.
     """
     ctx = _Ctx(text, source)
+    deep = _too_deep_line(text, MAX_DEPTH)
+    if deep:
+        raise ConfigError(f"{source}:{deep}: invalid TOML: arrays or tables nested more than "
+                          f"{MAX_DEPTH} levels deep")
+    try:
+        return _loads(ctx, text, source)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to read") from None
+
+
+def _loads(ctx: "_Ctx", text: str, source: str) -> "Settings":
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -1066,6 +1182,9 @@ def loads(text: str, source: str = "<string>") -> Settings:
             raise ConfigError(f"{source}:{n}: invalid TOML: {msg[:m.start()]} "
                               "(at end of document)") from None
         raise ConfigError(f"{source}: invalid TOML: {msg}") from None
+    deep = _deep_path(raw, MAX_DEPTH)
+    if deep is not None:
+        raise ctx.error(deep, f"nested more than {MAX_DEPTH} levels deep")
     top = [s.name for s in _children(None)]
     _unknown(ctx, raw, top, (), "the top level")
     for name in top:
@@ -1085,6 +1204,65 @@ def loads(text: str, source: str = "<string>") -> Settings:
     return settings
 
 
+def _too_deep_line(text: str, limit: int) -> int | None:
+    """The first line where ``[``/``{`` outside strings and comments nest past ``limit``.
+
+    tomllib parses nesting by recursion; past a few hundred levels it raises
+    RecursionError, so such text is refused before it gets there.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return None
+    depth, i, n, line = 0, 0, len(text), 1
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        elif c in "\"'":
+            triple = text.startswith(c * 3, i)
+            end = c * 3 if triple else c
+            j = i + len(end)
+            while j < n:
+                if c == '"' and text[j] == "\\":
+                    j += 2
+                    continue
+                if text.startswith(end, j) or (not triple and text[j] == "\n"):
+                    break
+                j += 1
+            if triple:  # """"" closes with up to two more quotes
+                while j + 3 < n and text[j + 3] == c:
+                    j += 1
+            line += text.count("\n", i, min(j, n))
+            i = j + len(end) if j < n and text[j] != "\n" else j
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                return line
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return None
+
+
+def _deep_path(raw: Any, limit: int) -> tuple | None:
+    """The path of the first value nested more than ``limit`` levels deep (dotted keys
+    such as ``a.b.c...`` nest without brackets), or None; iterative."""
+    stack: list[tuple[Any, tuple]] = [(raw, ())]
+    while stack:
+        v, path = stack.pop()
+        if len(path) > limit:
+            return path[:limit]
+        if isinstance(v, dict):
+            stack.extend((x, path + (k,)) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((x, path + (i,)) for i, x in enumerate(v))
+    return None
+
+
 def _build_agent(ctx: _Ctx, a: dict) -> AgentSettings:
     collect = CollectSettings(**a.pop("collect"))
     if collect.min_interval_s > collect.max_interval_s:
@@ -1093,8 +1271,15 @@ def _build_agent(ctx: _Ctx, a: dict) -> AgentSettings:
                         f"agent.collect.max_interval ({format_duration(collect.max_interval_s)})")
     interval = a["interval_s"]
     _check_interval(ctx, ("agent", "interval"), interval, collect)
+    hostname = a["hostname"]
+    if hostname is None:
+        hostname = socket.gethostname()
+        try:
+            check_hostname(hostname)
+        except _Bad as e:
+            raise ctx.error(("agent",), f"the system's host name {e.message}; set agent.hostname") from None
     return AgentSettings(
-        data_dir=a["data_dir"], hostname=a["hostname"] or socket.gethostname(),
+        data_dir=a["data_dir"], hostname=hostname,
         interval_s=interval, shutdown_timeout_s=a["shutdown_timeout_s"],
         log_format=a["log_format"], log_level=a["log_level"],
         limits=Limits(**a["limits"]), collect=collect,
@@ -1176,7 +1361,7 @@ def _build_output(ctx: _Ctx, raw: Any, i: int, agent: AgentSettings) -> OutputSe
     if otype == "kafka":
         topic = o["topic"]
         bare = topic.replace("{tenant}", "x")
-        if not KAFKA_TOPIC_RE.match(bare):
+        if not names.fullmatch(KAFKA_TOPIC_RE, bare):
             raise ctx.error(path + ("topic",), f"{topic!r} is not a valid Kafka topic "
                                                "(letters, digits, '.', '_', '-'; '{tenant}' expands)")
         for k, v in o["options"].items():
@@ -1185,9 +1370,14 @@ def _build_output(ctx: _Ctx, raw: Any, i: int, agent: AgentSettings) -> OutputSe
             if k == "acks" and v not in ("all", -1, "-1"):
                 raise ctx.error(path + ("options", k), "ingress producers always use acks=all")
     if otype == "http":
-        for k in o["headers"]:
+        for k, v in o["headers"].items():
             if k.lower() in RESERVED_HEADERS:
                 raise ctx.error(path + ("headers", k), "set by ingress; cannot be overridden")
+            if _SECRET_HEADER.fullmatch(k):
+                register_secret(v, f"outputs.{o['name']}.headers.{k}")
+        password = urlsplit(o["url"]).password
+        if password:
+            register_secret(password, f"outputs.{o['name']}.url")
         if (o["cert_file"] is None) != (o["key_file"] is None):
             missing = "key_file" if o["key_file"] is None else "cert_file"
             raise ctx.error(path + (missing,), "cert_file and key_file go together")

@@ -6,9 +6,21 @@ permanent (set the batch aside as a dead letter).
 """
 from __future__ import annotations
 
+from ingress.logs import SECRETS
+
 
 class IngressError(Exception):
-    """Base of every error raised on purpose by ingress."""
+    """Base of every error raised on purpose by ingress.
+
+    Its message passes through :func:`ingress.logs.redact`: a credential that a
+    server echoes back, or that a library quotes, is replaced by ``[redacted]``
+    before the text can reach a log line, a status answer or a dead letter.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if SECRETS:
+            args = tuple(SECRETS.redact(a) if isinstance(a, str) else a for a in args)
+        super().__init__(*args)
 
 
 class ConfigError(IngressError, ValueError):
@@ -100,5 +112,5 @@ class TenantCheckError(IngressError):
         super().__init__(f"tenant {tenant!r}: {category}: {message}")
         self.category = category
         self.tenant = tenant
-        self.detail = message
+        self.detail = SECRETS.redact(message)
         self.retry_after = retry_after

@@ -14,6 +14,14 @@ the next line that gets through carries how many were suppressed::
 
 It is plain :mod:`logging` underneath (logger ``ingress`` and its children), so
 third-party handlers and pytest's ``caplog`` work unchanged.
+
+Secrets never reach a log line: every credential is registered with
+:func:`register_secret` as it is read, and :class:`RedactingFilter` (on the
+handler :func:`configure` installs and on :data:`logging.lastResort`) replaces
+each registered secret, and the escaped forms it takes inside a ``repr`` or
+JSON, by ``[redacted]`` in the message, the structured fields, the exception
+text and the traceback. :func:`redact` is the same for any other text
+(:class:`ingress.errors.IngressError` passes its message through it).
 """
 from __future__ import annotations
 
@@ -21,12 +29,16 @@ import json
 import logging
 import math
 import sys
+import re
 import threading
 import time
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Callable, Hashable, TextIO
 
-__all__ = ["configure", "get_logger", "Logger", "RateLimiter", "StructuredFormatter"]
+__all__ = ["configure", "get_logger", "Logger", "RateLimiter", "StructuredFormatter",
+           "register_secret", "redact", "RedactingFilter", "REDACTED",
+           "install_excepthook"]
 
 ROOT = "ingress"
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -62,6 +74,144 @@ def _logfmt_value(v: Any) -> str:
     return s
 
 
+# --------------------------------------------------------------------------- secrets
+
+REDACTED = "[redacted]"
+# Shorter fragments are not redacted: replacing every "ab" in every line would
+# destroy the logs and hide nothing worth hiding.
+MIN_SECRET_CHARS = 4
+_PER_SOURCE = 4  # values kept per source (a rotated key stays redacted for a while)
+
+
+def _variants(value: str) -> set[str]:
+    """``value``, its lines, and the escaped forms each takes in a repr or in JSON."""
+    parts = {value, value.strip()}
+    parts.update(line.strip() for line in value.splitlines())
+    out: set[str] = set()
+    for p in parts:
+        if len(p) < MIN_SECRET_CHARS:
+            continue
+        out.add(p)
+        out.add(repr(p)[1:-1])
+        out.add(json.dumps(p)[1:-1])
+        out.add(json.dumps(p, ensure_ascii=False)[1:-1])
+        out.add(p.encode("unicode_escape").decode("ascii"))
+        out.add(repr(p.encode("utf-8", "backslashreplace"))[2:-1])
+        out.add(repr(p.encode("latin-1", "backslashreplace"))[2:-1])
+    return {v for v in out if len(v) >= MIN_SECRET_CHARS}
+
+
+class SecretRegistry:
+    """The secrets known to this process, and one regular expression that finds them all.
+
+    Thread-safe. Each ``source`` (say ``"acme: environment variable ACME_KEY"``)
+    keeps its last few values, so re-reading a rotated key file at every use does
+    not grow the registry without bound.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_source: dict[str, deque[str]] = {}
+        self._rx: re.Pattern | None = None
+
+    def add(self, value: str, source: str = "") -> None:
+        if not isinstance(value, str) or len(value.strip()) < MIN_SECRET_CHARS:
+            return
+        with self._lock:
+            q = self._by_source.setdefault(source, deque(maxlen=_PER_SOURCE if source else 256))
+            if value in q:
+                return
+            q.append(value)
+            found: set[str] = set()
+            for vals in self._by_source.values():
+                for v in vals:
+                    found |= _variants(v)
+            # Longest first, so a whole secret wins over one of its lines.
+            self._rx = re.compile("|".join(map(re.escape, sorted(found, key=len, reverse=True))))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_source.clear()
+            self._rx = None
+
+    def __bool__(self) -> bool:
+        return self._rx is not None
+
+    def redact(self, text: str) -> str:
+        rx = self._rx
+        if rx is None or not isinstance(text, str):
+            return text
+        return rx.sub(REDACTED, text)
+
+    def redact_value(self, v: Any, _depth: int = 0) -> Any:
+        """``v`` with every string in it redacted (dicts, lists and tuples are walked)."""
+        if self._rx is None:
+            return v
+        if isinstance(v, str):
+            return self.redact(v)
+        if _depth > 16:
+            return v if isinstance(v, (int, float, bool, type(None))) else self.redact(str(v))
+        if isinstance(v, dict):
+            return {self.redact_value(k, _depth + 1): self.redact_value(x, _depth + 1) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(self.redact_value(x, _depth + 1) for x in v)
+        if isinstance(v, (int, float, bool, type(None))):
+            return v
+        return self.redact(str(v))
+
+
+SECRETS = SecretRegistry()
+
+
+def register_secret(value: str, source: str = "") -> None:
+    """Make ``value`` (and each of its lines) unprintable in every log line from now on."""
+    SECRETS.add(value, source)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``[redacted]``."""
+    return SECRETS.redact(text)
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts registered secrets from a record: message, fields, exception and stack text.
+
+    It rewrites the record in place (``msg`` becomes the formatted, redacted
+    message and ``args`` is cleared; the traceback is formatted once into
+    ``exc_text``), so every handler after it sees the redacted record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not SECRETS:
+            return True
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: log what there is
+            msg = f"{record.msg!r} % {record.args!r}"
+        record.msg, record.args = SECRETS.redact(msg), None
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            record.fields = SECRETS.redact_value(fields)
+        else:
+            for k, v in list(record.__dict__.items()):
+                if k not in _RECORD_ATTRS:
+                    setattr(record, k, SECRETS.redact_value(v))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _PLAIN.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = SECRETS.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = SECRETS.redact(record.stack_info)
+        return True
+
+
+_PLAIN = logging.Formatter()
+_REDACTING = RedactingFilter()
+# Lines logged before configure() (or by a library with no handler) go to lastResort.
+if _REDACTING not in logging.lastResort.filters:
+    logging.lastResort.addFilter(_REDACTING)
+
+
 class StructuredFormatter(logging.Formatter):
     """Formats a record and its ``fields`` as one JSON object or one logfmt line."""
 
@@ -79,8 +229,10 @@ class StructuredFormatter(logging.Formatter):
             fields = {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
         for k, v in fields.items():
             event[k if k not in ("ts", "level", "logger", "msg") else f"field.{k}"] = v
-        if record.exc_info:
-            event["exc"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            event["exc"] = record.exc_text or self.formatException(record.exc_info)
+        if SECRETS:  # also when this formatter sits on a handler without the filter
+            event = SECRETS.redact_value(event)
         if self.fmt == "json":
             return json.dumps(event, default=str, separators=(",", ":"))
         flat: list[tuple[str, Any]] = []
@@ -103,10 +255,29 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     if _handler is not None:
         root.removeHandler(_handler)
     _handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    _handler.addFilter(_REDACTING)
     _handler.setFormatter(StructuredFormatter(fmt))
     root.addHandler(_handler)
     root.setLevel(_LEVELS[level])
     root.propagate = False
+
+
+def install_excepthook() -> None:
+    """Route exceptions that escape a thread into the ``ingress`` log (so they are redacted).
+
+    Without it :mod:`threading` prints such a traceback straight to stderr,
+    past every handler and filter.
+    """
+    log = logging.getLogger(ROOT)
+
+    def hook(a: threading.ExceptHookArgs) -> None:
+        if a.exc_type is SystemExit:
+            return
+        name = a.thread.name if a.thread is not None else "?"
+        log.error("thread %s stopped by an exception", name,
+                  exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
+
+    threading.excepthook = hook
 
 
 class RateLimiter:

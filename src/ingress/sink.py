@@ -83,12 +83,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ingress import names
 from ingress.errors import ConfigError, DecodeMemoryError, IngressError, WireError
 
 log = logging.getLogger("ingress.sink")
 
 CONTENT_TYPE = "application/vnd.ingress.batch.v1"
-TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _ID = 16
 
 
@@ -112,16 +112,27 @@ def load_keys(path: str | os.PathLike) -> dict[str, bytes]:
             data = tomllib.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not a valid keys file: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not a valid keys file: nested too deeply") from None
     if isinstance(data, dict) and isinstance(data.get("tenants"), dict):
         data = data["tenants"]
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a table of tenant = key")
     keys: dict[str, bytes] = {}
     for tenant, key in data.items():
-        if not TENANT_RE.match(tenant):
-            raise ConfigError(f"{p}: tenants.{tenant}: {tenant!r} is not a valid tenant id")
+        if not names.is_tenant_id(tenant):
+            shown = repr(tenant[:100]) + ("..." if len(tenant) > 100 else "")
+            where = tenant if tenant.isprintable() and len(tenant) <= 100 else shown
+            raise ConfigError(f"{p}: tenants.{where}: {shown} is not a valid tenant id "
+                              f"({names.text(names.TENANT_ID_RE)})")
         if not isinstance(key, str) or not key:
             raise ConfigError(f"{p}: tenants.{tenant}: the key must be a non-empty string")
+        bad = names.control_char_name(key)
+        if bad or not key.isascii() or key != key.strip():
+            # Never quote the key: it is a secret.
+            raise ConfigError(f"{p}: tenants.{tenant}: the key must be one line of printable "
+                              f"ASCII without surrounding spaces"
+                              + (f" (it contains {bad})" if bad else ""))
         if key.startswith("sha256:"):
             hexd = key[7:]
             if not re.fullmatch(r"[0-9a-fA-F]{64}", hexd):
@@ -702,12 +713,25 @@ def _peek_fields(info: Any) -> tuple[str, str, bytes, int]:
 
 
 def _parse_listen(listen: str | tuple[str, int]) -> tuple[str, int]:
+    """``"HOST:PORT"`` -> (host, port); an empty host is 127.0.0.1. ConfigError otherwise.
+
+    The port is ASCII digits (``str.isdigit`` also takes "²", which ``int``
+    refuses); the host is an IP address (IPv6 in brackets or bare) or a host
+    name the resolver can take (labels of 1-63 characters).
+    """
     if isinstance(listen, tuple):
         return listen
+    shown = repr(listen[:100]) + ("..." if len(listen) > 100 else "")
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"sink --listen: {listen!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    host = host or "127.0.0.1"
+    if not sep or not names.fullmatch(names.PORT_RE, port) or int(port) > 65535:
+        raise ConfigError(f"sink --listen: {shown} is not HOST:PORT (the port must be 0 to 65535)")
+    if not names.is_host(host) or (bracketed and ":" not in host):
+        raise ConfigError(f"sink --listen: {shown} is not HOST:PORT (not a valid host name or address)")
+    return host, int(port)
 
 
 def serve(listen: str, data_dir: str | os.PathLike, keys: str | os.PathLike | dict, **kw: Any) -> SinkServer:

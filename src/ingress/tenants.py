@@ -21,8 +21,11 @@ from typing import Iterator, Sequence
 
 from ingress.config import TenantSettings
 from ingress.errors import TenantCheckError
+from ingress.logs import register_secret
+from ingress.names import control_char_name
 
-__all__ = ["Tenant", "TenantSet", "Rules", "TenantCheckError", "CREDENTIAL_CATEGORIES"]
+__all__ = ["Tenant", "TenantSet", "Rules", "TenantCheckError", "CREDENTIAL_CATEGORIES",
+           "credential_problem"]
 
 Tags = tuple[tuple[str, str], ...]
 
@@ -89,12 +92,18 @@ class Tenant:
     def credential(self) -> str:
         """The credential sent to HTTP outputs, read now (a key file can be rotated).
 
+        The value is registered with :func:`ingress.logs.register_secret` as soon
+        as it is read, valid or not, and then checked: one line (a trailing line
+        break is fine), no control characters, printable ASCII (what a
+        ``Bearer`` token may hold). Errors name the tenant and the source (the
+        variable or the file), never the value.
+
         Raises
         ------
         TenantCheckError
             ``credential_missing`` (nothing configured, variable unset, file absent),
-            ``credential_unreadable`` (file exists, cannot be read) or
-            ``credential_empty``.
+            ``credential_unreadable`` (file exists but cannot be read, or the value
+            is not one line of printable characters) or ``credential_empty``.
         """
         s = self.settings
         if s.api_key_env is not None:
@@ -109,10 +118,29 @@ class Tenant:
         else:
             raise TenantCheckError("credential_missing", self.id,
                                    "no api_key_env or api_key_file is configured")
+        register_secret(value, f"{self.id}: {where}")
         value = value.strip()
         if not value:
             raise TenantCheckError("credential_empty", self.id, f"{where} is empty")
+        problem = credential_problem(value)
+        if problem:
+            raise TenantCheckError("credential_unreadable", self.id, f"{where} {problem}")
         return value
+
+
+def credential_problem(value: str) -> str | None:
+    """Why ``value`` (already stripped) cannot be sent as a credential, or None.
+
+    The answer never quotes the value.
+    """
+    if "\n" in value or "\r" in value:
+        return "holds more than one line; a credential is a single line"
+    bad = control_char_name(value)
+    if bad:
+        return f"contains {bad}; a credential is printable characters only"
+    if not value.isascii():
+        return "contains characters outside ASCII, which an Authorization header cannot carry"
+    return None
 
 
 def _read_key_file(tenant: str, path: Path) -> str:

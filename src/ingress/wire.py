@@ -20,6 +20,7 @@ import numpy as np
 
 from ingress._core import _codec
 from ingress.errors import DecodeLimitError, DecodeMemoryError, WireError
+from ingress.names import TENANT_ID_RE
 
 __all__ = ["Batch", "DecodeLimitError", "DecodeLimits", "DecodeMemoryError", "Header", "WireError", "decode", "encode",
            "peek", "MAGIC", "VERSION"]
@@ -32,7 +33,7 @@ FLAG_LZ4 = 0x01
 _FIXED = struct.Struct("<4sBBBB16sIIIII")
 _CRC = struct.Struct("<I")
 HEADER_MIN = _FIXED.size + 1 + _CRC.size
-_TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_TENANT_RE = TENANT_ID_RE  # ingress.names; applied with fullmatch only
 _U32 = 0xFFFFFFFF
 # Every declared size is checked against the bytes present before anything is
 # allocated: raw_len <= LZ4_MAX_RATIO * body_len (lz4 cannot expand further).

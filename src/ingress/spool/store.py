@@ -76,6 +76,7 @@ from typing import Callable, NamedTuple
 
 from ingress._fs import fsync_dir
 from ingress.errors import SpoolError
+from ingress.names import is_tenant_id
 from ingress.security.crypto import DecryptError, KeyFileError, KeyStore, TenantCipher, fingerprint
 from ingress.spool.ledger import AckLedger, parse_ledger_name, read_ledger
 from ingress.spool.segment import (
@@ -94,7 +95,6 @@ from ingress.spool.throttle import TokenBucket
 
 log = logging.getLogger("ingress.spool")
 
-TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _NS = 1_000_000_000
 _U32 = 1 << 32
@@ -357,7 +357,7 @@ class Spool:
             self._throttle = TokenBucket.from_mb_s(write_mb_s)
         self._keys = KeyStore(self.data_dir)
         for tid in tenants:
-            if not isinstance(tid, str) or not TENANT_RE.match(tid):
+            if not is_tenant_id(tid):
                 raise ValueError(f"{tid!r} is not a valid tenant id")
         self._maintain_every = maintain_every_s
         try:
@@ -438,7 +438,7 @@ class Spool:
         except FileNotFoundError:
             return
         for tid in names:
-            if TENANT_RE.match(tid) and (self.dir / tid).is_dir():
+            if is_tenant_id(tid) and (self.dir / tid).is_dir():
                 outs = _outputs_for(outputs, tid) if outputs is not _DISCOVER else None
                 self._open_tenant(tid, TenantPolicy(), outs, 8 << 20)
 
