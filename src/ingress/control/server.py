@@ -140,7 +140,8 @@ class ControlServer:
         except OSError:
             self._sock.close()
             raise
-        self._sock.settimeout(0.25)
+        # accept() blocks (no polling wake-ups in an idle agent); stop() shuts the
+        # socket down, which wakes it with an error.
         self.address = self._sock.getsockname()[:2]
         self._queue: queue.Queue = queue.Queue(maxsize=limits.queue)
         self._stop = threading.Event()
@@ -164,6 +165,10 @@ class ControlServer:
     def stop(self, timeout: float = 2.0) -> None:
         """Stop accepting, let workers finish their request (bounded by ``timeout``)."""
         self._stop.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
         for _ in range(self.limits.workers):
             try:
                 self._queue.put_nowait(None)
@@ -193,8 +198,6 @@ class ControlServer:
         while not self._stop.is_set():
             try:
                 conn, addr = self._sock.accept()
-            except socket.timeout:
-                continue
             except OSError as e:
                 if self._stop.is_set():
                     return
