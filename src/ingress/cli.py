@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_spool_stats)
 
     _add_keys_parser(sub)
+    _add_tenants_parser(sub)
 
     k = sub.add_parser(
         "sink", help="run the reference receiver (accepts batches over HTTP)",
@@ -389,6 +390,47 @@ def _one_line(text: str) -> str:
 def _os_error(e: OSError) -> str:
     what = e.strerror or str(e)
     return f"{e.filename}: {what}" if e.filename else what
+
+
+# --------------------------------------------------------------------------- tenants purge
+
+def _add_tenants_parser(sub: Any) -> None:
+    t = sub.add_parser("tenants", help="manage tenants' data: purge a removed tenant")
+    ts = t.add_subparsers(dest="tenants_command", metavar="COMMAND", required=True)
+    pg = ts.add_parser("purge", help="remove a tenant that is no longer configured, for good",
+                       description="Removes the tenant's data key first (its encrypted data becomes "
+                                   "unreadable), then its spool, dead letters and file outputs. Refused "
+                                   "while the tenant is configured or an agent holds the spool. Audited.")
+    pg.add_argument("tenant", metavar="T")
+    pg.add_argument("-c", "--config", metavar="FILE", help="configuration (default: the embedded one)")
+    pg.add_argument("--yes", action="store_true", help="really remove; without it, list what would go")
+    pg.set_defaults(func=cmd_tenants_purge)
+
+
+def cmd_tenants_purge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ingress import purge
+    from ingress.names import is_tenant_id
+    from ingress.security import audit
+    from ingress.security.audit import local_actor
+
+    settings = _settings(args.config)
+    if not is_tenant_id(args.tenant):
+        raise ConfigError(f"{args.tenant!r} is not a valid tenant id")
+    if not args.yes:
+        for what, p in purge.tenant_paths(settings, args.tenant):
+            if Path(p).exists():
+                print(f"would remove {what}: {p}")
+        print(f"nothing removed: add --yes to purge tenant {args.tenant!r} for good", file=sys.stderr)
+        return 2
+    log = audit.AuditLog(settings.agent.data_dir / audit.AUDIT_FILE, settings.control.audit_max_mb << 20,
+                         settings.control.audit_keep)
+    report = purge.purge_tenant(settings, args.tenant, audit=log, actor=local_actor())
+    for what, p, n in report.removed:
+        print(f"removed {what}: {p} ({n} bytes)")
+    print(f"tenant {args.tenant!r} purged: {report.bytes} bytes removed")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
