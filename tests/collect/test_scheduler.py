@@ -362,9 +362,11 @@ def test_jitter_spreads_agents_and_passes():
         passes = run_until(sched, 100 * NS)
         first.append(passes[0][0])
         offsets += [fire - grid for fire, _, grid, _ in passes]
-    # Their phases spread over the whole first interval, not bunched at the start.
-    assert min(first) < 2 * NS and max(first) > 8 * NS
-    assert len({p // NS for p in first}) >= 8  # at least 8 of the 10 one-second buckets
+    # The first pass comes at start: within the first second (plus the grid point's
+    # jitter, at most 0.1 x 10 s), not one interval later ...
+    assert max(first) <= 2 * NS
+    # ... and the fleet's first reads are still spread, not all at one instant.
+    assert len({p // (NS // 10) for p in first}) >= 8  # at least 8 distinct 100 ms buckets
     # Each pass fires within jitter x interval of its grid point, and not on it.
     assert all(abs(o) <= NS for o in offsets)
     assert len(set(offsets)) > len(offsets) // 2

@@ -49,6 +49,7 @@ log = logging.getLogger("ingress.collect")
 __all__ = ["Scheduler", "Due", "Thresholds", "StretchLadder", "classify", "HIGH", "LOW", "HOLD"]
 
 NS = 1_000_000_000
+FIRST_PASS_WITHIN_NS = NS  # the first pass of a started agent comes within this
 HANDOFF_WAIT_S = 0.05  # how long one pass of a grid point may hold up the next (see _dispatch_in_turn)
 
 HIGH = "high"
@@ -460,11 +461,13 @@ class Scheduler:
         return off
 
     def _arm(self, now_ns: int) -> None:
-        # One random phase for the agent, in [0, shortest interval): agents started
-        # by the same deploy spread their reads, while the collectors of one agent
-        # share grid points (anchor + k x interval), so one wake-up of the
-        # dispatcher serves every collector due at that point.
-        anchor = now_ns + int(self._rng.random() * self._grid_ns)
+        # One random phase for the agent, in [0, min(shortest interval, 1 s)): the
+        # first pass comes at start (an operator sees samples at once, and a short
+        # `run --duration` collects), agents started by the same deploy still
+        # spread their reads, and the per-point jitter spreads them further. The
+        # collectors of one agent share grid points (anchor + k x interval), so
+        # one wake-up of the dispatcher serves every collector due at that point.
+        anchor = now_ns + int(self._rng.random() * min(self._grid_ns, FIRST_PASS_WITHIN_NS))
         for slot in self._slots.values():
             slot.next_nominal = anchor
             slot.offset = self._offset_at(anchor)
