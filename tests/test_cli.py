@@ -256,3 +256,27 @@ url = "{sink.url}v1/batches"
     globex_names = {b.series[i][0] for f in sorted((tmp_path / "sink" / "globex").glob("*.ibatch"))
                     for b in map(wire.decode, read_batches(f)) for i in b.series_index.tolist()}
     assert globex_names and all(n.startswith("memory.") for n in globex_names)
+
+
+def test_commands_without_c_use_the_embedded_default(tmp_path):
+    """`spool stats`, `check-config` and `keys list` fall back to the default config like `run`."""
+    import subprocess
+    import sys
+
+    from ingress.spool import Spool, TenantPolicy
+
+    sp = Spool(tmp_path / "ingress-data", {"default": TenantPolicy()}, ["file-0"], write_mb_s=None,
+               maintain_every_s=None)
+    sp.append("default", b"\x01" * 16, b"one batch", 7, 1)
+    sp.close()
+    for args, want in ((["spool", "stats", "--json"], '"default"'), (["check-config"], "ok"),
+                       (["keys", "list"], "tenant")):
+        r = subprocess.run([sys.executable, "-m", "ingress", *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, (args, r.stderr)
+        assert want in r.stdout, (args, r.stdout)
+    r = subprocess.run([sys.executable, "-m", "ingress", "spool", "stats", "--json"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    import json
+
+    assert json.loads(r.stdout)["default"]["samples_pending"] == 7

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check-config", help="validate a configuration file; prints ok")
-    c.add_argument("-c", "--config", metavar="FILE", required=True)
+    c.add_argument("-c", "--config", metavar="FILE", help="configuration (default: the embedded one)")
     c.set_defaults(func=cmd_check_config)
 
     d = sub.add_parser("decode", help="decode one batch to JSON lines")
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("spool", help="inspect the on-disk spool")
     ss = s.add_subparsers(dest="spool_command", metavar="COMMAND", required=True)
     st = ss.add_parser("stats", help="per tenant: segments, bytes, oldest sample age, samples pending")
-    st.add_argument("-c", "--config", metavar="FILE", required=True)
+    st.add_argument("-c", "--config", metavar="FILE", help="configuration (default: the embedded one)")
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=cmd_spool_stats)
 
@@ -297,7 +297,7 @@ def _add_keys_parser(sub: Any) -> None:
                    help="how long the old key stays valid (default: %(default)s)")
     o.set_defaults(func=cmd_keys_rotate)
     for p in (c, ls, r, o):
-        p.add_argument("-c", "--config", metavar="FILE", required=True)
+        p.add_argument("-c", "--config", metavar="FILE", help="configuration (default: the embedded one)")
 
 
 def _keystore(args: argparse.Namespace) -> tuple[Any, Any, Any]:
