@@ -8,7 +8,7 @@ BUILD_DEPS := "scikit-build-core>=0.10" "cython>=3.0" "numpy>=2.0" ninja cmake
 SOURCES := $(shell find src ext -type f \( -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.pyi' -o -name '*.toml' \)) \
            pyproject.toml CMakeLists.txt
 
-.PHONY: run test test-fast bench install develop clean
+.PHONY: run test test-fast bench install develop clean audit lock
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -52,5 +52,23 @@ develop:
 	$(DEVVENV)/bin/python -m pip --disable-pip-version-check -q install --no-build-isolation \
 	    -Ceditable.rebuild=true -Ceditable.verbose=false -Cbuild-dir=build/editable -e ".[test]"
 
+# Vulnerability scan of the locked runtime dependencies (requirements.lock, with
+# hashes; `make lock` regenerates it from pyproject.toml). Not part of `make test`.
+# pip-audit --strict fails when a package cannot be audited, so an unreachable
+# advisory source is a failure that says so, never a silent pass.
+AUDITVENV := .venv-audit
+$(AUDITVENV)/.created:
+	$(PYTHON) -m venv $(AUDITVENV)
+	$(AUDITVENV)/bin/python -m pip --disable-pip-version-check -q install pip-audit pip-tools
+	touch $@
+
+audit: $(AUDITVENV)/.created
+	@$(AUDITVENV)/bin/pip-audit --strict --require-hashes --disable-pip -r requirements.lock \
+	    || { echo "make audit: FAILED: a vulnerability was found, or a dependency could not be audited (advisory source unreachable?); see above" >&2; exit 1; }
+
+lock: $(AUDITVENV)/.created
+	$(AUDITVENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
+	    --no-emit-find-links --no-emit-trusted-host -o requirements.lock pyproject.toml
+
 clean:
-	rm -rf build $(VENV) $(DEVVENV) .benchmarks
+	rm -rf build $(VENV) $(DEVVENV) $(AUDITVENV) .benchmarks
