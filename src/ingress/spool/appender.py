@@ -30,7 +30,7 @@ import logging
 import os
 from pathlib import Path
 
-from ingress._fs import fsync_dir, unlink_quiet
+from ingress._fs import fsync_dir, unlink_quiet, write_all
 from ingress.errors import SpoolError
 from ingress.spool.index import (
     _I64_MAX,
@@ -60,12 +60,7 @@ def _write_all(fd: int, header: bytes, payload) -> None:
     total = len(header) + len(payload)
     n = os.writev(fd, (header, payload))
     if n < total:  # short write (e.g. the disk filled up mid-record): finish or fail
-        rest = memoryview(header + bytes(payload))[n:]
-        while rest:
-            k = os.write(fd, rest)
-            if k <= 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            rest = rest[k:]
+        write_all(fd, memoryview(header + bytes(payload))[n:])
 
 
 class _Appender:

@@ -22,7 +22,7 @@ import logging
 import os
 from pathlib import Path
 
-from ingress._fs import fsync_dir
+from ingress._fs import write_atomic
 from ingress.spool.index import _I64_MAX, _Tenant
 
 log = logging.getLogger("ingress.spool")
@@ -106,19 +106,10 @@ def counters_of(t: _Tenant) -> dict:
 
 def save_counters(t: _Tenant) -> None:
     p = t.dir / COUNTERS
-    tmp = t.dir / (COUNTERS + ".tmp")
     c = counters_of(t)
     if "corrupt_by_segment" in c:
         c["corrupt_by_segment"] = {str(k): v for k, v in c["corrupt_by_segment"].items()}
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(c).encode())
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, p)
-        fsync_dir(t.dir)
+        write_atomic(p, json.dumps(c).encode())
     except OSError as e:
         log.error("%s: cannot save the loss counters: %s", p, e)
-

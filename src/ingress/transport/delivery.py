@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ingress._fs import fsync_dir
+from ingress._fs import fsync_dir, write_atomic
 from ingress.transport.base import OutgoingBatch, Output
 from ingress.transport.breaker import CLOSED, CircuitBreaker
 from ingress.transport.retry import Backoff, is_retryable, retry_after_of
@@ -386,14 +386,7 @@ class _Pair:
         }
         for suffix, data in ((".batch", payload),
                              (".json", json.dumps(reason, indent=1).encode() + b"\n")):
-            tmp = folder / f".{name}{suffix}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, folder / f"{name}{suffix}")
+            write_atomic(folder / f"{name}{suffix}", data, sync_dir=False)
         fsync_dir(folder)  # durable before the spool forgets the batch
 
     def snapshot(self) -> dict:
