@@ -16,6 +16,6 @@ from ingress.spool.store import (
     TenantPolicy,
     stats_for,
 )
-from ingress.spool.throttle import TokenBucket
+from ingress.tokenbucket import TokenBucket
 
 __all__ = ["RecordRef", "Spool", "SpoolFull", "SpoolRecord", "TenantPolicy", "TokenBucket", "stats_for"]

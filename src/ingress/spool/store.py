@@ -51,7 +51,7 @@ from ingress.spool.index import RecordRef, SpoolFull, SpoolRecord, TenantPolicy,
 from ingress.spool.reader import _Reader
 from ingress.spool.recovery import _Recovery
 from ingress.spool.retention import _Retention
-from ingress.spool.throttle import TokenBucket
+from ingress.tokenbucket import TokenBucket
 
 __all__ = ["RecordRef", "Spool", "SpoolFull", "SpoolRecord", "TenantPolicy", "stats_for"]
 
