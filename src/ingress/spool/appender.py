@@ -26,12 +26,12 @@ segment; recovery at the next open truncates the tail.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from pathlib import Path
 
 from ingress._fs import fsync_dir, unlink_quiet, write_all
 from ingress.errors import SpoolError
+from ingress.logs import get_logger
 from ingress.spool.index import (
     _I64_MAX,
     _I64_MIN,
@@ -51,7 +51,7 @@ from ingress.spool.segment import (
     segment_name,
 )
 
-log = logging.getLogger("ingress.spool")
+log = get_logger("ingress.spool")
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -146,7 +146,7 @@ class _Appender:
                 t.union_s += sample_count
         if self._full:
             self._full = False
-            log.warning("spool: writes succeed again (tenant %r); accepting batches", tenant)
+            log.warning(f"spool: writes succeed again (tenant {tenant!r}); accepting batches", tenant=tenant)
         return RecordRef(seg.seq, offset)
 
     def _new_segment(self, t: _Tenant, now: int) -> _Segment:
@@ -191,8 +191,8 @@ class _Appender:
                 os.fdatasync(seg.fd)
         except OSError as e:
             # The tail stays on disk; recovery at the next open truncates it. Stop writing here.
-            log.error("%s: cannot cut off a failed record at %d: %s; sealing the segment",
-                      seg.path, offset, e)
+            log.error(f"{seg.path}: cannot cut off a failed record at {offset}: {e}; sealing the segment",
+                      tenant=t.id, path=str(seg.path))
             self._seal(t)
 
     def _io_error(self, t: _Tenant, path: Path, e: OSError, what: str) -> SpoolError:
@@ -201,10 +201,10 @@ class _Appender:
                    f"refusing new batches until space returns")
             if not self._full:
                 self._full = True
-                log.error("%s", msg)
+                log.error(msg, tenant=t.id, path=str(path))
             return SpoolFull(msg)
         msg = f"{path}: cannot write tenant {t.id!r} {what}: {e.strerror or e}"
-        log.error("%s", msg)
+        log.error(msg, tenant=t.id, path=str(path))
         return SpoolError(msg)
 
     def _seal(self, t: _Tenant) -> None:
@@ -217,7 +217,7 @@ class _Appender:
                     if seg.dirty:
                         os.fdatasync(seg.fd)
                 except OSError as e:
-                    log.error("%s: sync on seal failed: %s", seg.path, e)
+                    log.error(f"{seg.path}: sync on seal failed: {e}", tenant=t.id, path=str(seg.path))
                 finally:
                     os.close(seg.fd)
                     seg.fd, seg.dirty = -1, False
@@ -238,11 +238,11 @@ class _Appender:
                         try:
                             os.fdatasync(seg.fd)
                         except OSError as e:
-                            log.error("%s: group-commit sync failed: %s", seg.path, e)
+                            log.error(f"{seg.path}: group-commit sync failed: {e}", tenant=t.id, path=str(seg.path))
             with t.mlock:
                 for led in t.ledgers.values():
                     try:
                         led.sync()
                     except OSError as e:
-                        log.warning("tenant %r: ledger sync failed: %s", t.id, e)
+                        log.warning(f"tenant {t.id!r}: ledger sync failed: {e}", tenant=t.id)
 

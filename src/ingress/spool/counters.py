@@ -18,14 +18,14 @@ tenant.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
 from ingress._fs import write_atomic
+from ingress.logs import get_logger
 from ingress.spool.index import _I64_MAX, _Tenant
 
-log = logging.getLogger("ingress.spool")
+log = get_logger("ingress.spool")
 
 COUNTERS = "counters.json"
 DAMAGED_SUFFIX = ".damaged"  # a state file set aside: never read again, kept for whoever investigates
@@ -90,8 +90,9 @@ def read_counters(t: _Tenant, readonly: bool) -> tuple[dict, int]:
         if bad:
             problem = f"field(s) {', '.join(bad)} not a count"
     if problem is not None:
-        log.warning("%s: damaged counters (%s); %s; the counts it held are lost", p, problem,
-                    f"set aside as {COUNTERS}{DAMAGED_SUFFIX}" if not readonly else "counted")
+        aside = f"set aside as {COUNTERS}{DAMAGED_SUFFIX}" if not readonly else "counted"
+        log.warning(f"{p}: damaged counters ({problem}); {aside}; the counts it held are lost",
+                    tenant=t.id, path=str(p))
         return out, 1
     return out, 0
 
@@ -112,4 +113,4 @@ def save_counters(t: _Tenant) -> None:
     try:
         write_atomic(p, json.dumps(c).encode())
     except OSError as e:
-        log.error("%s: cannot save the loss counters: %s", p, e)
+        log.error(f"{p}: cannot save the loss counters: {e}", tenant=t.id, path=str(p))

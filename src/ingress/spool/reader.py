@@ -15,17 +15,17 @@ costs a duplicate, never data. An ack that cannot be written holds in memory.
 """
 from __future__ import annotations
 
-import logging
 import os
 from bisect import bisect_right
 
 from ingress.errors import SpoolError
+from ingress.logs import get_logger
 from ingress.security.crypto import DecryptError
 from ingress.spool.counters import save_counters
 from ingress.spool.index import _NS, RecordRef, SpoolRecord, _Segment, _Tenant
 from ingress.spool.segment import FLAG_SEALED, REC_HEADER_SIZE, check_record
 
-log = logging.getLogger("ingress.spool")
+log = get_logger("ingress.spool")
 
 
 class _Reader:
@@ -123,7 +123,8 @@ class _Reader:
         if problem is None:
             return SpoolRecord(RecordRef(seg.seq, off), h.batch_id, payload, h.sample_count,
                                h.first_ts_ns, h.append_ns)
-        log.error("%s@%d: tenant %r: %s; record skipped", seg.path, off, t.id, problem)
+        log.error(f"{seg.path}@{off}: tenant {t.id!r}: {problem}; record skipped", tenant=t.id,
+                  path=str(seg.path), offset=off)
         with t.mlock:
             if t.by_seq.get(seg.seq) is seg and not seg.full(i):
                 t.corrupt += 1
@@ -173,7 +174,8 @@ class _Reader:
                 t.ledgers[output].append(seg.seq, seg.uid, seg.offsets[i])
             except OSError as e:
                 # The ack holds in memory; after a restart the batch is sent again (at least once).
-                log.warning("%s: cannot record ack: %s", t.ledgers[output].path(seg.seq), e)
+                p = t.ledgers[output].path(seg.seq)
+                log.warning(f"{p}: cannot record ack: {e}", tenant=t.id, output=output, path=str(p))
         return True
 
     def stats(self) -> dict[str, dict]:

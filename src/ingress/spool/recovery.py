@@ -24,13 +24,13 @@ middle of that record) and only compares key fingerprints.
 """
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from pathlib import Path
 
 from ingress._fs import fsync_dir, unlink_quiet
 from ingress.errors import SpoolError
+from ingress.logs import get_logger
 from ingress.security.crypto import KeyFileError, fingerprint
 from ingress.spool.counters import (
     _COUNTER_KEYS,
@@ -45,7 +45,7 @@ from ingress.spool.index import TenantPolicy, _Segment, _Tenant
 from ingress.spool.ledger import parse_ledger_name, read_ledger
 from ingress.spool.segment import FLAG_SEALED, SEG_HEADER_SIZE, parse_segment_name, scan
 
-log = logging.getLogger("ingress.spool")
+log = get_logger("ingress.spool")
 
 
 class _Recovery:
@@ -64,7 +64,8 @@ class _Recovery:
                                 and f.is_file(follow_symlinks=False):
                             unlink_quiet(Path(f.path))
             except OSError as e:
-                log.warning("%s: cannot clean leftovers: %s", entry.path, e.strerror or e)
+                log.warning(f"{entry.path}: cannot clean leftovers: {e.strerror or e}", tenant=entry.name,
+                            path=entry.path)
 
     def _load_tenant(self, tid: str, policy: TenantPolicy, outputs: tuple[str, ...] | None,
                      segment_bytes: int) -> _Tenant:
@@ -154,9 +155,9 @@ class _Recovery:
                 regions_now[seq] = res.corrupt_regions
                 fresh = max(0, res.corrupt_regions - already)
                 new_corrupt += fresh
-                log.warning("%s: skipped %d corrupt region(s)%s; the other records stay usable", path,
-                            res.corrupt_regions, "" if fresh == res.corrupt_regions else
-                            f" ({res.corrupt_regions - fresh} counted before)")
+                before = "" if fresh == res.corrupt_regions else f" ({res.corrupt_regions - fresh} counted before)"
+                log.warning(f"{path}: skipped {res.corrupt_regions} corrupt region(s){before}; the other "
+                            "records stay usable", tenant=tid, path=str(path), regions=res.corrupt_regions)
             if res.tail_bytes and not ro:
                 # A region this segment's count already holds (found on read) is not counted twice.
                 if already <= res.corrupt_regions:
@@ -185,16 +186,18 @@ class _Recovery:
         t.damaged = counters.get("damaged_files", 0) + counters_damage + len(odd)
         t.corrupt_seen = regions_now
         for name in odd:
-            log.warning("%s: not a name the spool writes (segment number out of range or malformed)%s",
-                        d / name, "" if ro else f"; set aside as {name}{DAMAGED_SUFFIX}")
+            aside = "" if ro else f"; set aside as {name}{DAMAGED_SUFFIX}"
+            log.warning(f"{d / name}: not a name the spool writes (segment number out of range or "
+                        f"malformed){aside}", tenant=tid, path=str(d / name))
         if not ro:
             for name in leftovers:
                 unlink_quiet(d / name)
             for path in torn_created:
-                log.info("%s: removing segment torn while it was created", path)
+                log.info(f"{path}: removing segment torn while it was created", tenant=tid, path=str(path))
                 unlink_quiet(path)
             for path, end in truncations:
-                log.warning("%s: torn or corrupt tail after offset %d: truncated", path, end)
+                log.warning(f"{path}: torn or corrupt tail after offset {end}: truncated", tenant=tid, path=str(path),
+                            offset=end)
                 fd = os.open(path, os.O_WRONLY)
                 try:
                     os.ftruncate(fd, end)
@@ -257,7 +260,7 @@ class _Recovery:
             return
         else:
             t.cipher = self._keys.cipher(t.id, create=True)
-            log.info("%s: created the at-rest key of tenant %r", key_path, t.id)
+            log.info(f"{key_path}: created the at-rest key of tenant {t.id!r}", tenant=t.id, path=str(key_path))
             fp = t.cipher.fingerprint
         for seg, sfp, path in encrypted_segs:
             if sfp != fp:
@@ -279,9 +282,9 @@ class _Recovery:
             got = read_ledger(path, seg.uid)
             if got is None:
                 t.damaged += 1
-                log.warning("%s: ledger is damaged or belongs to another segment; %s", path,
-                            "its acks are lost (batches go out again)" if ro else
-                            "removed, its acks are lost (batches go out again)")
+                what = "its acks are lost" if ro else "removed, its acks are lost"
+                log.warning(f"{path}: ledger is damaged or belongs to another segment; {what} (batches go "
+                            "out again)", tenant=t.id, output=out, path=str(path))
                 if not ro:
                     unlink_quiet(path)
                 continue

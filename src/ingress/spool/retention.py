@@ -16,15 +16,15 @@ file and perhaps orphan ledgers, which open removes.
 """
 from __future__ import annotations
 
-import logging
 import os
 
 from ingress._fs import fsync_dir, unlink_quiet
+from ingress.logs import get_logger
 from ingress.spool.counters import save_counters
 from ingress.spool.index import _NS, _Segment, _Tenant
 from ingress.spool.segment import SEG_HEADER_SIZE
 
-log = logging.getLogger("ingress.spool")
+log = get_logger("ingress.spool")
 
 
 class _Retention:
@@ -81,8 +81,9 @@ class _Retention:
         if reason is not None and lost_b:
             t.dropped_b += lost_b
             t.dropped_s += lost_s
-            log.warning("tenant %r: %s: dropped segment %s with %d undelivered batches (%d samples)",
-                        t.id, reason, seg.path.name, lost_b, lost_s)
+            log.warning(f"tenant {t.id!r}: {reason}: dropped segment {seg.path.name} with {lost_b} undelivered "
+                        f"batches ({lost_s} samples)", tenant=t.id, path=str(seg.path),
+                        dropped_batches=lost_b, dropped_samples=lost_s)
             save_counters(t)
         doomed = seg.path.with_name(seg.path.name + ".deleting")
         try:
@@ -94,7 +95,8 @@ class _Retention:
                     unlink_quiet(t.dir / name)
             os.unlink(doomed)
         except OSError as e:
-            log.error("%s: cannot delete segment: %s (the next open finishes the job)", seg.path, e)
+            log.error(f"{seg.path}: cannot delete segment: {e} (the next open finishes the job)", tenant=t.id,
+                      path=str(seg.path))
 
     def maintain(self) -> None:
         """Apply retention to every tenant now (the background thread does it every

@@ -34,7 +34,6 @@ ledgers and is only held briefly, so delivery threads calling
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import threading
 import time
@@ -44,6 +43,7 @@ from typing import Callable
 
 from ingress._fs import fsync_dir
 from ingress.errors import SpoolError
+from ingress.logs import get_logger
 from ingress.names import is_tenant_id
 from ingress.security.crypto import KeyStore, TenantCipher
 from ingress.spool.appender import _Appender
@@ -55,7 +55,7 @@ from ingress.tokenbucket import TokenBucket
 
 __all__ = ["RecordRef", "Spool", "SpoolFull", "SpoolRecord", "TenantPolicy", "stats_for"]
 
-log = logging.getLogger("ingress.spool")
+log = get_logger("ingress.spool")
 
 
 class Spool(_Appender, _Reader, _Retention, _Recovery):
@@ -162,7 +162,8 @@ class Spool(_Appender, _Reader, _Retention, _Recovery):
         if created:
             os.chmod(self.data_dir, 0o700)  # mkdir's mode is filtered by the umask
         elif os.stat(self.data_dir).st_mode & 0o077:
-            log.warning("%s: data directory is accessible to group or others; chmod 700 recommended", self.data_dir)
+            log.warning(f"{self.data_dir}: data directory is accessible to group or others; chmod 700 recommended",
+                        path=str(self.data_dir))
         self.dir.mkdir(mode=0o700, exist_ok=True)
         lock_path = self.dir / ".lock"
         self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -196,8 +197,8 @@ class Spool(_Appender, _Reader, _Retention, _Recovery):
             reason = "; ".join(x.strip() for x in reason.splitlines() if x.strip()) or type(e).__name__
             self._held[tid] = reason
             if not self._readonly:
-                log.error("tenant %r is held (not collected, not sent, its spool left as it is): %s",
-                          tid, reason)
+                log.error(f"tenant {tid!r} is held (not collected, not sent, its spool left as it is): {reason}",
+                          tenant=tid)
 
     def _open_readonly(self, _tenants, outputs) -> None:
         try:
@@ -223,7 +224,7 @@ class Spool(_Appender, _Reader, _Retention, _Recovery):
                 try:
                     self.maintain()
                 except Exception as e:  # keep the thread alive; the next round tries again
-                    log.error("spool maintenance failed: %s", e)
+                    log.error(f"spool maintenance failed: {e}")
 
     # -------------------------------------------------------------- plumbing
     @property
@@ -287,14 +288,15 @@ class Spool(_Appender, _Reader, _Retention, _Recovery):
                                 if seg.dirty:
                                     os.fdatasync(seg.fd)
                             except OSError as e:
-                                log.error("%s: final sync failed: %s", seg.path, e)
+                                log.error(f"{seg.path}: final sync failed: {e}", tenant=t.id,
+                                          path=str(seg.path))
                             os.close(seg.fd)
                             seg.fd, seg.dirty = -1, False
                 for led in t.ledgers.values():
                     try:
                         led.close()
                     except OSError as e:
-                        log.warning("tenant %r: ledger close failed: %s", t.id, e)
+                        log.warning(f"tenant {t.id!r}: ledger close failed: {e}", tenant=t.id)
         self._release_lock()
 
     def _release_lock(self) -> None:
