@@ -69,7 +69,7 @@ class _LibLog:
         self.logger.log(min(level, logging.WARNING), fmt, *args)
 
 
-_liblog = _LibLog(log)
+_liblog = _LibLog(logging.getLogger(log.name))  # librdkafka calls a stdlib logger (printf style)
 
 
 def _kafka():
