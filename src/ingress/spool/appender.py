@@ -211,20 +211,25 @@ class _Appender:
         seg = t.active
         if seg is None:
             return
+        self._close_fd(t, seg, "sync on seal")
+        with t.mlock:
+            seg.sealed = True
+            if seg.n == 0 or seg.fully_acked():
+                self._delete_segment(t, seg, reason=None)
+
+    @staticmethod
+    def _close_fd(t: _Tenant, seg: _Segment, what: str) -> None:
+        """Sync what group commit left unsynced, then close the segment's descriptor."""
         with seg.fd_lock:
             if seg.fd >= 0:
                 try:
                     if seg.dirty:
                         os.fdatasync(seg.fd)
                 except OSError as e:
-                    log.error(f"{seg.path}: sync on seal failed: {e}", tenant=t.id, path=str(seg.path))
+                    log.error(f"{seg.path}: {what} failed: {e}", tenant=t.id, path=str(seg.path))
                 finally:
                     os.close(seg.fd)
                     seg.fd, seg.dirty = -1, False
-        with t.mlock:
-            seg.sealed = True
-            if seg.n == 0 or seg.fully_acked():
-                self._delete_segment(t, seg, reason=None)
 
     def flush(self) -> None:
         """Sync what group commit has not synced yet: active segments and ledgers."""

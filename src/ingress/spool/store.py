@@ -282,16 +282,7 @@ class Spool(_Appender, _Reader, _Retention, _Recovery):
             with t.wlock, t.mlock:
                 seg = t.active
                 if seg is not None:
-                    with seg.fd_lock:
-                        if seg.fd >= 0:
-                            try:
-                                if seg.dirty:
-                                    os.fdatasync(seg.fd)
-                            except OSError as e:
-                                log.error(f"{seg.path}: final sync failed: {e}", tenant=t.id,
-                                          path=str(seg.path))
-                            os.close(seg.fd)
-                            seg.fd, seg.dirty = -1, False
+                    self._close_fd(t, seg, "final sync")
                 for led in t.ledgers.values():
                     try:
                         led.close()
