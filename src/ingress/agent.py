@@ -28,8 +28,6 @@ per distinct option set.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import threading
 import time
@@ -44,6 +42,7 @@ from ingress.errors import ConfigError, IngressError, SpoolError
 from ingress.fanout import FanOut
 from ingress.logs import get_logger
 from ingress.tenants import Tenant, TenantSet
+from ingress.transport.jsonfmt import sample_json  # noqa: F401 - its home; kept importable from here
 
 __all__ = ["Agent", "Pipeline", "Binding", "plan_collectors", "build_collectors", "build_outputs",
            "collector_options", "sample_json", "make_scheduler"]
@@ -361,13 +360,6 @@ class Pipeline:
         return 1
 
 
-def sample_json(tenant: str, name: str, tags: Mapping[str, str], ts: int, value: float, **extra: Any) -> str:
-    """One sample as the contract's JSON line (non-finite values as ``null``)."""
-    v = float(value)
-    row = {"tenant": tenant, "name": name, "tags": dict(tags), "ts": int(ts),
-           "value": v if math.isfinite(v) else None}
-    row.update(extra)
-    return json.dumps(row)
 
 
 # --------------------------------------------------------------------------- scheduling

@@ -148,7 +148,8 @@ def _settings(path: str | None):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ingress import logs
-    from ingress.agent import Agent, sample_json
+    from ingress.agent import Agent
+    from ingress.transport.jsonfmt import sample_json
 
     settings = _settings(args.config)
     logs.configure(settings.agent.log_format, settings.agent.log_level)
@@ -193,7 +194,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from ingress import wire
-    from ingress.agent import sample_json
+    from ingress.transport.jsonfmt import batch_rows
 
     name = "<stdin>" if args.file == "-" else args.file
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
@@ -208,12 +209,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
         b = wire.decode(data)
     except WireError as e:
         raise WireError(f"{name}: not a valid batch: {e}") from None
-    bid = b.batch_id.hex()
     out = sys.stdout
-    series = b.series
-    for i, ts, v in zip(b.series_index.tolist(), b.timestamps.tolist(), b.values.tolist()):
-        metric, tags = series[i]
-        out.write(sample_json(b.tenant, metric, tags, ts, v, batch_id=bid, host=b.host) + "\n")
+    for row in batch_rows(b):
+        out.write(json.dumps(row) + "\n")
     out.flush()
     return 0
 

@@ -291,12 +291,15 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._state: dict[Hashable, list] = {}  # key -> [next allowed time, suppressed]
 
-    def allow(self, key: Hashable, interval_s: float) -> int | None:
-        """``None`` when suppressed, else how many were suppressed since the last one."""
+    def allow(self, key: Hashable, interval_s: float, force: bool = False) -> int | None:
+        """``None`` when suppressed, else how many were suppressed since the last one.
+
+        ``force`` lets this one through whatever the interval (the first failure
+        of a new episode, say) and starts a new interval from it."""
         now = self._clock()
         with self._lock:
             st = self._state.get(key)
-            if st is None or now >= st[0]:
+            if force or st is None or now >= st[0]:
                 n = st[1] if st else 0
                 self._state[key] = [now + interval_s, 0]
                 return n
@@ -336,21 +339,30 @@ class Logger:
     def exception(self, msg: str, **fields: Any) -> None:
         self._log(logging.ERROR, msg, fields, exc_info=True)
 
-    def every(self, key: Hashable, interval_s: float = 60.0) -> "_Limited":
-        """A view that logs at most once per ``interval_s`` for ``key``."""
-        return _Limited(self, key, interval_s)
+    def every(self, key: Hashable, interval_s: float = 60.0, *, force: bool = False,
+              limiter: RateLimiter | None = None) -> "_Limited":
+        """A view that logs at most once per ``interval_s`` for ``key``.
+
+        ``force``: this line goes out anyway and starts a new interval.
+        ``limiter``: a :class:`RateLimiter` of the caller's own (its own clock,
+        or state that must not be shared with other instances); default the one
+        every logger shares. Each method returns whether the line went out.
+        """
+        return _Limited(self, key, interval_s, force, limiter or self._limiter)
 
 
 class _Limited:
-    __slots__ = ("_log", "_key", "_interval")
+    __slots__ = ("_log", "_key", "_interval", "_force", "_limiter")
 
-    def __init__(self, log: Logger, key: Hashable, interval_s: float) -> None:
+    def __init__(self, log: Logger, key: Hashable, interval_s: float, force: bool = False,
+                 limiter: RateLimiter | None = None) -> None:
         self._log, self._key, self._interval = log, key, interval_s
+        self._force, self._limiter = force, limiter or log._limiter
 
     def _emit(self, level: int, msg: str, fields: dict, exc_info: bool = False) -> bool:
         if not self._log._l.isEnabledFor(level):
             return False
-        n = self._log._limiter.allow((self._log.name, self._key), self._interval)
+        n = self._limiter.allow((self._log.name, self._key), self._interval, self._force)
         if n is None:
             return False
         if n:

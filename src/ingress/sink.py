@@ -85,6 +85,7 @@ from typing import Any
 
 from ingress import names
 from ingress.errors import ConfigError, DecodeMemoryError, IngressError, WireError
+from ingress.logs import RateLimiter
 
 log = logging.getLogger("ingress.sink")
 
@@ -450,7 +451,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._refused_logged = 0.0
+        self._refused_log = RateLimiter()  # one "all busy" line per 10 s
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -473,9 +474,7 @@ class _Server(ThreadingHTTPServer):
     def _refuse(self, request: Any, client_address: Any) -> None:
         """Every connection slot is taken: 503 at once (plain HTTP), then close."""
         self.sink.count_reject("busy")
-        now = time.monotonic()
-        if now - self._refused_logged >= 10.0:
-            self._refused_logged = now
+        if self._refused_log.allow("busy", 10.0) is not None:
             log.warning("sink: all %d connections busy; refusing new ones (503) from %s",
                         self.sink.max_connections, client_address[0])
         if self.tls is None:

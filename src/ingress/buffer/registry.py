@@ -21,7 +21,6 @@ while the flushing thread builds dictionaries and releases ids.
 """
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +28,11 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from ingress._core._codec import SeriesDictionary
+from ingress.logs import RateLimiter, get_logger
 
 __all__ = ["SeriesRegistry", "Tags"]
 
-log = logging.getLogger("ingress.buffer")
+log = get_logger("ingress.buffer")
 
 Tags = tuple[tuple[str, str], ...]
 
@@ -46,8 +46,7 @@ class _Tenant:
     """One tenant's id space. Arrays are indexed by id and grow by doubling."""
 
     __slots__ = ("cap", "ids", "keys", "sdict", "last_seen", "alive", "mark", "remap",
-                 "iota", "free", "quarantine", "live", "refused", "refused_since_log",
-                 "last_log")
+                 "iota", "free", "quarantine", "live", "refused", "refused_since_log")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -69,7 +68,6 @@ class _Tenant:
         self.live = 0
         self.refused = 0
         self.refused_since_log = 0
-        self.last_log: float | None = None
 
     def grow(self) -> None:
         n = len(self.last_seen) * 2
@@ -122,7 +120,7 @@ class SeriesRegistry:
         self._t = [_Tenant(c) for c in caps]
         self._names = list(names) if names is not None else [str(t) for t in range(n_tenants)]
         self._ttl_ns = int(ttl_s * 1e9)
-        self._clock = clock
+        self._log_limiter = RateLimiter(clock)  # one refusal line per tenant per interval
         self._log_interval = float(log_interval_s)
         self._lock = threading.Lock()
         self._epoch = 0
@@ -195,14 +193,12 @@ class SeriesRegistry:
             return sid
 
     def _log_refusal(self, t: int, st: _Tenant, key: tuple[str, Tags]) -> None:
-        now = self._clock()
-        if st.last_log is not None and now - st.last_log < self._log_interval:
+        if self._log_limiter.allow(t, self._log_interval) is None:
             return
-        st.last_log = now
-        tags = ",".join(f"{k}={v}" for k, v in key[1])
-        log.warning("tenant %s: series limit %d reached; refused %d new series since the "
-                    "last report (%d in total), e.g. %s{%s}",
-                    self._names[t], st.cap, st.refused_since_log, st.refused, key[0], tags)
+        name, example = self._names[t], key[0] + "{" + ",".join(f"{k}={v}" for k, v in key[1]) + "}"
+        log.warning(f"tenant {name}: series limit {st.cap} reached; refused {st.refused_since_log} new series "
+                    f"since the last report ({st.refused} in total), e.g. {example}",
+                    tenant=name, limit=st.cap, refused_since_last=st.refused_since_log, refused_total=st.refused)
         st.refused_since_log = 0
 
     def key(self, t: int, sid: int) -> tuple[str, Tags]:

@@ -6,9 +6,10 @@ One key per tenant in ``<data_dir>/keys/<tenant>.key``: exactly 32 random bytes
 (``os.urandom``), nothing else. The directory is created ``0700`` and every key
 file ``0600``; a key file that group or others may read is refused, as ssh does,
 because a key everyone can read protects nothing. A key is created once, by
-writing ``<tenant>.key.<random>.tmp``, fsyncing it and hard-linking it to the
-final name (``link`` fails when the name exists, so two writers can never
-replace each other's key), then fsyncing the directory. Stray ``*.tmp`` files
+writing ``.<tenant>.key.<random>.tmp``, fsyncing it and hard-linking it to the
+final name (:func:`ingress._fs.write_atomic` with ``replace=False``: ``link``
+fails when the name exists, so two writers can never replace each other's
+key), then fsyncing the directory. Stray ``*.tmp`` files
 are removed by :meth:`KeyStore.clean_temp` at spool open.
 
 Sealed blob
@@ -48,7 +49,7 @@ import stat
 import struct
 from pathlib import Path
 
-from ingress._fs import fsync_dir
+from ingress._fs import write_atomic
 from ingress.errors import SpoolError
 
 KEY_SIZE = 32
@@ -269,20 +270,10 @@ class KeyStore:
         self._ensure_dir()
         p = self.path(tenant)
         key = os.urandom(KEY_SIZE)
-        tmp = self.dir / f"{tenant}.key.{os.urandom(4).hex()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, key)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, p)
+            write_atomic(p, key, mode=0o600, replace=False)
         except FileExistsError:
             raise KeyFileError(f"{p}: tenant {tenant!r}: key file already exists; refusing to replace it") from None
-        finally:
-            os.unlink(tmp)
-        fsync_dir(self.dir)
         return key
 
     def load_or_create(self, tenant: str) -> bytes:

@@ -323,18 +323,9 @@ class KeyStore:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    from ingress._fs import fsync_dir
+    from ingress._fs import write_atomic
 
-    fsync_dir(path.parent)
+    write_atomic(path, data, mode=0o600)
 
 
 class _FileLock:

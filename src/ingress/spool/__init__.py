@@ -2,9 +2,9 @@
 
 Every closed batch is appended here before any output sees it; outputs read it
 back with :meth:`Spool.pending` and acknowledge with :meth:`Spool.ack`. The
-design, the byte layout and the recovery rules are at the top of
-:mod:`ingress.spool.store`, :mod:`ingress.spool.segment` and
-:mod:`ingress.spool.ledger`, and in docs/spool.md.
+design is divided among the package's modules, each of which opens with its
+part of the byte layout and of the recovery rules; :mod:`ingress.spool.store`
+lists them. docs/spool.md has the whole picture.
 """
 from __future__ import annotations
 
@@ -16,6 +16,6 @@ from ingress.spool.store import (
     TenantPolicy,
     stats_for,
 )
-from ingress.spool.throttle import TokenBucket
+from ingress.tokenbucket import TokenBucket
 
 __all__ = ["RecordRef", "Spool", "SpoolFull", "SpoolRecord", "TenantPolicy", "TokenBucket", "stats_for"]

@@ -56,12 +56,13 @@ gets stuck on a record.
 """
 from __future__ import annotations
 
-import logging
 import struct
 from array import array
 from dataclasses import dataclass, field
 
 import google_crc32c
+
+from ingress.logs import get_logger
 
 SEG_MAGIC = b"INGSPSEG"
 SEG_VERSION = 1
@@ -77,7 +78,7 @@ assert SEG_HEADER_SIZE == 56 and REC_HEADER_SIZE == 56
 _NO_KEY = bytes(8)
 _crc_value = google_crc32c.value
 if google_crc32c.implementation != "c":  # pragma: no cover - depends on the wheel
-    logging.getLogger("ingress.spool").warning(
+    get_logger("ingress.spool").warning(
         "google-crc32c runs without its C extension here; spool checksums will be slow")
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import os
 import stat
 import threading
@@ -50,14 +49,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ingress._fs import fsync_dir
+from ingress._fs import fsync_dir, write_atomic
+from ingress.logs import RateLimiter, get_logger
 from ingress.transport.base import OutgoingBatch, Output
 from ingress.transport.breaker import CLOSED, CircuitBreaker
 from ingress.transport.retry import Backoff, is_retryable, retry_after_of
 from ingress.errors import TenantCheckError
 from ingress.transport.validate import CATEGORIES, TenantChecker
 
-log = logging.getLogger("ingress.delivery")
+log = get_logger("ingress.delivery")
 
 _LATENCY_WINDOW = 1024
 _LOG_EVERY_S = 60.0
@@ -138,7 +138,7 @@ class _Pair:
         self.backoff = d._backoff_factory()
         self.stats = PairStats()
         self.stats_lock = threading.Lock()
-        self.last_log = -1e18
+        self.log_limiter = RateLimiter(d.clock)  # retry lines: one a minute per pair, by its clock
         self.closed = False
         self.thread = threading.Thread(target=self.run, name=f"deliver-{tenant}-{output.name}", daemon=True)
 
@@ -172,8 +172,8 @@ class _Pair:
                         self._complete(flight, err)
                     except Exception as e:  # noqa: BLE001 - the batch is still in the spool
                         self.inflight.pop(flight.key, None)
-                        log.exception("delivery %s -> %s: completing a batch failed",
-                                      self.tenant, self.output.name)
+                        log.exception("delivery: completing a batch failed",
+                                      tenant=self.tenant, output=self.output.name)
                         self._note_error(f"internal: {first_line(e)}")
                 if d._stopping.is_set():
                     remaining = d._stop_deadline - d.clock()
@@ -183,7 +183,7 @@ class _Pair:
                     continue
                 self._wait(self._step())
             except Exception as e:  # noqa: BLE001 - a worker must survive anything and keep the spool
-                log.exception("delivery %s -> %s: unexpected error", self.tenant, self.output.name)
+                log.exception("delivery: unexpected error", tenant=self.tenant, output=self.output.name)
                 self._note_error(f"internal: {first_line(e)}")
                 self._wait(d.idle_poll_s)
         with self.cond:
@@ -238,7 +238,7 @@ class _Pair:
                     self._blocked_by(e)
                     return self.retry_at - d.clock()
             if self.blocked is not None:
-                log.info("delivery %s -> %s: tenant check passes again", self.tenant, self.output.name)
+                log.info("delivery: tenant check passes again", tenant=self.tenant, output=self.output.name)
                 self.blocked = None
             if not self.breaker.allow():
                 return d.idle_poll_s
@@ -271,8 +271,8 @@ class _Pair:
                 return
             self.breaker.record_success()
             if self.attempts:
-                log.info("delivery %s -> %s: recovered after %d failed attempts",
-                         self.tenant, self.output.name, self.attempts)
+                log.info(f"delivery: recovered after {self.attempts} failed attempts",
+                         tenant=self.tenant, output=self.output.name, attempts=self.attempts)
             self.attempts = 0
             self.retry_at = 0.0
             with self.stats_lock:
@@ -304,8 +304,8 @@ class _Pair:
             self.stats.in_flight = len(self.inflight)
         self._note_error(first_line(err))
         self.first_seen.pop(flight.key, None)
-        log.warning("delivery %s -> %s: batch %s set aside as a dead letter: %s",
-                    self.tenant, self.output.name, flight.batch.batch_id.hex(), first_line(err))
+        log.warning(f"delivery: batch set aside as a dead letter: {first_line(err)}", tenant=self.tenant,
+                    output=self.output.name, batch_id=flight.batch.batch_id.hex())
 
     def _retry_later(self, flight: _Flight, err: BaseException, now: float, note: str | None = None) -> None:
         self.breaker.record_failure()
@@ -318,11 +318,10 @@ class _Pair:
             self.stats.retries += 1
             self.stats.in_flight = len(self.inflight)
         self._note_error(msg)
-        if self.attempts == 1 or now - self.last_log >= _LOG_EVERY_S:
-            self.last_log = now
-            log.warning("delivery %s -> %s: batch %s failed (attempt %d, retry in %.1fs, breaker %s): %s",
-                        self.tenant, self.output.name, flight.batch.batch_id.hex(), self.attempts, delay,
-                        self.breaker.state, msg)
+        log.every("retry", _LOG_EVERY_S, force=self.attempts == 1, limiter=self.log_limiter).warning(
+            f"delivery: batch failed (attempt {self.attempts}, retry in {delay:.1f}s, breaker "
+            f"{self.breaker.state}): {msg}", tenant=self.tenant, output=self.output.name,
+            batch_id=flight.batch.batch_id.hex(), attempt=self.attempts, retry_in_s=round(delay, 3))
 
     def _blocked_by(self, e: BaseException) -> None:
         d = self.d
@@ -333,7 +332,7 @@ class _Pair:
             c[e.category] = c.get(e.category, 0) + 1
         self._note_error(str(e))
         if self.blocked != e.category:
-            log.warning("delivery %s -> %s: held in the spool: %s", self.tenant, self.output.name, e)
+            log.warning(f"delivery: held in the spool: {e}", tenant=self.tenant, output=self.output.name)
         self.blocked = e.category
 
     def _ack(self, flight: _Flight) -> bool:
@@ -342,8 +341,8 @@ class _Pair:
             with d.spool_lock:
                 d.spool.ack(self.tenant, self.output.name, flight.rec.ref)
         except Exception as e:  # noqa: BLE001 - the batch stays pending and is sent again (same id)
-            log.error("delivery %s -> %s: spool ack of %s failed: %s",
-                      self.tenant, self.output.name, flight.batch.batch_id.hex(), e)
+            log.error(f"delivery: spool ack failed: {e}", tenant=self.tenant, output=self.output.name,
+                      batch_id=flight.batch.batch_id.hex())
             self._note_error(f"spool ack failed: {first_line(e)}")
             return False
         return True
@@ -386,14 +385,7 @@ class _Pair:
         }
         for suffix, data in ((".batch", payload),
                              (".json", json.dumps(reason, indent=1).encode() + b"\n")):
-            tmp = folder / f".{name}{suffix}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, folder / f"{name}{suffix}")
+            write_atomic(folder / f"{name}{suffix}", data, sync_dir=False)
         fsync_dir(folder)  # durable before the spool forgets the batch
 
     def snapshot(self) -> dict:
@@ -552,7 +544,7 @@ class Delivery:
             try:
                 o.poll(0.1)
             except Exception:  # noqa: BLE001
-                log.exception("output %s: poll failed", o.name)
+                log.exception("output poll failed", output=o.name)
                 time.sleep(0.1)
 
     def notify(self, tenant: str | None = None) -> None:

@@ -36,7 +36,6 @@ sink (:mod:`ingress.sink`) stores its batches and seen ids the same way.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import struct
@@ -45,10 +44,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ingress.errors import ConfigError, PermanentError, RetryableError, WireError
+from ingress.logs import get_logger
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.transport.jsonfmt import FORMATS, sample_lines
 
-log = logging.getLogger("ingress.transport.file")
+log = get_logger("ingress.transport.file")
 
 _LEN = struct.Struct(">I")
 _EXT = {"batch": ".ibatch", "json": ".jsonl"}
@@ -350,7 +350,8 @@ class FileOutput(Output):
                 except FileNotFoundError:
                     pass
                 except OSError as e:
-                    log.warning("file output %s: cannot delete old file %s: %s", self.name, q, e.strerror or e)
+                    log.warning(f"file output {self.name}: cannot delete old file {q}: {e.strerror or e}", output=self.name,
+                                path=str(q))
 
     # -- the output contract -------------------------------------------------
     def _record(self, batch: OutgoingBatch) -> bytes:

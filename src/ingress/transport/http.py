@@ -40,7 +40,6 @@ from __future__ import annotations
 import email.utils
 import http.client
 import io
-import logging
 import socket
 import ssl
 import threading
@@ -50,9 +49,10 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError
+from ingress.logs import get_logger
 from ingress.transport.base import Done, OutgoingBatch, Output
 
-log = logging.getLogger("ingress.transport.http")
+log = get_logger("ingress.transport.http")
 
 CONTENT_TYPE = "application/vnd.ingress.batch.v1"
 _MAX_BODY = 1 << 20  # response bytes read; past it the connection is dropped instead
@@ -385,7 +385,7 @@ class HttpOutput(Output):
                 try:
                     done(batch, err)
                 except Exception:  # noqa: BLE001
-                    log.exception("http output %s: done callback failed", self.name)
+                    log.exception(f"http output {self.name}: done callback failed", output=self.name)
         finally:
             self._drop(conn)
 
@@ -464,8 +464,8 @@ class HttpOutput(Output):
                 if time.monotonic() < deadline - 0.05:  # the connect's own, shorter timeout
                     return None, None, RetryableError(
                         f"{where}: connect timed out after {min(self.connect_timeout_s, self.timeout_s):g}s")
-                log.warning("http output %s: tenant %s: request to %s cut at its %gs deadline (timeout)",
-                            self.name, batch.tenant, where, self.timeout_s)
+                log.warning(f"http output {self.name}: tenant {batch.tenant}: request to {where} cut at its "
+                            f"{self.timeout_s:g}s deadline (timeout)", tenant=batch.tenant, output=self.name)
                 return None, None, RetryableError(
                     f"{where}: timed out after {self.timeout_s:g}s (the deadline for the whole request)")
             except ssl.SSLCertVerificationError as e:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 SCHEMA_BATCH = "ingress-batch/1"
 SCHEMA_JSON = "ingress-json/1"
@@ -38,15 +38,28 @@ def batch_id_hex(batch_id: bytes | str) -> str:
     return str(batch_id).lower()
 
 
-def sample_dicts(payload: bytes) -> Iterator[dict]:
-    """Decode one batch and yield one dict per sample in the contract line format.
+def sample_row(tenant: str, name: str, tags: Mapping[str, str], ts: int, value: float, **extra: Any) -> dict:
+    """One sample as the contract's line object: ``tenant``, ``name``, ``tags``, ``ts``
+    (int ns), ``value`` (``None`` when not finite), then ``extra`` (``batch_id``, ``host``).
 
-    Raises
-    ------
-    ingress.errors.WireError
-        The payload is not a valid batch.
-    """
-    b = _wire().decode(payload)
+    The one place that builds it: ``ingress run --once``, ``ingress decode`` and
+    the json format of the outputs all go through it."""
+    v = float(value)
+    row = {"tenant": tenant, "name": name, "tags": dict(tags), "ts": int(ts),
+           "value": v if math.isfinite(v) else None}
+    if extra:
+        row.update(extra)
+    return row
+
+
+def sample_json(tenant: str, name: str, tags: Mapping[str, str], ts: int, value: float, **extra: Any) -> str:
+    """:func:`sample_row` as the command line prints it (``json.dumps``, no newline)."""
+    return json.dumps(sample_row(tenant, name, tags, ts, value, **extra))
+
+
+def batch_rows(b: Any) -> Iterator[dict]:
+    """Every sample of a decoded batch (:func:`ingress.wire.decode`) as a
+    :func:`sample_row` with the batch's ``batch_id`` and ``host``."""
     bid = batch_id_hex(b.batch_id)
     series = b.series
     idx = b.series_index
@@ -56,18 +69,21 @@ def sample_dicts(payload: bytes) -> Iterator[dict]:
     idx = idx.tolist() if hasattr(idx, "tolist") else list(idx)
     ts = ts.tolist() if hasattr(ts, "tolist") else list(ts)
     vals = vals.tolist() if hasattr(vals, "tolist") else list(vals)
+    tenant, host = b.tenant, b.host
     for i in range(len(vals)):
         name, tags = series[idx[i]]
-        v = vals[i]
-        yield {
-            "tenant": b.tenant,
-            "name": name,
-            "tags": dict(tags),
-            "ts": int(ts[i]),
-            "value": float(v) if math.isfinite(v) else None,
-            "batch_id": bid,
-            "host": b.host,
-        }
+        yield sample_row(tenant, name, tags, ts[i], vals[i], batch_id=bid, host=host)
+
+
+def sample_dicts(payload: bytes) -> Iterator[dict]:
+    """Decode one batch and yield one dict per sample in the contract line format.
+
+    Raises
+    ------
+    ingress.errors.WireError
+        The payload is not a valid batch.
+    """
+    return batch_rows(_wire().decode(payload))
 
 
 def sample_lines(payload: bytes) -> list[bytes]:

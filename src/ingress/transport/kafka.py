@@ -44,10 +44,11 @@ import threading
 from typing import Any, Callable, Mapping
 
 from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError, WireError
+from ingress.logs import get_logger
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.transport.jsonfmt import FORMATS, SCHEMA_BATCH, SCHEMA_JSON, sample_lines
 
-log = logging.getLogger("ingress.transport.kafka")
+log = get_logger("ingress.transport.kafka")
 
 # Keys ingress sets itself; options may not change them.
 _FIXED = {"enable.idempotence": ("true", True, 1), "acks": ("all", "-1", -1)}
@@ -68,7 +69,7 @@ class _LibLog:
         self.logger.log(min(level, logging.WARNING), fmt, *args)
 
 
-_liblog = _LibLog(log)
+_liblog = _LibLog(logging.getLogger(log.name))  # librdkafka calls a stdlib logger (printf style)
 
 
 def _kafka():
@@ -288,10 +289,10 @@ class KafkaOutput(Output):
         self.last_error = f"{err.name()}: {err.str()}"
         if err.fatal():
             self._fatal = self.last_error
-            log.error("kafka output %s: fatal producer error, the producer will be replaced: %s",
-                      self.name, self.last_error)
+            log.error(f"kafka output {self.name}: fatal producer error, the producer will be replaced: "
+                      f"{self.last_error}", output=self.name)
         else:
-            log.debug("kafka output %s: %s", self.name, self.last_error)
+            log.debug(f"kafka output {self.name}: {self.last_error}", output=self.name)
 
     def topic_for(self, tenant: str) -> str:
         return self.topic.replace("{tenant}", tenant)
@@ -366,7 +367,7 @@ class KafkaOutput(Output):
         except Exception:  # noqa: BLE001
             pass
         old.flush(1.0)
-        log.warning("kafka output %s: producer replaced after fatal error: %s", self.name, reason)
+        log.warning(f"kafka output {self.name}: producer replaced after fatal error: {reason}", output=self.name)
 
     def flush(self, timeout: float) -> int:
         p = self._producer

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from ingress.errors import TENANT_CHECK_CATEGORIES, TenantCheckError
+from ingress.tokenbucket import TokenBucket
 
 CATEGORIES = TENANT_CHECK_CATEGORIES
 
@@ -61,25 +62,6 @@ class TenantRule:
     burst_samples: float | None = None
 
 
-class _Bucket:
-    __slots__ = ("rate", "capacity", "tokens", "at")
-
-    def __init__(self, rate: float, capacity: float, now: float) -> None:
-        self.rate, self.capacity, self.tokens, self.at = rate, capacity, capacity, now
-
-    def take(self, n: float, now: float) -> float | None:
-        """Take ``n`` tokens; return None on success, else seconds until possible."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        # A batch bigger than the bucket passes when the bucket is full, so an
-        # oversized batch slows the tenant down instead of blocking it forever.
-        need = min(n, self.capacity)
-        if self.tokens >= need:
-            self.tokens -= n
-            return None
-        return (need - self.tokens) / self.rate
-
-
 class TenantChecker:
     """Checks a batch's tenant before it is sent; counts failures per tenant and category.
 
@@ -95,14 +77,13 @@ class TenantChecker:
         self.clock = clock
         self._lock = threading.Lock()
         self._rules: dict[str, TenantRule] = {}
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._failures: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(CATEGORIES, 0))
         self._last: dict[str, str] = {}
         self.update(tenants)
 
     def update(self, tenants: Mapping[str, TenantRule]) -> None:
         """Swap in a new rule set (configuration reload); quota buckets of kept tenants persist."""
-        now = self.clock()
         with self._lock:
             self._rules = dict(tenants)
             buckets = {}
@@ -110,10 +91,10 @@ class TenantChecker:
                 if r.max_samples_per_s:
                     cap = r.burst_samples or r.max_samples_per_s * 10
                     old = self._buckets.get(t)
-                    if old is not None and old.rate == r.max_samples_per_s and old.capacity == cap:
+                    if old is not None and old.rate == r.max_samples_per_s and old.burst == cap:
                         buckets[t] = old
                     else:
-                        buckets[t] = _Bucket(r.max_samples_per_s, cap, now)
+                        buckets[t] = TokenBucket(r.max_samples_per_s, cap, clock=self.clock)
             self._buckets = buckets
 
     def _fail(self, category: str, tenant: str, message: str, retry_after: float | None = None) -> None:
@@ -152,7 +133,7 @@ class TenantChecker:
         if rule.max_samples_per_s and samples:
             with self._lock:
                 b = self._buckets.get(tenant)
-                wait = b.take(samples, self.clock()) if b is not None else None
+                wait = b.try_take(samples) if b is not None else None
             if wait is not None:
                 self._fail("quota_exceeded", tenant,
                            f"{samples} samples over the quota of {rule.max_samples_per_s:g}/s", wait)

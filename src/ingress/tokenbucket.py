@@ -1,11 +1,20 @@
-"""A token bucket that paces disk writes (``agent.limits.disk_write_mb_s``).
+"""The one token bucket of the agent.
 
-One bucket is shared by every writer of the agent, so the limit holds for the
-sum of them. A caller reserves its bytes under a lock and then sleeps *outside*
-the lock for as long as the bucket is in debt: reservations queue up in the
-order they were made and no thread holds the lock while it waits. A request
-larger than the burst is allowed (it simply runs the bucket into debt), so no
-write is ever refused for being big.
+Two ways to take from it:
+
+- :meth:`TokenBucket.acquire` / :meth:`TokenBucket.reserve` *pace*: the spool's
+  disk write throttle (``agent.limits.disk_write_mb_s``) shares one bucket
+  between every writer, so the limit holds for the sum of them. A caller
+  reserves its bytes under a lock and then sleeps *outside* the lock for as
+  long as the bucket is in debt: reservations queue up in the order they were
+  made and no thread holds the lock while it waits. A request larger than the
+  burst is allowed (it simply runs the bucket into debt), so no write is ever
+  refused for being big.
+- :meth:`TokenBucket.try_take` *polices*: a tenant's outgoing quota
+  (:mod:`ingress.transport.validate`) takes its samples only when the bucket
+  holds them and otherwise says how long until it would; nothing is taken on a
+  refusal. A request larger than the burst passes when the bucket is full, so an
+  oversized batch slows its tenant down instead of blocking it for ever.
 """
 from __future__ import annotations
 
@@ -51,12 +60,15 @@ class TokenBucket:
             return None
         return cls(float(mb_s) * 1e6, **kw)
 
+    def _refill(self) -> None:  # caller holds self._lock
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
     def reserve(self, n: int) -> float:
         """Take ``n`` bytes from the bucket; return how long the caller must wait (s)."""
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
+            self._refill()
             self._tokens -= n
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
             self.waited_s += wait
@@ -68,3 +80,15 @@ class TokenBucket:
         if wait > 0:
             self._sleep(wait)
         return wait
+
+    def try_take(self, n: float) -> float | None:
+        """Take ``n`` tokens if the bucket holds them (all of its burst, for an ``n``
+        larger than the burst): None. Else take nothing and return the seconds until
+        the same request would pass."""
+        with self._lock:
+            self._refill()
+            need = min(n, self.burst)
+            if self._tokens >= need:
+                self._tokens -= n
+                return None
+            return (need - self._tokens) / self.rate
