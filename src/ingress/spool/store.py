@@ -318,6 +318,10 @@ class Spool:
         only appends and :meth:`maintain` do.
     clock : callable returning int ns, optional
         Wall clock, injected by tests (retention, ages, append times).
+    on_drop : callable, optional
+        ``on_drop(tenant, reason, batches, samples)`` after quota or retention
+        dropped undelivered batches (the agent writes an audit line); its
+        errors are ignored.
 
     Raises
     ------
@@ -333,8 +337,10 @@ class Spool:
                  outputs: Sequence[str] | Mapping[str, Sequence[str]] = (),
                  fsync: str | float = "batch", write_mb_s: float | TokenBucket | None = 20.0,
                  *, segment_bytes: int = 8 << 20, maintain_every_s: float | None = 1.0,
-                 clock: Callable[[], int] = time.time_ns, _readonly: bool = False) -> None:
+                 clock: Callable[[], int] = time.time_ns, _readonly: bool = False,
+                 on_drop: Callable[[str, str, int, int], None] | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self._on_drop = on_drop
         self.dir = self.data_dir / "spool"
         self._readonly = _readonly
         self._clock = clock
@@ -975,6 +981,11 @@ class Spool:
             log.warning("tenant %r: %s: dropped segment %s with %d undelivered batches (%d samples)",
                         t.id, reason, seg.path.name, lost_b, lost_s)
             self._save_counters(t)
+            if self._on_drop is not None:
+                try:
+                    self._on_drop(t.id, reason, lost_b, lost_s)
+                except Exception:  # noqa: BLE001 - reporting must not stop the spool
+                    log.exception("tenant %r: on_drop callback failed", t.id)
         doomed = seg.path.with_name(seg.path.name + ".deleting")
         try:
             os.rename(seg.path, doomed)
