@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ingress.config import Settings, TenantSettings, locate
+from ingress.control import statusline
 from ingress.errors import ConfigError, IngressError, SpoolError
 from ingress.fanout import FanOut
 from ingress.logs import get_logger
@@ -397,8 +398,14 @@ def _open_spool(settings: Settings) -> Any:
     policies = {t.id: TenantPolicy(max_bytes=t.spool.max_mb * MIB, retention_s=t.spool.retention_s,
                                    encrypt=t.spool.encrypt) for t in settings.tenants}
     served = {t.id: [o.name for o in settings.outputs if o.serves(t.id)] for t in settings.tenants}
+    from ingress.security.audit import spool_dropped
+
     return Spool(a.data_dir, policies, served, fsync=a.spool.fsync, write_mb_s=a.limits.disk_write_mb_s,
-                 segment_bytes=a.spool.segment_mb * MIB)
+                 segment_bytes=a.spool.segment_mb * MIB, on_drop=spool_dropped)
+
+
+def _deadletter_limits(settings: Settings) -> dict[str, tuple[float, float]]:
+    return {t.id: (t.spool.deadletter_max_mb * MIB, t.spool.deadletter_retention_s) for t in settings.tenants}
 
 
 def _make_data_dir(path: Path) -> None:
@@ -634,7 +641,7 @@ class Agent:
                 kw["breaker_factory"] = lambda: CircuitBreaker(br.failures, br.reset_s)
             tenants = [t.id for t in self.settings.tenants if out.serves(t.id) and t.id not in self.held_tenants]
             return Delivery(self.spool, [out], checker, tenants=tenants, data_dir=self.settings.agent.data_dir,
-                            host=self.settings.agent.hostname, **kw)
+                            host=self.settings.agent.hostname, deadletter_limits=_deadletter_limits(self.settings), **kw)
 
         return make
 
@@ -662,6 +669,7 @@ class Agent:
                 next_flush = now + a.batch.max_delay_s
             if self.held_tenants:
                 self._log_held()  # rate-limited: one line per tenant per minute
+            statusline.tick(self)  # one status line a minute (control/statusline.py)
             if self._summary and now >= next_summary:
                 self._log_summary()
                 next_summary = now + a.interval_s
@@ -743,6 +751,7 @@ class Agent:
         if flush and self.spool is not None:
             steps.append(("flush", self.flush))
             steps.append(("drain", lambda: self._drain(deadline)))
+            steps.append(("status", lambda: statusline.final(self)))
         for d in self.deliveries:
             steps.append(("delivery", lambda d=d: d.stop(timeout=left())))
         for o in self.outputs:

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_keys_parser(sub)
     _add_tenants_parser(sub)
+    _add_deadletter_parser(sub)
 
     k = sub.add_parser(
         "sink", help="run the reference receiver (accepts batches over HTTP)",
@@ -221,7 +222,8 @@ STATS_COLUMNS = (("tenant", "tenant"), ("segments", "segments"), ("bytes", "byte
                  ("batches_pending", "batches pending"), ("dropped_batches", "dropped batches"),
                  ("dropped_samples", "dropped samples"), ("corrupt_records", "corrupt records"),
                  ("torn_tails", "torn tails"), ("damaged_files", "damaged files"),
-                 ("dead_letters", "dead letters"))
+                 ("dead_letters", "dead letters"), ("dead_letter_bytes", "dead letter bytes"),
+                 ("dead_letters_dropped", "dead letters dropped"))
 
 
 def _dead_letters(data_dir: Path, tenant: str) -> int:
@@ -245,8 +247,12 @@ def cmd_spool_stats(args: argparse.Namespace) -> int:
     stats = stats_for(settings.agent.data_dir, outputs)
     for t in settings.tenants:  # a tenant that never spooled has no directory yet
         stats.setdefault(t.id, {k: 0 for k, _ in STATS_COLUMNS[1:]} | {"oldest_age_s": 0.0})
+    from ingress.transport.deadletter import usage
+
     for tid, st in stats.items():
+        area = usage(settings.agent.data_dir, tid)
         st["dead_letters"] = _dead_letters(Path(settings.agent.data_dir), tid)
+        st["dead_letter_bytes"], st["dead_letters_dropped"] = area["bytes"], area["dropped"]
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
@@ -374,6 +380,128 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     print(f"key {old.id} rotated: it stays valid until {_when(old.revoked)}; successor {new.id}")
     print("store it now; it is not shown again:")
     print(token)
+    return 0
+
+
+# --------------------------------------------------------------------------- dead letters
+
+def _add_deadletter_parser(sub: Any) -> None:
+    d = sub.add_parser("deadletter", help="dead letters: list, replay, purge",
+                       description="Batches a backend refused for good (docs/delivery.md#dead-letters).")
+    ds = d.add_subparsers(dest="deadletter_command", metavar="COMMAND", required=True)
+    ls = ds.add_parser("list", help="tenant, output, batch id, reason, size, time of each dead letter")
+    ls.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    ls.set_defaults(func=cmd_deadletter_list)
+    r = ds.add_parser("replay", help="send them again through the spool (the running agent picks them up)")
+    r.set_defaults(func=cmd_deadletter_replay)
+    p = ds.add_parser("purge", help="remove them for good (audited)")
+    p.set_defaults(func=cmd_deadletter_purge)
+    for x in (ls, r, p):
+        x.add_argument("-c", "--config", metavar="FILE", required=True)
+        x.add_argument("--tenant", metavar="T", help="only this tenant's")
+        x.add_argument("--output", metavar="NAME", help="only those of this output")
+        x.add_argument("--batch", metavar="ID", help="only this batch id (32 hex digits)")
+
+
+def _dead_letter_selection(args: argparse.Namespace) -> tuple[Any, list]:
+    from ingress.transport.deadletter import scan
+
+    settings = _settings(args.config)
+    if args.tenant is not None and args.tenant not in {t.id for t in settings.tenants}:
+        from ingress.names import is_tenant_id
+
+        if not is_tenant_id(args.tenant):
+            raise ConfigError(f"--tenant: {args.tenant!r} is not a valid tenant id")
+    if args.batch is not None and (len(args.batch) != 32 or any(c not in "0123456789abcdef" for c in args.batch)):
+        raise ConfigError(f"--batch: {args.batch!r} is not a batch id (32 lowercase hex digits)")
+    dls = [d for d in scan(settings.agent.data_dir, args.tenant)
+           if (args.output is None or d.output == args.output) and (args.batch is None or d.batch_id == args.batch)]
+    return settings, dls
+
+
+def cmd_deadletter_list(args: argparse.Namespace) -> int:
+    _s, dls = _dead_letter_selection(args)
+    if args.json:
+        for d in dls:
+            print(json.dumps(d.row(), sort_keys=True))
+        return 0
+    rows = [["tenant", "output", "batch id", "size", "time", "replay", "reason"]]
+    for d in dls:
+        rows.append([d.tenant, d.output, d.batch_id, str(d.size), _when(d.time), "queued" if d.replay else "",
+                     d.reason])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join([c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]).rstrip())
+    return 0
+
+
+def _cli_audit(settings: Any) -> Any:
+    from ingress.security import audit
+
+    return audit.AuditLog(settings.agent.data_dir / audit.AUDIT_FILE, settings.control.audit_max_mb << 20,
+                          settings.control.audit_keep)
+
+
+def cmd_deadletter_replay(args: argparse.Namespace) -> int:
+    """Queue the selection for replay; when no agent holds the spool, put them back in it now."""
+    from ingress.errors import SpoolError
+    from ingress.security.audit import local_actor
+    from ingress.transport.deadletter import mark_replay, requeue
+
+    settings, dls = _dead_letter_selection(args)
+    audit = _cli_audit(settings)
+    for d in dls:
+        mark_replay(d)
+        audit.record("deadletter_replay_requested", "ok", actor=local_actor(), tenant=d.tenant, output=d.output,
+                     batch_id=d.batch_id)
+    if not dls:
+        print("no dead letters selected")
+        return 0
+    configured = {t.id for t in settings.tenants}
+    try:
+        from ingress.agent import _open_spool
+
+        spool = _open_spool(settings)
+    except SpoolError as e:
+        if "in use by another process" not in str(e):
+            raise
+        print(f"{len(dls)} dead letters queued for replay; the running agent puts them back in its spool "
+              "within a few seconds")
+        return 0
+    failed = 0
+    try:
+        for d in dls:
+            try:
+                if d.tenant not in configured:
+                    raise IngressError(f"{d.path}: tenant {d.tenant!r} is not configured")
+                requeue(spool, d, spool.outputs_for(d.tenant))
+            except IngressError as e:
+                failed += 1
+                d.path.with_suffix(".replay").unlink(missing_ok=True)
+                print(_one_line(str(e)), file=sys.stderr)
+                audit.record("deadletter_replayed", "failed", actor=local_actor(), tenant=d.tenant,
+                             output=d.output, batch_id=d.batch_id, reason=_one_line(str(e)))
+                continue
+            audit.record("deadletter_replayed", "ok", actor=local_actor(), tenant=d.tenant, output=d.output,
+                         batch_id=d.batch_id)
+    finally:
+        spool.close()
+    print(f"{len(dls) - failed} dead letters back in the spool; the agent sends them at its next start"
+          + (f"; {failed} could not be replayed (see above)" if failed else ""))
+    return 1 if failed else 0
+
+
+def cmd_deadletter_purge(args: argparse.Namespace) -> int:
+    from ingress.security.audit import local_actor
+    from ingress.transport.deadletter import remove
+
+    settings, dls = _dead_letter_selection(args)
+    audit = _cli_audit(settings)
+    for d in dls:
+        remove(d)
+        audit.record("deadletter_purged", "ok", actor=local_actor(), tenant=d.tenant, output=d.output,
+                     batch_id=d.batch_id, bytes=d.size)
+    print(f"{len(dls)} dead letters removed")
     return 0
 
 

@@ -148,6 +148,8 @@ class TenantSpoolSettings:
     max_mb: int
     retention_s: float
     encrypt: bool
+    deadletter_max_mb: int = 64
+    deadletter_retention_s: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -811,6 +813,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("tenants.spool", "retention", Duration(positive=True), "24h",
            "Spooled data older than this is dropped (and counted)."),
     Option("tenants.spool", "encrypt", Bool(), False, "Encrypt this tenant's spool at rest."),
+    Option("tenants.spool", "deadletter_max_mb", Int(1), 64,
+           "Cap of the tenant's dead letters on disk, MiB: past it the oldest are removed (counted, audited)."),
+    Option("tenants.spool", "deadletter_retention", Duration(positive=True), "168h",
+           "Dead letters older than this are removed (counted, audited)."),
     # [[outputs]]
     Option("outputs", "type", Enum(*OUTPUT_TYPES), REQUIRED, "The output type."),
     Option("outputs", "name", Str(OUTPUT_NAME_RE, "output name"), COMPUTED,

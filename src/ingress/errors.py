@@ -81,6 +81,22 @@ class PermanentError(TransportError):
     retryable = False
 
 
+class CredentialRefusedError(RetryableError):
+    """The backend refused the tenant's credential (HTTP 401 or 403).
+
+    Not a dead letter: the delivery loop holds the (tenant, output) pair, its
+    breaker open with reason ``credential_refused``, and probes again (reading
+    the credential anew) after the breaker's reset time. Anything that does not
+    know this class sees a retryable error, so the batch is never lost.
+    """
+
+    credential_refused = True
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 TENANT_CHECK_CATEGORIES = (
     "tenant_unknown",  # not (or no longer) in the configuration
     "tenant_disabled",  # enabled = false

@@ -146,7 +146,7 @@ def test_metrics_names_labels_and_types(agent_factory):
             if f.type == "counter":
                 assert s.name.endswith("_total") or s.name.endswith("_created"), s.name
             assert set(s.labels) <= {"tenant", "output", "collector", "reason", "state", "category", "code",
-                                     "generation", "quantile", "kind", "outcome", "version", "python"}, s
+                                     "generation", "quantile", "kind", "outcome", "version", "python", "le"}, s
             if "tenant" in s.labels:
                 assert s.labels["tenant"] in ("acme", "globex")
             if "output" in s.labels:

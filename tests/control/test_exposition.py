@@ -124,3 +124,87 @@ type = "file"
     tenants = {s.labels.get("tenant") for s in fams["ingress_samples_collected"].samples}
     assert tenants == {"acme", "globex"}
     assert any(s.value > 0 for s in fams["ingress_samples_collected"].samples)
+
+
+hist_labels = st.lists(st.from_regex(r"[a-k][a-z0-9_]{0,10}", fullmatch=True).filter(lambda s: s != "le"),
+                       max_size=3, unique=True)
+
+
+@st.composite
+def histogram(draw):
+    labels = draw(hist_labels)
+    bounds = sorted(set(draw(st.lists(st.floats(-1e6, 1e6, allow_nan=False), max_size=6))))
+    rows = []
+    for _ in range(draw(st.integers(0, 3))):
+        counts = draw(st.lists(st.integers(0, 10**9), min_size=len(bounds) + 1, max_size=len(bounds) + 1))
+        acc, buckets = 0, []
+        for le, n in zip([exposition.go_float(b) for b in bounds] + ["+Inf"], counts):
+            acc += n
+            buckets.append((le, float(acc)))
+        sum_value = draw(st.none() | floats)
+        rows.append(([draw(text) for _ in labels], buckets, sum_value))
+    return draw(names), draw(text), labels, rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(histogram(), max_size=3, unique_by=lambda f: f[0]))
+def test_generated_histograms_render_byte_identical(spec):
+    def make(mc):
+        out = []
+        for name, doc, labels, rows in spec:
+            f = mc.HistogramMetricFamily(name, doc, labels=labels)
+            for lv, buckets, sum_value in rows:
+                f.add_metric(lv, buckets, sum_value)
+            out.append(f)
+        return out
+
+    assert exposition.render(make(exposition)) == reference(make(metrics_core))
+
+
+def test_send_latency_histogram_parses_with_cumulative_buckets(tmp_path):
+    """The agent's ingress_send_latency_seconds, from a delivery that sent batches, parses as a
+    Prometheus histogram whose buckets are cumulative and whose count is the batches sent."""
+    from types import SimpleNamespace
+
+    from ingress.transport.delivery import SEND_LATENCY_BUCKETS
+
+    counts = [0] * (len(SEND_LATENCY_BUCKETS) + 1)
+    counts[0], counts[3], counts[-1] = 2, 5, 1
+    st_ = {"sent_samples": 1, "send_latency": {"bounds": SEND_LATENCY_BUCKETS, "counts": counts, "sum_s": 70.5},
+           "breaker": {"state": "closed"}}
+
+    class View:
+        agent = SimpleNamespace(pipeline=SimpleNamespace(stats={}, bindings={}, last_samples={}), scheduler=None)
+        settings = SimpleNamespace(agent=SimpleNamespace(limits=SimpleNamespace(memory_mb=256)))
+        tenant_settings: dict = {}
+        started_at = 0.0
+
+        def tenant_ids(self):
+            return ["acme"]
+
+        def delivery_stats(self):
+            return {"acme": {"web": st_}}
+
+        def spool_stats(self):
+            return {}
+
+        def ring_and_series(self):
+            return {}
+
+        def held(self):
+            return {}
+
+        def deadletter_usage(self, t):
+            return {"count": 0, "bytes": 0, "replay_queued": 0, "dropped": 0}
+
+        def readiness(self):
+            return []
+
+    ours = exposition.render(AgentCollector(View(), exposition).collect())
+    assert ours == reference(list(AgentCollector(View(), metrics_core).collect()))
+    fam = {f.name: f for f in text_string_to_metric_families(ours.decode())}["ingress_send_latency_seconds"]
+    assert fam.type == "histogram"
+    buckets = [(s.labels["le"], s.value) for s in fam.samples if s.name.endswith("_bucket")]
+    assert buckets[-1] == ("+Inf", 8.0) and [v for _, v in buckets] == sorted(v for _, v in buckets)
+    assert {s.name: s.value for s in fam.samples if not s.name.endswith("_bucket")} == {
+        "ingress_send_latency_seconds_count": 8.0, "ingress_send_latency_seconds_sum": 70.5}

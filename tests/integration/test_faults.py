@@ -74,8 +74,8 @@ def test_http_429_retry_after_is_honoured(http_server, tmp_path):
     assert second.t - first.t >= 1.0
 
 
-def test_http_401_becomes_a_dead_letter(http_server, tmp_path):
-    http_server.behave = lambda req: (Reply(401, b'{"error": {"code": "unauthorized"}}\nx')
+def test_http_400_becomes_a_dead_letter(http_server, tmp_path):
+    http_server.behave = lambda req: (Reply(400, b'{"error": {"code": "bad_batch"}}\nx')
                                       if req.headers["x-tenant-id"] == "bad" else Reply())
     sp = FakeSpool(["h"])
     bad = fill(sp, "bad", 3)
@@ -89,11 +89,43 @@ def test_http_401_becomes_a_dead_letter(http_server, tmp_path):
     assert sorted(p.name for p in folder.glob("*.batch")) == sorted(b.hex() + ".batch" for b in bad)
     for b in bad:
         reason = json.loads((folder / f"{b.hex()}.json").read_text())
-        assert reason["reason"] == 'HTTP 401: {"error": {"code": "unauthorized"}}'
+        assert reason["reason"] == 'HTTP 400: {"error": {"code": "bad_batch"}}'
     assert delivered_ids(http_server, "good") == set(good)
     st = d.stats()
     assert st["bad"]["h"]["dead_letters"] == 3 and st["bad"]["h"]["retries"] == 0
     assert st["good"]["h"]["dead_letters"] == 0 and not (tmp_path / "deadletter" / "good").exists()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_http_credential_refusal_holds_the_pair_and_never_dead_letters(http_server, tmp_path, status):
+    """401/403: the batches stay in the spool, the breaker opens with reason credential_refused,
+    the credential is read again at each probe, and once it is accepted everything goes out."""
+    key = {"bad": "old-key"}
+    http_server.behave = lambda req: (Reply(status, b'{"error": {"code": "unauthorized"}}')
+                                      if req.headers["authorization"] == "Bearer old-key" else Reply())
+    sp = FakeSpool(["h"])
+    bad = fill(sp, "bad", 3)
+    good = fill(sp, "good", 3)
+    out = HttpOutput("h", http_server.url + "/{tenant}", credential=lambda t: key.get(t, "k-" + t))
+    d = delivery(sp, [out], tmp_path, ["bad", "good"],
+                 breaker_factory=lambda: CircuitBreaker(failure_threshold=5, reset_timeout_s=0.3))
+    try:
+        assert wait_for(lambda: d.stats()["bad"]["h"]["credential_refusals"] >= 2, 30)  # probed again
+        assert wait_for(lambda: not sp.unacked("good", "h"), 30)
+        st = d.stats()["bad"]["h"]
+        assert st["state"] == "credential_refused" and st["credential_refused"] == status
+        assert st["breaker"]["reason"] == "credential_refused" and st["dead_letters"] == 0
+        assert len(sp.unacked("bad", "h")) == 3
+        assert any("credential_refused" in p for p in d.problems())
+        assert not (tmp_path / "deadletter").exists()
+        key["bad"] = "new-key"  # rotated: the next probe reads it
+        assert wait_for(lambda: not sp.unacked("bad", "h"), 30)
+    finally:
+        d.stop(5)
+    assert delivered_ids(http_server, "bad") >= set(bad)
+    st = d.stats()["bad"]["h"]
+    assert st["state"] == "ok" and st["breaker"]["state"] == "closed" and st["dead_letters"] == 0
+    assert not d.problems() and not (tmp_path / "deadletter").exists()
 
 
 def test_http_timeout_is_retried(http_server, tmp_path):

@@ -127,12 +127,16 @@ def test_http_output_to_sink_end_to_end(sink, tmp_path):
     assert sink.store.seen("zeta") == {batches[1].batch_id}
 
 
-def test_wrong_key_through_the_output_is_permanent(sink):
+def test_wrong_key_through_the_output_is_a_credential_refusal(sink):
+    """The sink's 401 holds the pair (ingress.errors.CredentialRefusedError), it is no dead letter."""
+    from ingress.errors import CredentialRefusedError
+
     out = HttpOutput("h", sink.url, credential=lambda t: "nope")
     got = []
     out.submit(real_batch(), lambda b, e: got.append(e))
     assert wait_for(lambda: got, 10)
-    assert isinstance(got[0], PermanentError)
+    assert isinstance(got[0], CredentialRefusedError) and not isinstance(got[0], PermanentError)
+    assert got[0].status == 401
     assert got[0].first_line.startswith('{"error": {"code": "unauthorized"')
     out.close()
 

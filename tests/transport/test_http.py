@@ -2,6 +2,7 @@
 import email.utils
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from ingress.errors import ConfigError, PermanentError, RetryableError
 from ingress.transport.http import HttpOutput, classify, parse_retry_after
@@ -26,12 +27,39 @@ def test_retryable_statuses(status):
     assert str(e) == f"HTTP {status}: busy"
 
 
-@pytest.mark.parametrize("status", [301, 400, 401, 403, 404, 409, 413, 415, 422])
+@pytest.mark.parametrize("status", [301, 400, 404, 409, 413, 415, 422])
 def test_permanent_statuses(status):
     e = classify(status, b'\n{"error": {"code": "x"}}\nmore', None)
     assert isinstance(e, PermanentError)
     assert e.first_line == '{"error": {"code": "x"}}'
     assert str(e) == f'HTTP {status}: {{"error": {{"code": "x"}}}}'
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_credential_refusals_are_not_permanent(status):
+    from ingress.errors import CredentialRefusedError
+
+    e = classify(status, b'{"error": {"code": "unauthorized"}}\n', None)
+    assert isinstance(e, CredentialRefusedError) and not isinstance(e, PermanentError)
+    assert e.credential_refused and e.status == status
+    assert str(e) == f'HTTP {status}: {{"error": {{"code": "unauthorized"}}}}'
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(100, 999), st.binary(max_size=64))
+def test_every_status_has_exactly_one_class(status, body):
+    """2xx acknowledge; 401/403 hold the pair; 408, 429, 5xx retry; every other status dead-letters."""
+    from ingress.errors import CredentialRefusedError
+
+    e = classify(status, body, None)
+    if 200 <= status < 300:
+        assert e is None
+    elif status in (401, 403):
+        assert isinstance(e, CredentialRefusedError)
+    elif status in (408, 429) or status >= 500:
+        assert isinstance(e, RetryableError) and not isinstance(e, CredentialRefusedError)
+    else:
+        assert isinstance(e, PermanentError)
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])

@@ -219,7 +219,7 @@ class _Slot:
     __slots__ = (
         "name", "collector", "base_ns", "interval_ns", "next_nominal", "offset", "last_nominal",
         "tenant_ns", "tenant_due", "busy", "idle", "queue", "thread", "overruns", "overrunning",
-        "errors", "failing", "passes",
+        "errors", "failing", "passes", "busy_s", "last_s",
     )
 
     def __init__(self, name: str, collector: Collector, base_ns: int, tenant_ns: dict[str, int]) -> None:
@@ -242,6 +242,8 @@ class _Slot:
         self.errors = 0
         self.failing = False
         self.passes = 0
+        self.busy_s = 0.0  # seconds spent in collect + on_columns, all passes
+        self.last_s: float | None = None  # the last pass's
 
 
 def _seconds_ns(what: str, v: float) -> int:
@@ -618,6 +620,7 @@ class Scheduler:
                     slot.idle.set()
 
     def _run(self, slot: _Slot, d: Due) -> None:
+        t0 = time.perf_counter()
         try:
             cols = slot.collector.collect(self._wall())
             self._on_columns(slot.name, cols, d.tenants)
@@ -634,6 +637,10 @@ class Scheduler:
             with self._lock:
                 slot.failing = False
             log.info("collector %s recovered", slot.name, extra={"collector": slot.name, "reason": "recovered"})
+        took = time.perf_counter() - t0
+        with self._lock:
+            slot.busy_s += took
+            slot.last_s = took
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop dispatching and wait up to ``timeout`` s for passes in flight.
@@ -688,6 +695,16 @@ class Scheduler:
         """``{name: passes dispatched}`` (overruns not included)."""
         with self._lock:
             return {n: s.passes for n, s in self._slots.items()}
+
+    def pass_seconds(self) -> dict[str, float]:
+        """``{name: seconds}`` spent in completed passes (collect and fan-out), cumulative."""
+        with self._lock:
+            return {n: s.busy_s for n, s in self._slots.items()}
+
+    def last_pass_seconds(self) -> dict[str, float]:
+        """``{name: seconds}`` of each collector's last completed pass."""
+        with self._lock:
+            return {n: s.last_s for n, s in self._slots.items() if s.last_s is not None}
 
     def stretch_level(self) -> int:
         """How many stretch steps are in force (0: every collector at its base)."""

@@ -3,9 +3,10 @@
 Why not ``prometheus_client`` in the agent: importing it pulls in ``ssl``,
 ``http.server``, ``urllib.request`` and ``wsgiref`` through its exposition
 module, about 8 MB of RSS in an agent whose whole budget is 55 MB (measured
-with ``bench_agent``: 44.9 -> 53.2 MB). The agent only needs three metric
-families and the text encoder, so this module offers the same constructor and
-``add_metric`` API as ``prometheus_client.metrics_core`` for those three, and
+with ``bench_agent``: 44.9 -> 53.2 MB). The agent only needs four metric
+families (counter, gauge, info, histogram) and the text encoder, so this module
+offers the same constructor and ``add_metric`` API as
+``prometheus_client.metrics_core`` for those four, and
 :func:`render` writes exactly what ``prometheus_client.generate_latest`` writes
 for them. ``tests/control/test_exposition.py`` holds the two byte-identical on
 the agent's real collector and on hypothesis-generated families, and parses
@@ -30,12 +31,13 @@ class _Family:
         self.name = name
         self.documentation = documentation
         self.labels = tuple(labels or ())
-        self.samples: list[tuple[tuple[str, ...], tuple[str, ...], float]] = []
+        # (sample name, label names, label values, value)
+        self.samples: list[tuple[str, tuple[str, ...], tuple[str, ...], float]] = []
         if value is not None:
             self.add_metric([], value)
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:
-        self.samples.append((self.labels, tuple(labels), float(value)))
+        self.samples.append((self.name + self.suffix, self.labels, tuple(labels), float(value)))
 
 
 class GaugeMetricFamily(_Family):
@@ -63,7 +65,36 @@ class InfoMetricFamily(_Family):
 
     def add_metric(self, labels: Sequence[str], value: dict[str, str]) -> None:  # type: ignore[override]
         names = self.labels + tuple(value)
-        self.samples.append((names, tuple(labels) + tuple(value.values()), 1.0))
+        self.samples.append((self.name + self.suffix, names, tuple(labels) + tuple(value.values()), 1.0))
+
+
+class HistogramMetricFamily(_Family):
+    """``prometheus_client.metrics_core.HistogramMetricFamily`` without exemplars or units:
+    ``buckets`` is ``[(le, cumulative count), ...]`` ending with ``("+Inf", count)``."""
+
+    type = "histogram"
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[tuple[str, float]] | None = None,
+                 sum_value: float | None = None, labels: Sequence[str] | None = None) -> None:
+        if sum_value is not None and buckets is None:
+            raise ValueError("sum value cannot be provided without buckets.")
+        if labels is not None and buckets is not None:
+            raise ValueError("Can only specify at most one of buckets and labels.")
+        super().__init__(name, documentation, None, labels)
+        if buckets is not None:
+            self.add_metric([], buckets, sum_value)
+
+    def add_metric(self, labels: Sequence[str], buckets: Sequence[tuple[str, float]],  # type: ignore[override]
+                   sum_value: float | None) -> None:
+        lv = tuple(labels)[:len(self.labels)]
+        # Label pairs as prometheus_client builds them: a dict, so a repeated name keeps its last value.
+        for le, count in buckets:
+            pairs = dict(list(zip(self.labels, lv)) + [("le", le)])
+            self.samples.append((self.name + "_bucket", tuple(pairs), tuple(pairs.values()), float(count)))
+        if float(buckets[0][0]) >= 0 and sum_value is not None:  # as prometheus_client: no sum with negative buckets
+            pairs = dict(zip(self.labels, lv))
+            self.samples.append((self.name + "_count", tuple(pairs), tuple(pairs.values()), float(buckets[-1][1])))
+            self.samples.append((self.name + "_sum", tuple(pairs), tuple(pairs.values()), float(sum_value)))
 
 
 def go_float(d: float) -> str:
@@ -94,11 +125,11 @@ def render(families: Iterable[_Family]) -> bytes:
         doc = f.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {name} {doc}\n")
         out.append(f"# TYPE {name} {f.type}\n")
-        for names, values, value in f.samples:
+        for sname, names, values, value in f.samples:
             if names:
-                pairs = sorted(zip(names, values))
+                pairs = sorted(dict(zip(names, values)).items())
                 labels = "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in pairs) + "}"
             else:
                 labels = ""
-            out.append(f"{name}{labels} {go_float(value)}\n")
+            out.append(f"{sname}{labels} {go_float(value)}\n")
     return "".join(out).encode("utf-8")

@@ -10,7 +10,7 @@ whose values come from the configuration, plus a few fixed enumerations
 taken from the data. docs/control-api.md lists every family.
 
 The families and the text encoder come from :mod:`ingress.control.exposition`,
-which has ``prometheus_client.metrics_core``'s API for the three family types
+which has ``prometheus_client.metrics_core``'s API for the four family types
 used here and writes byte-for-byte what ``prometheus_client`` writes, without
 importing it (8 MB of RSS; docs/benchmarks.md). The test suite renders the same
 collector through ``prometheus_client`` and compares.
@@ -132,6 +132,10 @@ class AgentCollector:
         sp_dropb = self._c("ingress_spool_dropped_batches", "Batches the spool dropped by quota or retention", T)
         sp_corrupt = self._c("ingress_spool_corrupt_records", "Damaged spool records found since open", T)
         held = self._g("ingress_tenant_held", "1 while the tenant is held (not collected or sent)", T)
+        dl_count = self._g("ingress_deadletters", "Dead letters of the tenant on disk", T)
+        dl_bytes = self._g("ingress_deadletter_bytes", "Bytes of the tenant's dead letters on disk", T)
+        dl_drop = self._c("ingress_deadletters_dropped",
+                          "Dead letters removed by the tenant's dead-letter cap or age limit", T)
         for t in tenants:
             st = stats.get(t)
             if st is not None:
@@ -159,8 +163,12 @@ class AgentCollector:
                 fill.add_metric([t], r["ring_fill"])
                 ringdrop.add_metric([t], r["ring_dropped"])
             held.add_metric([t], 1.0 if t in v.held() else 0.0)
+            area = v.deadletter_usage(t)
+            dl_count.add_metric([t], area["count"])
+            dl_bytes.add_metric([t], area["bytes"])
+            dl_drop.add_metric([t], area["dropped"])
         yield from (collected, spooled, sbatches, dropped, refused, series, fill, ringdrop, sp_bytes, sp_quota,
-                    sp_segs, sp_age, sp_pend, sp_dropb, sp_corrupt, held)
+                    sp_segs, sp_age, sp_pend, sp_dropb, sp_corrupt, held, dl_count, dl_bytes, dl_drop)
 
         sent_s = self._c("ingress_samples_sent", "Samples the output acknowledged", TO)
         sent_b = self._c("ingress_batches_sent", "Batches the output acknowledged", TO)
@@ -176,6 +184,11 @@ class AgentCollector:
         latency = self._g("ingress_delivery_latency_seconds",
                           "Batch close to acknowledgement, quantile over the last 1024 batches",
                           TO + ["quantile"])
+        send = self.mc.HistogramMetricFamily("ingress_send_latency_seconds",
+                                             "Submit to the output's answer, per acknowledged batch", labels=TO)
+        cref = self._c("ingress_credential_refusals", "Answers 401/403: the backend refused the credential", TO)
+        cref_now = self._g("ingress_output_credential_refused",
+                           "1 while the pair is held because the backend refuses the credential", TO)
         for t in tenants:
             for o, st in sorted(delivery.get(t, {}).items()):
                 lv = [t, o]
@@ -195,7 +208,17 @@ class AgentCollector:
                 for q, key in (("0.5", "latency_p50_s"), ("0.99", "latency_p99_s")):
                     if st.get(key) is not None:
                         latency.add_metric(lv + [q], st[key])
-        yield from (sent_s, sent_b, retried, failed, dead, inflight, checks, breaker, opened, pair_held, latency)
+                h = st.get("send_latency")
+                if h:
+                    acc, buckets = 0, []
+                    for le, n in zip(tuple(h["bounds"]) + (float("inf"),), h["counts"]):
+                        acc += n
+                        buckets.append((_le(le), acc))
+                    send.add_metric(lv, buckets, h["sum_s"])
+                cref.add_metric(lv, st.get("credential_refusals", 0))
+                cref_now.add_metric(lv, 1.0 if st.get("state") == "credential_refused" else 0.0)
+        yield from (sent_s, sent_b, retried, failed, dead, inflight, checks, breaker, opened, pair_held, latency,
+                    send, cref, cref_now)
 
         sched = getattr(a, "scheduler", None)
         interval = self._g("ingress_collector_interval_seconds",
@@ -206,9 +229,13 @@ class AgentCollector:
                            ["collector"])
         last = self._g("ingress_collector_last_pass_samples", "Samples the collector's last pass produced",
                        ["collector"])
+        busy = self._c("ingress_collector_pass_seconds", "Time spent in the collector's passes "
+                       "(collection and fan-out)", ["collector"])
+        last_s = self._g("ingress_collector_last_pass_seconds", "Duration of the collector's last pass",
+                         ["collector"])
         names = list(a.pipeline.bindings)
         for fam, fn in ((interval, "effective_intervals"), (passes, "passes"), (errors, "errors"),
-                        (overruns, "overruns")):
+                        (overruns, "overruns"), (busy, "pass_seconds"), (last_s, "last_pass_seconds")):
             got = getattr(sched, fn, None)
             vals = got() if callable(got) else {}
             for k in names:
@@ -217,7 +244,7 @@ class AgentCollector:
         for k in names:
             if k in a.pipeline.last_samples:
                 last.add_metric([k], a.pipeline.last_samples[k])
-        yield from (interval, passes, errors, overruns, last)
+        yield from (interval, passes, errors, overruns, last, busy, last_s)
 
         cpu, threads, start = _proc_stat()
         yield self._single_c("ingress_process_cpu_seconds", "CPU time (user + system) the agent used", cpu)
@@ -281,6 +308,13 @@ class AgentCollector:
 
     def _single_g(self, name: str, doc: str, value: float) -> Any:
         return self.mc.GaugeMetricFamily(name, doc, value=value)
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus_client writes ``le`` (``"0.005"``, ``"1.0"``, ``"+Inf"``)."""
+    from ingress.control.exposition import go_float
+
+    return go_float(float(bound))
 
 
 def make_renderer(view: AgentView, control: ControlCounters | None = None, auth: Any = None,

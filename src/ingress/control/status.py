@@ -66,6 +66,15 @@ class AgentView:
         except Exception:  # noqa: BLE001 - a closing spool: report nothing rather than fail
             return {}
 
+    def deadletter_usage(self, tid: str) -> dict:
+        """The tenant's dead letters on disk now: ``count``, ``bytes``, ``replay_queued``, ``dropped``."""
+        from ingress.transport.deadletter import usage
+
+        try:
+            return usage(self.settings.agent.data_dir, tid)
+        except Exception:  # noqa: BLE001 - an unreadable area: report nothing rather than fail
+            return {"count": 0, "bytes": 0, "replay_queued": 0, "dropped": 0}
+
     def held(self) -> dict[str, str]:
         h = getattr(self.agent, "held_tenants", None)
         return dict(h) if isinstance(h, dict) else {}
@@ -115,6 +124,11 @@ class AgentView:
                 if state == "blocked":
                     reasons.append({"reason": st.get("blocked") or "blocked", "tenant": t, "output": o,
                                     "message": self.redact(st.get("last_error") or "held")})
+                elif state == "credential_refused":
+                    reasons.append({"reason": "credential_refused", "tenant": t, "output": o,
+                                    "breaker": st.get("breaker", {}).get("state", "open"),
+                                    "status": st.get("credential_refused"),
+                                    "message": self.redact(st.get("last_error") or "credential refused")})
                 elif st.get("breaker", {}).get("state", "closed") != "closed":
                     reasons.append({"reason": "breaker_open", "tenant": t, "output": o,
                                     "breaker": st["breaker"]["state"],
@@ -159,6 +173,7 @@ class AgentView:
                           "sent_batches": st.get("sent_batches", 0), "sent_samples": st.get("sent_samples", 0),
                           "retries": st.get("retries", 0), "failures": st.get("failures", 0),
                           "dead_letters": st.get("dead_letters", 0), "in_flight": st.get("in_flight", 0),
+                          "credential_refusals": st.get("credential_refusals", 0),
                           "pending_batches": pend.get("batches", 0), "pending_samples": pend.get("samples", 0),
                           "latency_p50_s": st.get("latency_p50_s"), "latency_p99_s": st.get("latency_p99_s"),
                           "last_error": None if err is None else {
@@ -167,6 +182,7 @@ class AgentView:
             if err is not None and at is not None and (last is None or at > last[0]):
                 last = (at, _category(st), self.redact(err))
         quota = ts.spool.max_mb * MIB
+        area = self.deadletter_usage(tid)
         return {
             "tenant": tid,
             "enabled": ts.enabled,
@@ -187,6 +203,7 @@ class AgentView:
                       "batches_pending": sp.get("batches_pending", 0),
                       "dropped_batches": sp.get("dropped_batches", 0)},
             "dead_letters": dead,
+            "dead_letter_area": area,
             "outputs": outputs,
             "last_error": None if last is None else {"category": last[1], "message": last[2], "time": last[0]},
         }
@@ -198,9 +215,12 @@ class AgentView:
 
 def _category(st: dict) -> str:
     """A short class of a pair's last error: the tenant-check category while held,
-    ``internal``, ``delivery`` otherwise."""
+    ``credential_refused`` while the backend refuses the credential, ``internal``,
+    ``unreachable`` while the breaker is open, ``delivery`` otherwise."""
     if st.get("blocked"):
         return str(st["blocked"])
+    if st.get("state") == "credential_refused":
+        return "credential_refused"
     err = st.get("last_error") or ""
     if err.startswith("internal:"):
         return "internal"

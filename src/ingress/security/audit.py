@@ -173,3 +173,9 @@ def record(action: str, outcome: str, **kw: Any) -> None:
     log = _default
     if log is not None:
         log.record(action, outcome, **kw)
+
+
+def spool_dropped(tenant: str, reason: str, batches: int, samples: int) -> None:
+    """The spool's ``on_drop`` hook: one ``spool_dropped`` line per dropped segment."""
+    record("spool_dropped", "dropped", actor="agent", tenant=tenant, reason=reason, batches=batches,
+           samples=samples)

@@ -85,6 +85,12 @@ class _Retention:
                         f"batches ({lost_s} samples)", tenant=t.id, path=str(seg.path),
                         dropped_batches=lost_b, dropped_samples=lost_s)
             save_counters(t)
+            on_drop = getattr(self, "_on_drop", None)
+            if on_drop is not None:
+                try:
+                    on_drop(t.id, reason, lost_b, lost_s)
+                except Exception:  # noqa: BLE001 - reporting must not stop the spool
+                    log.exception("on_drop callback failed", tenant=t.id)
         doomed = seg.path.with_name(seg.path.name + ".deleting")
         try:
             os.rename(seg.path, doomed)

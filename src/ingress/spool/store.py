@@ -85,6 +85,10 @@ class Spool(_Appender, _Reader, _Retention, _Recovery):
         only appends and :meth:`maintain` do.
     clock : callable returning int ns, optional
         Wall clock, injected by tests (retention, ages, append times).
+    on_drop : callable, optional
+        ``on_drop(tenant, reason, batches, samples)`` after quota or retention
+        dropped undelivered batches (the agent writes an audit line); its
+        errors are ignored.
 
     Raises
     ------
@@ -100,8 +104,10 @@ class Spool(_Appender, _Reader, _Retention, _Recovery):
                  outputs: Sequence[str] | Mapping[str, Sequence[str]] = (),
                  fsync: str | float = "batch", write_mb_s: float | TokenBucket | None = 20.0,
                  *, segment_bytes: int = 8 << 20, maintain_every_s: float | None = 1.0,
-                 clock: Callable[[], int] = time.time_ns, _readonly: bool = False) -> None:
+                 clock: Callable[[], int] = time.time_ns, _readonly: bool = False,
+                 on_drop: Callable[[str, str, int, int], None] | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self._on_drop = on_drop
         self.dir = self.data_dir / "spool"
         self._readonly = _readonly
         self._clock = clock

@@ -6,8 +6,11 @@ hammering it: after ``failure_threshold`` consecutive retryable failures it
 *half-open* and lets exactly one probe batch through. The probe's success
 closes it; its failure opens it again for another ``reset_timeout_s``.
 
-Permanent failures (a 401, a 400) say the endpoint is up and answering, so they
-do not count. The state is exported through :meth:`CircuitBreaker.snapshot`
+Permanent failures (a 400) say the endpoint is up and answering, so they do not
+count. A refused credential (HTTP 401/403) opens the breaker at once through
+:meth:`CircuitBreaker.trip` with reason ``credential_refused``: nothing is sent
+for that pair until the reset time, then one probe (with the credential read
+anew) decides. The state is exported through :meth:`CircuitBreaker.snapshot`
 for the control API's /readyz and /metrics.
 
 State machine (see docs/delivery.md for the diagram)::
@@ -56,6 +59,7 @@ class CircuitBreaker:
         self._state = CLOSED
         self._opened_at: float | None = None
         self._probe_in_flight = False
+        self._reason: str | None = None
         self.consecutive_failures = 0
         self.failures = 0
         self.successes = 0
@@ -100,6 +104,25 @@ class CircuitBreaker:
                 return self.reset_timeout_s  # until the probe reports; a wake-up comes earlier
             return 0.0
 
+    @property
+    def reason(self) -> str | None:
+        """Why the breaker is not closed: ``"failures"`` or the reason given to :meth:`trip`."""
+        with self._lock:
+            return self._reason if self._state != CLOSED else None
+
+    def trip(self, reason: str) -> None:
+        """Open now, whatever the failure count (a refused credential); one probe after the reset time."""
+        with self._lock:
+            self._advance()
+            self.failures += 1
+            self.consecutive_failures += 1
+            if self._state != OPEN:
+                self.times_opened += 1
+            self._state = OPEN
+            self._opened_at = self.clock()
+            self._probe_in_flight = False
+            self._reason = reason
+
     def record_success(self) -> None:
         with self._lock:
             self.successes += 1
@@ -107,6 +130,7 @@ class CircuitBreaker:
             self._state = CLOSED
             self._opened_at = None
             self._probe_in_flight = False
+            self._reason = None
 
     def record_failure(self) -> None:
         with self._lock:
@@ -119,6 +143,7 @@ class CircuitBreaker:
                 self._state = OPEN
                 self._opened_at = self.clock()
                 self._probe_in_flight = False
+                self._reason = "failures"
                 self.times_opened += 1
 
     def snapshot(self) -> dict:
@@ -132,4 +157,5 @@ class CircuitBreaker:
                 "failures": self.failures,
                 "successes": self.successes,
                 "times_opened": self.times_opened,
+                "reason": self._reason if self._state != CLOSED else None,
             }

@@ -15,6 +15,8 @@ One worker does, in a loop::
     on done(batch, None)                 -> spool.ack
     on done(batch, retryable error)      -> backoff (honouring Retry-After), breaker.record_failure
     on done(batch, permanent error)      -> dead letter on disk, then spool.ack
+    on done(batch, credential refused)   -> (HTTP 401/403) breaker tripped open, reason
+                                            credential_refused; the batch stays in the spool
 
 Nothing is kept only in memory: a batch leaves the spool only after its output
 acknowledged it or it was written to the dead-letter directory, so a new
@@ -26,7 +28,8 @@ While a pair is retrying (or its breaker is not closed) it sends one batch at a
 time, the oldest, so a recovering endpoint is probed gently and the backlog
 drains in order; otherwise up to ``window`` batches are in flight.
 
-Dead letters (directories 0700, files 0600)::
+Dead letters (directories 0700, files 0600; ingress.transport.deadletter keeps the area
+under a per-tenant size cap and age limit and picks up replays)::
 
     <data_dir>/deadletter/<tenant>/<output>/<batch id hex>.batch   the payload, as sent; sealed with
                                                                    the tenant's key when its spool
@@ -37,13 +40,14 @@ Dead letters (directories 0700, files 0600)::
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import json
 import os
-import stat
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +55,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ingress._fs import fsync_dir, write_atomic
 from ingress.logs import RateLimiter, get_logger
+from ingress.transport import deadletter as dlmod
 from ingress.transport.base import OutgoingBatch, Output
 from ingress.transport.breaker import CLOSED, CircuitBreaker
 from ingress.transport.retry import Backoff, is_retryable, retry_after_of
@@ -61,6 +66,20 @@ log = get_logger("ingress.delivery")
 
 _LATENCY_WINDOW = 1024
 _LOG_EVERY_S = 60.0
+_MAINTAIN_EVERY_S = 5.0  # how often a worker looks for replays and applies the dead-letter limits
+CREDENTIAL_REFUSED = "credential_refused"
+# Upper bounds (seconds) of the send-latency histogram (submit -> the output's answer); +Inf last.
+SEND_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _audit(action: str, outcome: str, **fields: Any) -> None:
+    """One audit line (a no-op when no audit log is open); never raises."""
+    try:
+        from ingress.security import audit
+
+        audit.record(action, outcome, actor="agent", **fields)
+    except Exception:  # noqa: BLE001 - auditing must not stop delivery
+        log.debug("audit record failed", action=action, error=traceback.format_exc(limit=3))
 
 
 def first_line(err: BaseException | str) -> str:
@@ -93,6 +112,9 @@ class PairStats:
     last_error_at: float | None = None  # wall clock, seconds since epoch
     tenant_check_failures: dict = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
     latencies: deque = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    credential_refusals: int = 0
+    send_buckets: list = field(default_factory=lambda: [0] * (len(SEND_LATENCY_BUCKETS) + 1))
+    send_sum_s: float = 0.0
 
 
 def _is_check_error(err: BaseException) -> bool:
@@ -134,6 +156,9 @@ class _Pair:
         self.attempts = 0
         self.retry_at = 0.0
         self.blocked: str | None = None  # tenant check category while blocked
+        self.refused: int | None = None  # HTTP status while the backend refuses the credential
+        self.last_refused_log = -1e18
+        self.next_maintain = 0.0
         self.breaker = d._breaker_factory()
         self.backoff = d._backoff_factory()
         self.stats = PairStats()
@@ -214,6 +239,9 @@ class _Pair:
         """Submit what may be submitted now; return how long to sleep (None: default idle)."""
         d = self.d
         now = d.clock()
+        if now >= self.next_maintain:
+            self.next_maintain = now + _MAINTAIN_EVERY_S
+            self._maintain()
         if now < self.retry_at:
             return self.retry_at - now
         free = self._window() - len(self.inflight)
@@ -270,6 +298,11 @@ class _Pair:
             if not self._ack(flight):
                 return
             self.breaker.record_success()
+            if self.refused is not None:
+                log.warning("delivery: credential accepted again; the held batches flow",
+                            tenant=self.tenant, output=self.output.name)
+                _audit("credential_accepted", "ok", tenant=self.tenant, output=self.output.name)
+                self.refused = None
             if self.attempts:
                 log.info(f"delivery: recovered after {self.attempts} failed attempts",
                          tenant=self.tenant, output=self.output.name, attempts=self.attempts)
@@ -280,7 +313,13 @@ class _Pair:
                 s.sent_batches += 1
                 s.sent_samples += flight.batch.sample_count
                 s.latencies.append(self._latency(flight, now))
+                sent = max(0.0, now - flight.t0)
+                s.send_buckets[bisect.bisect_left(SEND_LATENCY_BUCKETS, sent)] += 1
+                s.send_sum_s += sent
                 s.in_flight = len(self.inflight)
+            return
+        if getattr(err, "credential_refused", False):
+            self._credential_refused(err, now)
             return
         if _is_check_error(err):
             self._blocked_by(err)
@@ -306,6 +345,60 @@ class _Pair:
         self.first_seen.pop(flight.key, None)
         log.warning(f"delivery: batch set aside as a dead letter: {first_line(err)}", tenant=self.tenant,
                     output=self.output.name, batch_id=flight.batch.batch_id.hex())
+        _audit("batch_dead_lettered", "ok", tenant=self.tenant, output=self.output.name,
+               batch_id=flight.batch.batch_id.hex(), samples=flight.batch.sample_count, reason=first_line(err))
+
+    def _credential_refused(self, err: BaseException, now: float) -> None:
+        """HTTP 401/403: hold the pair (breaker open, reason credential_refused); the batch stays
+        in the spool and goes out again with the probe, which reads the credential anew."""
+        self.breaker.trip(CREDENTIAL_REFUSED)
+        first = self.refused is None
+        self.refused = int(getattr(err, "status", 0) or 0)
+        with self.stats_lock:
+            self.stats.failures += 1
+            self.stats.credential_refusals += 1
+            self.stats.in_flight = len(self.inflight)
+        self._note_error(first_line(err))
+        if first:
+            _audit("credential_refused", "refused", tenant=self.tenant, output=self.output.name,
+                   status=self.refused, reason=first_line(err))
+        if first or now - self.last_refused_log >= _LOG_EVERY_S:
+            self.last_refused_log = now
+            log.warning(f"delivery: the backend refuses the tenant's credential ({first_line(err)}); batches "
+                        f"stay in the spool, probing again in {self.breaker.retry_in():.0f}s with the credential "
+                        "read anew", tenant=self.tenant, output=self.output.name)
+
+    def _maintain(self) -> None:
+        """Replays queued by `ingress deadletter replay`, then the dead-letter limits (rate-limited)."""
+        d = self.d
+        area = d.deadletters
+        try:
+            replays = area.replays(self.tenant, self.output.name)
+        except Exception:  # noqa: BLE001
+            replays = []
+        for dl in replays:
+            outs = getattr(d.spool, "outputs_for", None)
+            try:
+                with d.spool_lock:
+                    dlmod.requeue(d.spool, dl, outs(self.tenant) if outs else [self.output.name])
+            except Exception as e:  # noqa: BLE001 - reported once; the dead letter stays
+                try:
+                    os.unlink(dl.path.with_suffix(".replay"))
+                except OSError:
+                    pass
+                log.error(f"delivery: dead letter not replayed: {first_line(e)}", tenant=self.tenant,
+                          output=self.output.name, batch_id=dl.batch_id)
+                _audit("deadletter_replayed", "failed", tenant=self.tenant, output=self.output.name,
+                       batch_id=dl.batch_id, reason=first_line(e))
+                continue
+            log.info("delivery: dead letter back in the spool", tenant=self.tenant, output=self.output.name,
+                     batch_id=dl.batch_id)
+            _audit("deadletter_replayed", "ok", tenant=self.tenant, output=self.output.name, batch_id=dl.batch_id)
+            self.wake = True
+        try:
+            area.enforce(self.tenant)
+        except Exception:  # noqa: BLE001
+            log.exception("delivery: dead-letter limits not applied", tenant=self.tenant)
 
     def _retry_later(self, flight: _Flight, err: BaseException, now: float, note: str | None = None) -> None:
         self.breaker.record_failure()
@@ -362,8 +455,6 @@ class _Pair:
 
     def _dead_letter(self, flight: _Flight, err: BaseException) -> None:
         d = self.d
-        folder = d.deadletter_dir / self.tenant / self.output.name
-        _private_dirs(d.deadletter_dir.parent, folder)
         name = flight.batch.batch_id.hex()
         payload = flight.batch.payload
         get_cipher = getattr(d.spool, "cipher_for", None)
@@ -383,10 +474,7 @@ class _Pair:
             "time": time.time(),
             "encrypted": cipher is not None,
         }
-        for suffix, data in ((".batch", payload),
-                             (".json", json.dumps(reason, indent=1).encode() + b"\n")):
-            write_atomic(folder / f"{name}{suffix}", data, sync_dir=False)
-        fsync_dir(folder)  # durable before the spool forgets the batch
+        d.deadletters.write(self.tenant, self.output.name, flight.batch.batch_id, payload, reason)
 
     def snapshot(self) -> dict:
         with self.stats_lock:
@@ -404,30 +492,22 @@ class _Pair:
                 "tenant_check_failures": dict(s.tenant_check_failures),
                 "latency_p50_s": _percentile(lat, 0.50),
                 "latency_p99_s": _percentile(lat, 0.99),
+                "credential_refusals": s.credential_refusals,
+                "send_latency": {"bounds": SEND_LATENCY_BUCKETS, "counts": list(s.send_buckets),
+                                 "sum_s": s.send_sum_s},
             }
         out["breaker"] = self.breaker.snapshot()
         out["blocked"] = self.blocked
+        refused = self.refused is not None and out["breaker"]["state"] != CLOSED
+        out["credential_refused"] = self.refused if refused else None
         out["state"] = ("blocked" if self.blocked else
+                        CREDENTIAL_REFUSED if refused else
                         out["breaker"]["state"] if out["breaker"]["state"] != CLOSED else
                         "retrying" if self.attempts else "ok")
         return out
 
 
-def _private_dirs(base: Path, leaf: Path) -> None:
-    """Create every directory below ``base`` down to ``leaf`` as 0700 (mkdir's
-    ``parents=True`` would make the intermediate ones 0777 & ~umask); tighten one
-    an older version left open to group or others."""
-    p = base
-    for part in leaf.relative_to(base).parts:
-        p = p / part
-        try:
-            os.mkdir(p, 0o700)
-        except FileExistsError:
-            st = os.stat(p)
-            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o077:
-                os.chmod(p, 0o700)
-            continue
-        os.chmod(p, 0o700)  # the umask filters mkdir's mode
+_private_dirs = dlmod.private_dirs  # kept for callers of the old name
 
 
 class Delivery:
@@ -462,6 +542,10 @@ class Delivery:
         How often an idle worker looks at the spool when not woken by :meth:`notify`.
     clock, wall_ns
         Monotonic seconds and wall-clock nanoseconds; injectable for tests.
+    deadletter_limits
+        ``{tenant: (max_bytes, max_age_s)}`` of the dead-letter area (0: no limit);
+        every Delivery over one data directory shares one
+        :class:`ingress.transport.deadletter.Area`.
     spool_lock
         A lock to hold around every call into the spool; by default none, as
         :class:`ingress.spool.Spool` is thread-safe (workers call ``pending``
@@ -485,6 +569,7 @@ class Delivery:
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
         spool_lock: Any = None,
+        deadletter_limits: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"delivery window={window} must be at least 1")
@@ -496,6 +581,7 @@ class Delivery:
         self.tenant_checker = tenant_checker
         self.tenants = list(dict.fromkeys(tenants))
         self.deadletter_dir = Path(data_dir) / "deadletter"
+        self.deadletters = dlmod.shared_area(data_dir, deadletter_limits, _deadletter_dropped)
         self.host = host
         self.window = window
         if backoff is None:
@@ -600,8 +686,17 @@ class Delivery:
         reasons = []
         for (t, n), p in self._pairs.items():
             st = p.breaker.state
-            if st != CLOSED:
+            if st != CLOSED and p.refused is not None:
+                reasons.append(f"output {n}: tenant {t}: {CREDENTIAL_REFUSED} (HTTP {p.refused}): "
+                               f"{p.stats.last_error}")
+            elif st != CLOSED:
                 reasons.append(f"output {n}: tenant {t}: circuit breaker {st}: {p.stats.last_error}")
             elif p.blocked:
                 reasons.append(f"output {n}: tenant {t}: {p.stats.last_error}")
         return reasons
+
+
+def _deadletter_dropped(dl: "dlmod.DeadLetter", why: str) -> None:
+    log.warning(f"dead letter removed: {why}", tenant=dl.tenant, output=dl.output, batch_id=dl.batch_id)
+    _audit("deadletter_dropped", "dropped", tenant=dl.tenant, output=dl.output, batch_id=dl.batch_id,
+           bytes=dl.size, reason=why)

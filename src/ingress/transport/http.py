@@ -19,6 +19,9 @@ Responses are classified here, once:
 408, 429, 5xx, timeouts, network       :class:`RetryableError`, with
 errors                                 ``retry_after`` from ``Retry-After``
                                        (seconds or an HTTP date)
+401, 403                               :class:`HttpCredentialRefused`: the
+                                       pair is held (breaker open, reason
+                                       ``credential_refused``), not a dead letter
 any other status (other 4xx, 3xx)      :class:`PermanentError` carrying the
                                        status and the body's first line
 =====================================  ===================================
@@ -48,7 +51,7 @@ from collections import deque
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
-from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError
+from ingress.errors import ConfigError, CredentialRefusedError, PermanentError, RetryableError, TransportError
 from ingress.logs import get_logger
 from ingress.transport.base import Done, OutgoingBatch, Output
 
@@ -181,12 +184,22 @@ class HttpPermanentError(PermanentError):
         self.first_line = first_line
 
 
+class HttpCredentialRefused(CredentialRefusedError):
+    """401 or 403: the backend refused the tenant's credential; the pair is held, not dead-lettered."""
+
+    def __init__(self, message: str, status: int, first_line: str = "") -> None:
+        super().__init__(message, status)
+        self.first_line = first_line
+
+
 def classify(status: int, body: bytes, retry_after: str | None) -> TransportError | None:
     """None for 2xx, else the error that status means (see the module table)."""
     if 200 <= status < 300:
         return None
     line = _first_line(body)
     msg = f"HTTP {status}" + (f": {line}" if line else "")
+    if status in (401, 403):
+        return HttpCredentialRefused(msg, status, line)
     if status in (408, 429) or status >= 500:
         return HttpRetryableError(msg, status, parse_retry_after(retry_after), line)
     return HttpPermanentError(msg, status, line)

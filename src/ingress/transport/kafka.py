@@ -31,7 +31,14 @@ the batch a dead letter.
 Producer replacement: a fatal producer error, or a message that timed out
 (``message.timeout.ms``, 30 s here instead of librdkafka's 5 minutes), fails
 the batches the producer still holds as retryable and replaces it with a new
-one, which gets a new producer id. This is what recovers from a broker that
+one, which gets a new producer id.
+
+Reporting: librdkafka's own log lines go through :class:`_LibLog`, at most one
+line per (facility, level) a minute, the next one saying how many were
+suppressed. Brokers that cannot be reached (``_ALL_BROKERS_DOWN``; the connect
+timeout is 8 s here, so even a silent address is known within 10 s of start)
+are reported once at warning, and once more when a delivery report shows them
+reachable again. This is what recovers from a broker that
 lost its idempotence state (a restarted in-memory broker answers "unknown
 producer id" forever, and librdkafka would keep bumping the epoch of the old
 id); during a plain outage the new producer simply waits like the old one.
@@ -41,6 +48,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from typing import Any, Callable, Mapping
 
 from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError, WireError
@@ -56,17 +64,35 @@ _RESERVED = ("bootstrap.servers", "on_delivery", "error_cb", "logger")
 
 
 class _LibLog:
-    """librdkafka's log lines, demoted: a refused connection during an outage is
-    expected (the delivery loop reports the outage once, with its counters)."""
+    """librdkafka's log lines, demoted and rate-limited: a refused connection during
+    an outage is expected (the output reports the outage once, the delivery loop its
+    counters), and librdkafka repeats such lines at every reconnect attempt.
 
-    def __init__(self, logger: logging.Logger) -> None:
+    At most one line per (facility, level) per ``interval_s``; the next one that
+    gets through ends with how many were suppressed.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from ingress.logs import RateLimiter
+
         self.logger = logger
+        self.interval_s = interval_s
+        self.limiter = RateLimiter(clock)
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         fac = args[0] if args else ""
         if fac in ("FAIL", "BROKERFAIL", "CONNECT", "ERROR"):
             level = min(level, logging.INFO)
-        self.logger.log(min(level, logging.WARNING), fmt, *args)
+        level = min(level, logging.WARNING)
+        if not self.logger.isEnabledFor(level):
+            return
+        n = self.limiter.allow((str(fac), level), self.interval_s)
+        if n is None:
+            return
+        if n:
+            fmt, args = fmt + " (%d similar lines suppressed)", args + (n,)
+        self.logger.log(level, fmt, *args)
 
 
 _liblog = _LibLog(logging.getLogger(log.name))  # librdkafka calls a stdlib logger (printf style)
@@ -127,6 +153,8 @@ class _Tracker:
     def report(self, err: Any, msg: Any) -> None:
         if err is not None and err.code() == _kafka().KafkaError._MSG_TIMED_OUT:
             self.owner._stale = f"{err.name()}: {err.str()}"
+        elif err is None and self.owner.unreachable is not None:
+            self.owner._reachable()
         with self.lock:
             self.pending -= 1
             if err is not None and self.error is None:
@@ -223,6 +251,8 @@ class KafkaOutput(Output):
         self._stale: str | None = None
         self.replacements = 0
         self.last_error: str | None = None
+        self.unreachable: str | None = None  # why, while the brokers cannot be reached
+        self._unreachable_lock = threading.Lock()
 
     # -- configuration ----------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -236,6 +266,9 @@ class KafkaOutput(Output):
             # librdkafka's 300 s default keeps a stuck batch out of the spool's
             # retry (and the producer-replacing watchdog) for five minutes.
             "message.timeout.ms": 30000,
+            # librdkafka waits 30 s for a connect to a silent address; 8 s lets the
+            # outage be reported within 10 s of start (options may set it).
+            "socket.connection.setup.timeout.ms": 8000,
         }
         conf.update(self._budget)
         conf.update(self.options)
@@ -287,12 +320,26 @@ class KafkaOutput(Output):
 
     def _on_error(self, err: Any) -> None:
         self.last_error = f"{err.name()}: {err.str()}"
+        if err.code() == _kafka().KafkaError._ALL_BROKERS_DOWN:
+            with self._unreachable_lock:
+                first = self.unreachable is None
+                self.unreachable = self.last_error
+            if first:
+                log.warning(f"kafka output {self.name}: brokers {self.brokers} unreachable ({err.str()}); "
+                            "batches stay in the spool until they answer", output=self.name)
+            return
         if err.fatal():
             self._fatal = self.last_error
             log.error(f"kafka output {self.name}: fatal producer error, the producer will be replaced: "
                       f"{self.last_error}", output=self.name)
         else:
             log.debug(f"kafka output {self.name}: {self.last_error}", output=self.name)
+
+    def _reachable(self) -> None:
+        with self._unreachable_lock:
+            was, self.unreachable = self.unreachable, None
+        if was is not None:
+            log.warning(f"kafka output {self.name}: brokers {self.brokers} reachable again", output=self.name)
 
     def topic_for(self, tenant: str) -> str:
         return self.topic.replace("{tenant}", tenant)
