@@ -176,7 +176,7 @@ def _add_counters(data_dir: Path, tenant: str, n: int, nbytes: int) -> None:
     c["dropped_bytes"] += nbytes
     folder = data_dir / DIR / tenant
     private_dirs(data_dir, folder)
-    _write_file(folder, _COUNTERS, json.dumps(c).encode())
+    write_atomic(folder / _COUNTERS, json.dumps(c).encode())
 
 
 def usage(data_dir: str | os.PathLike, tenant: str) -> dict:
