@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -185,14 +184,7 @@ class Agent:
 
         Yields ``(tenant, name, tags, ts, value)``; nothing is buffered, spooled or sent.
         """
-        now = time.time_ns() if now_ns is None else now_ns
-        for key, b in self.pipeline.bindings.items():
-            cols = b.collector.collect(now)
-            for d in self.pipeline.route(key, cols):
-                t = d.tenant.index
-                for sid, v in zip(d.series.tolist(), d.values.tolist()):
-                    name, tags = self.registry.key(t, sid)
-                    yield d.tenant.id, name, dict(tags), d.ts, v
+        return self.pipeline.collect_once(time.time_ns() if now_ns is None else now_ns)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -263,14 +255,7 @@ class Agent:
         if enabled and all(t in held for t in enabled):
             raise IngressError("every tenant is held, nothing to run: " + "; ".join(
                 f"tenant {t!r}: {held[t]}" for t in enabled))
-        p = self.pipeline
-        bindings = {}
-        for k, b in p.bindings.items():
-            keep = tuple(t for t in b.tenants if t.id not in held)
-            if keep:
-                bindings[k] = b if len(keep) == len(b.tenants) else replace(b, tenants=keep)
-        p.bindings = bindings  # the scheduler is built from these after this point
-        p._by_id = {tid: t for tid, t in p._by_id.items() if tid not in held}
+        self.pipeline.leave_out(held)  # before the scheduler is built from its bindings
         self._log_held()
 
     def _log_held(self) -> None:
@@ -364,17 +349,8 @@ class Agent:
             d.notify(t.id)
 
     def _log_summary(self) -> None:
-        # One line per interval while only file outputs run (`make run`): the
-        # samples and batches since the last line, per tenant.
-        samples, batches = {}, {}
-        for tid, st in self.pipeline.stats.items():
-            last = self._last_summary.get(tid, (0, 0))
-            samples[tid] = st.collected - last[0]
-            batches[tid] = st.spooled_batches - last[1]
-            self._last_summary[tid] = (st.collected, st.spooled_batches)
-        if any(samples.values()):
-            log.info("collected", samples=samples, batches=batches,
-                     series={t.id: self.registry.count(t.index) for t in self.tenants.enabled})
+        # One line per interval while only local outputs run (`make run`).
+        self.pipeline.log_summary(self._last_summary)
 
     def stop(self) -> None:
         """Graceful stop: collectors, then rings -> spool, then outputs within the timeout."""

@@ -14,8 +14,8 @@ import json
 import math
 import os
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -118,6 +118,42 @@ class Pipeline:
                         "ring full: oldest samples dropped", tenant=d.tenant.id, dropped=st.ring_dropped)
                 if self.rings.size(t) >= self.max_samples:
                     self.flush_wanted.set()
+
+    def collect_once(self, now_ns: int) -> Iterator[tuple[str, str, dict, int, float]]:
+        """One pass of every collector, routed: ``(tenant, name, tags, ts, value)`` per sample.
+
+        Nothing is buffered, spooled or sent (``ingress run --once``).
+        """
+        for key, b in self.bindings.items():
+            cols = b.collector.collect(now_ns)
+            for d in self.route(key, cols):
+                t = d.tenant.index
+                for sid, v in zip(d.series.tolist(), d.values.tolist()):
+                    name, tags = self.registry.key(t, sid)
+                    yield d.tenant.id, name, dict(tags), d.ts, v
+
+    def leave_out(self, tenant_ids: Iterable[str]) -> None:
+        """Serve ``tenant_ids`` no more: bindings left with no tenant are dropped."""
+        gone = set(tenant_ids)
+        bindings = {}
+        for k, b in self.bindings.items():
+            keep = tuple(t for t in b.tenants if t.id not in gone)
+            if keep:
+                bindings[k] = b if len(keep) == len(b.tenants) else replace(b, tenants=keep)
+        self.bindings = bindings
+        self._by_id = {tid: t for tid, t in self._by_id.items() if tid not in gone}
+
+    def log_summary(self, last: dict[str, tuple[int, int]]) -> None:
+        """One ``collected`` line: samples and batches per tenant since ``last`` (updated)."""
+        samples, batches = {}, {}
+        for tid, st in self.stats.items():
+            was = last.get(tid, (0, 0))
+            samples[tid] = st.collected - was[0]
+            batches[tid] = st.spooled_batches - was[1]
+            last[tid] = (st.collected, st.spooled_batches)
+        if any(samples.values()):
+            log.info("collected", samples=samples, batches=batches,
+                     series={t.id: self.registry.count(t.index) for t in self._by_id.values()})
 
     def evict(self, now_ns: int) -> int:
         """Evict idle series from the registry and forget them in the fan-out."""
