@@ -90,6 +90,17 @@ def fake_encode(tenant, host, series, index, ts, values, batch_id):
     return json.dumps({"tenant": tenant, "host": host, "rows": rows}).encode()
 
 
+class FakeEncoder:
+    """A stages.Encoder writing JSON rows from the registry's plain dictionary (readable in asserts)."""
+
+    def __init__(self, registry, host):
+        self.registry, self.host = registry, host
+
+    def encode(self, tenant, sids, ts, values, batch_id):
+        series, index = self.registry.dictionary(tenant.index, sids)
+        return fake_encode(tenant.id, self.host, series, index, ts, values, batch_id)
+
+
 class FakeCollector:
     def __init__(self, name, series, events=None):
         self.name = name
@@ -203,7 +214,7 @@ SERIES = [("cpu.time", {"cpu": "0", "mode": "user"}, COUNTER), ("cpu.time", {"cp
           ("memory.used", {}, GAUGE)]
 
 
-def make_agent(tmp_path, rec, max_samples=50000, fail=None, encode=fake_encode):
+def make_agent(tmp_path, rec, max_samples=50000, fail=None):
     s = loads(CONFIG.format(data=tmp_path / "data", max_samples=max_samples))
     ts = TenantSet(s.tenants)
     bindings = {"cpu": Binding("cpu", "cpu", {}, ts.enabled, FakeCollector("cpu", SERIES[:2])),
@@ -217,7 +228,8 @@ def make_agent(tmp_path, rec, max_samples=50000, fail=None, encode=fake_encode):
     agent = Agent(s, bindings=bindings, outputs=[FakeOutput("file-0", rec, fail)],
                   scheduler_factory=sched, spool_factory=lambda _: FakeSpool(rec),
                   delivery_factory=lambda o: FakeDelivery(o, rec),
-                  registry=FakeRegistry(2), rings=FakeRings(2), encode=encode)
+                  registry=(reg := FakeRegistry(2)), rings=FakeRings(2),
+                  encoder=FakeEncoder(reg, s.agent.hostname))
     return agent, holder
 
 
@@ -267,7 +279,8 @@ url = "http://127.0.0.1:9/in"
 """)
     rec = Recorder()
     agent = Agent(s, bindings={}, outputs=[], spool_factory=lambda _: FakeSpool(rec),
-                  registry=FakeRegistry(1), rings=FakeRings(1), encode=fake_encode)
+                  registry=(reg := FakeRegistry(1)), rings=FakeRings(1),
+                  encoder=FakeEncoder(reg, s.agent.hostname))
     with pytest.raises(TenantCheckError, match="tenant 'acme': credential_missing: environment variable "
                                                "INGRESS_TEST_NO_SUCH_KEY is not set"):
         agent.start()

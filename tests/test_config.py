@@ -151,7 +151,7 @@ def test_base_is_valid_and_defaults_apply():
     assert (t.id, t.enabled, t.collectors, t.include, t.exclude) == ("acme", True, ("cpu", "memory"), ("*",), ())
     assert t.interval_s == 10.0 and t.max_series == 10000 and dict(t.tags) == {}
     assert (t.spool.max_mb, t.spool.retention_s, t.spool.encrypt) == (256, 86400.0, False)
-    assert t.processes == config.ProcessesSettings(match=(), top=10, users=(), cmdline="")
+    assert dict(t.collector_tables) == {}  # neither cpu nor memory takes options
     a = s.agent
     assert a.data_dir == Path("./ingress-data") and a.shutdown_timeout_s == 10.0
     assert (a.limits.memory_mb, a.limits.cpu_percent, a.limits.disk_write_mb_s, a.limits.ring_mb) == (256, 5.0, 20.0, 32)
@@ -227,12 +227,14 @@ def test_full_contract_example_loads():
     s = loads(text, "full.toml")
     t = s.tenants[0]
     assert t.interval_s == 5.0 and dict(t.tags) == {"team": "infra"} and t.api_key_env == "ACME_INGEST_KEY"
-    assert t.processes.match == ("nginx*", "postgres") and t.processes.top == 20
-    assert [(h.name, h.kind, h.timeout_s) for h in t.health] == [("api", "url", 2.0), ("db", "tcp", 2.0)]
+    p = t.collector_tables["processes"]
+    assert p["match"] == ("nginx*", "postgres") and p["top"] == 20
+    assert [(h["name"], h["url"] or h["tcp"], h["timeout"]) for h in t.collector_tables["health"]] == [
+        ("api", "http://127.0.0.1:8080/health", 2.0), ("db", "127.0.0.1:5432", 2.0)]
     assert t.spool.encrypt is True
     k, h = s.outputs
-    assert (k.name, k.topic_for("acme"), k.tenants, dict(k.options)) == (
-        "kafka-0", "ingress.acme", ("acme",), {"linger.ms": 50})
+    assert (k.name, k.topic, k.tenants, dict(k.options)) == (
+        "kafka-0", "ingress.{tenant}", ("acme",), {"linger.ms": 50})
     assert (h.name, h.timeout_s, h.verify, dict(h.headers)) == ("http-1", 3.0, True, {"X-Region": "eu"})
     assert s.agent.hostname == "web-1" and s.agent.limits.disk_write_mb_s == 20.0
 
@@ -365,7 +367,7 @@ def _doc_keys(md: str) -> set[str]:
 
 def test_docs_list_every_key_and_nothing_else():
     md = (DOCS / "configuration.md").read_text()
-    assert _doc_keys(md) == {o.name for o in config.OPTIONS}
+    assert _doc_keys(md) == {o.name for _, rows, _ in config.all_tables() for o in rows}
 
 
 def test_docs_reference_is_generated_from_the_table():
@@ -377,6 +379,6 @@ def test_docs_reference_is_generated_from_the_table():
 
 
 def test_every_default_in_the_table_is_valid():
-    for o in config.OPTIONS:
+    for o in (o for _, rows, _ in config.all_tables() for o in rows):
         if o.default not in (config.REQUIRED, config.COMPUTED, None):
             o.kind.convert(o.default)

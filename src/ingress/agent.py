@@ -1,13 +1,18 @@
-"""The agent's lifecycle and its pipeline, wired from :class:`~ingress.config.Settings`.
+"""The agent's lifecycle: build the stages from :class:`~ingress.config.Settings`, then
+start, run, stop and drain them.
 
-Pipeline (docs/architecture.md draws it)::
+Stages (docs/architecture.md draws them; :mod:`ingress.stages` types each boundary)::
 
-    collectors --Columns--> FanOut --per tenant--> RingSet --drain--> wire.encode --> Spool
+    collectors --Columns--> FanOut --per tenant--> RingSet --drain--> Encoder --> Spool
        (scheduler threads)    (one lock)              (flush, main thread)          |
                                                                                  Delivery
                                                                           (thread per tenant x output)
                                                                                     |
                                                                                  outputs
+
+Which collectors run for which tenants is :mod:`ingress.collect.plan`; the
+batcher is :class:`ingress.pipeline.Pipeline`; outputs are built by their
+plugins (:func:`ingress.transport.plugin.build_outputs`).
 
 Start downstream first, stop upstream first: ``start`` opens the spool, starts
 the outputs and the delivery loops, then the collectors, so the first sample
@@ -15,372 +20,34 @@ already has somewhere to go. ``stop`` stops the collectors, flushes every ring
 into the spool (every accepted sample is persisted), then gives the outputs
 ``agent.shutdown_timeout`` to acknowledge what is in flight, closes them and
 closes the spool. Whatever is not acknowledged is sent again on the next start.
-
-Threads: each collector runs on its scheduler worker and calls
-:meth:`Pipeline.on_columns`, which fans out and pushes under one lock (the work
-is a few vectorised numpy calls per tenant). Only the main thread drains rings,
-encodes and appends to the spool, so no two drains ever race.
-
-Collectors are shared: tenants that ask for the same collector with the same
-options get one instance and one pass ("collect once, fan out"); a collector
-whose options differ per tenant (``processes``, ``health``) gets one instance
-per distinct option set.
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-import numpy as np
-
-from ingress.config import Settings, TenantSettings, locate
+from ingress.collect.plan import Binding, build_collectors, collector_options, make_scheduler, plan_collectors
+from ingress.config import Settings
 from ingress.control import statusline
-from ingress.errors import ConfigError, IngressError, SpoolError
-from ingress.fanout import FanOut
+from ingress.errors import IngressError, SpoolError
 from ingress.logs import get_logger
+from ingress.pipeline import Pipeline, TenantStats, sample_json
+from ingress.stages import (DeliveryStage, Encoder, OutputStage, Registry, Rings, SchedulerStage,
+                            SpoolStage)
 from ingress.tenants import Tenant, TenantSet
-from ingress.transport.jsonfmt import sample_json  # noqa: F401 - its home; kept importable from here
+from ingress.transport.plugin import build_outputs
 
-__all__ = ["Agent", "Pipeline", "Binding", "plan_collectors", "build_collectors", "build_outputs",
-           "collector_options", "sample_json", "make_scheduler"]
+# The old homes of what moved out (kept for importers): plan_collectors & co., Pipeline, sample_json.
+__all__ = ["Agent", "Pipeline", "TenantStats", "Binding", "plan_collectors", "build_collectors",
+           "build_outputs", "collector_options", "sample_json", "make_scheduler"]
 
 MIB = 1 << 20
 EVICT_EVERY_S = 60.0
 HELD_LOG_EVERY_S = 60.0
 log = get_logger("ingress.agent")
-
-
-# --------------------------------------------------------------------------- collectors
-
-def collector_options(name: str, t: TenantSettings) -> dict:
-    """The ``CollectorSettings.options`` a tenant's configuration asks of collector ``name``."""
-    if name == "processes":
-        p = t.processes
-        return {"match": list(p.match), "top": p.top, "users": list(p.users), "cmdline": p.cmdline}
-    if name == "health":
-        checks = []
-        for h in t.health:
-            c: dict[str, Any] = {"name": h.name, h.kind: getattr(h, h.kind), "timeout": h.timeout_s}
-            if h.expect_status is not None:
-                c["expect_status"] = h.expect_status
-            if h.insecure:
-                c["insecure"] = True
-            checks.append(c)
-        return {"checks": checks}
-    if name == "agent":
-        # One instance per tenant: its figures name tenants and collectors, and a
-        # tenant may only see its own.
-        return {"for_tenant": t.id}
-    return {}
-
-
-def _freeze(v: Any) -> Any:
-    if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(_freeze(x) for x in v)
-    return v
-
-
-@dataclass
-class Binding:
-    """One collector instance, the tenants it serves and its scheduler name."""
-
-    key: str
-    name: str
-    options: dict
-    tenants: tuple[Tenant, ...]
-    collector: Any = None
-
-
-def plan_collectors(tenants: Sequence[Tenant]) -> dict[str, Binding]:
-    """Group enabled tenants by (collector, options): one instance per group.
-
-    ``processes`` is the exception: one instance reads /proc once for every
-    tenant, with each tenant's selection (match, users, cmdline, top) as a view.
-
-    The scheduler name is the collector's name when one instance serves every
-    tenant that wants it, else ``name:<first tenant id>`` per instance.
-    """
-    groups: dict[tuple[str, Any], Binding] = {}
-    for t in tenants:
-        for name in t.collectors:
-            opts = collector_options(name, t.settings)
-            if name == "processes":
-                # One pass serves every tenant; each tenant's selection is a view of it
-                # (the collector marks per pass which series each view leaves out).
-                b = groups.get((name, None))
-                if b is None:
-                    groups[(name, None)] = Binding(name, name, {"views": {t.id: opts}}, (t,))
-                else:
-                    b.options["views"][t.id] = opts
-                    b.tenants += (t,)
-                continue
-            k = (name, _freeze(opts))
-            b = groups.get(k)
-            if b is None:
-                groups[k] = Binding(name, name, opts, (t,))
-            else:
-                b.tenants += (t,)
-    per_name: dict[str, int] = {}
-    for name, _ in groups:
-        per_name[name] = per_name.get(name, 0) + 1
-    out: dict[str, Binding] = {}
-    for (name, _), b in groups.items():
-        b.key = name if per_name[name] == 1 else f"{name}:{b.tenants[0].id}"
-        out[b.key] = b
-    return out
-
-
-def build_collectors(plan: Mapping[str, Binding], settings: Settings,
-                     stats_provider: Callable[[Binding], Callable[[], dict]] | None = None) -> dict[str, Binding]:
-    """Instantiate the planned collectors from ``ingress.collect.COLLECTORS``.
-
-    ``stats_provider(binding)`` returns the figures callable handed to an
-    ``agent`` collector (see :meth:`Agent.stats_for`).
-
-    Raises
-    ------
-    ConfigError
-        A collector is not part of this build, or rejects its options; the
-        message points at the first tenant's ``collectors`` entry.
-    """
-    from ingress.collect import COLLECTORS
-    from ingress.collect.base import CollectorSettings
-
-    ids = [t.id for t in settings.tenants]
-    for b in plan.values():
-        options = dict(b.options)
-        if b.name == "agent":
-            del options["for_tenant"]
-            options["stats_provider"] = stats_provider(b) if stats_provider is not None else None
-        first = b.tenants[0]
-        where = locate(settings, ("tenants", ids.index(first.id), "collectors",
-                                  first.collectors.index(b.name)))
-        cls = COLLECTORS.get(b.name)
-        if cls is None:
-            raise ConfigError(f"{where}: collector {b.name!r} is not available in this build "
-                              f"(available: {', '.join(sorted(COLLECTORS))})")
-        try:
-            b.collector = cls(CollectorSettings(options=options))
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
-    return dict(plan)
-
-
-# --------------------------------------------------------------------------- outputs
-
-def _construct(cls: type, where: tuple, settings: Settings, args: dict, optional: dict) -> Any:
-    """``cls(**args, **optional)``, refusing settings the class cannot take.
-
-    ``optional`` holds settings at non-default values; one the constructor does
-    not accept is a ConfigError rather than silently ignored.
-    """
-    import inspect
-
-    params = inspect.signature(cls).parameters
-    for k, v in optional.items():
-        if k not in params:
-            raise ConfigError(f"{locate(settings, where + (k,))}: {v!r} is not supported by this "
-                              f"build's {cls.type} output")
-    return cls(**args, **optional)
-
-
-def build_outputs(settings: Settings, credential: Callable[[str], str] | None) -> list:
-    """One :class:`~ingress.transport.base.Output` per ``[[outputs]]`` table (not started)."""
-    outs = []
-    for i, o in enumerate(settings.outputs):
-        where = ("outputs", i)
-        tenants = frozenset(o.tenants) if o.tenants is not None else None
-        if o.type == "file":
-            from ingress.transport.file import FileOutput
-
-            outs.append(_construct(FileOutput, where, settings, dict(name=o.name, data_dir=settings.agent.data_dir,
-                                                           max_bytes=o.max_mb * MIB, format=o.format,
-                                                           tenants=tenants, path=o.path), {}))
-        elif o.type == "http":
-            from ingress.transport.http import HttpOutput
-
-            opt: dict[str, Any] = {"headers": dict(o.headers)} if o.headers else {}
-            if o.format != "batch":
-                opt["format"] = o.format
-            outs.append(_construct(HttpOutput, where, settings, dict(
-                name=o.name, url=o.url, credential=credential, tenants=tenants, timeout_s=o.timeout_s,
-                verify=o.verify, ca_file=_s(o.ca_file), cert_file=_s(o.cert_file), key_file=_s(o.key_file)), opt))
-        elif o.type == "kafka":
-            from ingress.transport.kafka import KafkaOutput
-
-            outs.append(_construct(KafkaOutput, where, settings, dict(
-                name=o.name, brokers=o.brokers, topic=o.topic, tenants=tenants, format=o.format,
-                options=dict(o.options)), {}))
-        else:  # pragma: no cover - config refuses other types
-            raise ConfigError(f"{locate(settings, where + ('type',))}: {o.type!r} is not an output type")
-    return outs
-
-
-def _s(p: Path | None) -> str | None:
-    return None if p is None else str(p)
-
-
-# --------------------------------------------------------------------------- pipeline
-
-@dataclass
-class TenantStats:
-    """Per-tenant pipeline counters (samples unless named otherwise), cumulative."""
-
-    collected: int = 0  # pushed into the ring
-    ring_dropped: int = 0
-    spooled: int = 0
-    spooled_batches: int = 0
-    spool_dropped: int = 0  # refused by the spool (disk full, quota)
-
-
-class Pipeline:
-    """Fan-out -> rings on the collector side; rings -> batches -> sink on the flush side.
-
-    Parameters
-    ----------
-    tenants
-        Enabled tenants, ``tenants[i].index == i``.
-    bindings
-        ``{scheduler name: Binding}``.
-    registry, rings
-        :class:`~ingress.buffer.SeriesRegistry` and :class:`~ingress.buffer.RingSet`
-        sized for ``tenants``.
-    host
-        Written into every batch.
-    max_samples, max_bytes
-        Batch limits (``[agent.batch]``); a batch encoding to more than
-        ``max_bytes`` is split in halves until it fits.
-    encode
-        ``wire.encode`` (injectable for tests).
-    """
-
-    def __init__(self, tenants: Sequence[Tenant], bindings: Mapping[str, Binding], registry: Any,
-                 rings: Any, host: str, max_samples: int, max_bytes: int,
-                 encode: Callable[..., bytes] | None = None) -> None:
-        self.tenants = tuple(tenants)
-        self.bindings = dict(bindings)
-        self.registry = registry
-        self.rings = rings
-        self.fanout = FanOut(registry)
-        self.host = host
-        self.max_samples = max_samples
-        self.max_bytes = max_bytes
-        # The real encoder takes the dictionary section the registry writes in C;
-        # an injected one (tests) gets the contract's arguments: the series list.
-        self._native_dictionary = encode is None
-        if encode is None:
-            from ingress.wire import encode
-        self.encode = encode
-        self.stats = {t.id: TenantStats() for t in self.tenants}
-        self.flush_wanted = threading.Event()
-        self.last_samples: dict[str, int] = {}
-        self._by_id = {t.id: t for t in self.tenants}
-        self._lock = threading.Lock()
-        self._s = np.empty(max_samples, np.uint32)
-        self._ts = np.empty(max_samples, np.int64)
-        self._v = np.empty(max_samples, np.float64)
-
-    def route(self, name: str, cols: Any, tenant_ids: Iterable[str] = ()) -> list:
-        """Fan one pass out; returns the per-tenant shares (no ring involved)."""
-        b = self.bindings[name]
-        ids = tuple(tenant_ids)
-        tenants = [self._by_id[t] for t in ids if t in self._by_id] if ids else b.tenants
-        return self.fanout.route(b.collector, b.collector.table, cols.local_ids, cols.values, cols.ts, tenants,
-                                 getattr(cols, "drop", None))
-
-    def on_columns(self, name: str, cols: Any, tenant_ids: Iterable[str] = ()) -> None:
-        """Scheduler callback: fan a pass out and push each tenant's share into its ring."""
-        self.last_samples[name] = len(cols)
-        if len(cols) == 0:
-            return
-        with self._lock:
-            for d in self.route(name, cols, tenant_ids):
-                t = d.tenant.index
-                dropped = self.rings.push(t, d.series, d.ts, np.ascontiguousarray(d.values),
-                                          np.ascontiguousarray(d.kinds))
-                self.registry.touch(t, d.series, d.ts)
-                st = self.stats[d.tenant.id]
-                st.collected += len(d.series)
-                if dropped:
-                    st.ring_dropped += dropped
-                    log.every(("ring full", d.tenant.id), 60.0).warning(
-                        "ring full: oldest samples dropped", tenant=d.tenant.id, dropped=st.ring_dropped)
-                if self.rings.size(t) >= self.max_samples:
-                    self.flush_wanted.set()
-
-    def evict(self, now_ns: int) -> int:
-        """Evict idle series from the registry and forget them in the fan-out."""
-        evicted = self.registry.evict(now_ns)
-        if evicted:
-            with self._lock:
-                self.fanout.invalidate(evicted)
-        return sum(len(v) for v in evicted.values())
-
-    def flush(self, sink: Callable[[Tenant, bytes, bytes, int, int], None]) -> int:
-        """Drain every ring into batches and hand each to ``sink``; returns batches made.
-
-        ``sink(tenant, batch_id, payload, sample_count, first_ts_ns)``. Only one
-        thread may flush. Ids the registry evicted before this drain began are
-        released afterwards: no later batch can refer to them.
-        """
-        epoch = self.registry.epoch
-        made = 0
-        cap = len(self._s)
-        for t in self.tenants:
-            while True:
-                n = self.rings.drain(t.index, self._s, self._ts, self._v, None)
-                if n == 0:
-                    break
-                made += self._encode(t, self._s[:n], self._ts[:n], self._v[:n], sink)
-                if n < cap:
-                    break
-        self.registry.release(upto=epoch)
-        self.flush_wanted.clear()
-        return made
-
-    def _encode(self, t: Tenant, sids: np.ndarray, ts: np.ndarray, vals: np.ndarray,
-                sink: Callable) -> int:
-        batch_id = os.urandom(16)
-        if self._native_dictionary:
-            d, n, index = self.registry.encoded_dictionary(t.index, sids)
-            payload = self.encode(t.id, self.host, None, index, ts, vals, batch_id, dictionary=(d, n))
-        else:
-            series, index = self.registry.dictionary(t.index, sids)
-            payload = self.encode(t.id, self.host, series, index, ts, vals, batch_id)
-        if len(payload) > self.max_bytes and len(sids) > 1:
-            h = len(sids) // 2
-            return (self._encode(t, sids[:h], ts[:h], vals[:h], sink)
-                    + self._encode(t, sids[h:], ts[h:], vals[h:], sink))
-        sink(t, batch_id, payload, len(sids), int(ts.min()))
-        return 1
-
-
-
-
-# --------------------------------------------------------------------------- scheduling
-
-def make_scheduler(settings: Settings, bindings: Mapping[str, Binding],
-                   on_columns: Callable[[str, Any, tuple[str, ...]], None]) -> Any:
-    """The adaptive scheduler over the planned collectors, each tenant at its interval.
-
-    A collector runs at the shortest interval of its tenants; each pass names
-    the tenants it is for (see :class:`ingress.collect.scheduler.Scheduler`).
-    """
-    from ingress.collect.scheduler import Scheduler
-
-    collectors = {k: b.collector for k, b in bindings.items()}
-    tenant_intervals = {k: {t.id: t.interval_s for t in b.tenants} for k, b in bindings.items()}
-    c = settings.agent.collect
-    return Scheduler(collectors, {k: min(v.values()) for k, v in tenant_intervals.items()},
-                     min_interval=c.min_interval_s, max_interval=c.max_interval_s,
-                     cpu_budget_percent=settings.agent.limits.cpu_percent, on_columns=on_columns,
-                     tenant_intervals=tenant_intervals, jitter=c.jitter)
 
 
 # --------------------------------------------------------------------------- the agent
@@ -436,17 +103,17 @@ class Agent:
         ``(output) -> delivery`` with ``start()``, ``stop(timeout)``,
         ``notify(tenant)``; default one :class:`ingress.transport.delivery.Delivery`
         per output, with that output's retry and breaker settings.
-    registry, rings, encode
-        The buffer and the encoder (default: ``ingress.buffer``, ``wire.encode``).
+    registry, rings, encoder
+        The buffer and the encoder (default: ``ingress.buffer``, :class:`ingress.wire.Encoder`).
     """
 
     def __init__(self, settings: Settings, *, bindings: Mapping[str, Binding] | None = None,
-                 outputs: Sequence[Any] | None = None,
-                 scheduler_factory: Callable[..., Any] | None = None,
-                 spool_factory: Callable[[Settings], Any] | None = None,
-                 delivery_factory: Callable[[Any], Any] | None = None,
-                 registry: Any = None, rings: Any = None,
-                 encode: Callable[..., bytes] | None = None) -> None:
+                 outputs: Sequence[OutputStage] | None = None,
+                 scheduler_factory: Callable[..., SchedulerStage] | None = None,
+                 spool_factory: Callable[[Settings], SpoolStage] | None = None,
+                 delivery_factory: Callable[[OutputStage], DeliveryStage] | None = None,
+                 registry: Registry | None = None, rings: Rings | None = None,
+                 encoder: Encoder | None = None) -> None:
         self.settings = settings
         self.tenants = TenantSet(settings.tenants)
         enabled = self.tenants.enabled
@@ -458,26 +125,27 @@ class Agent:
             registry = SeriesRegistry(n, caps, names=[t.id for t in enabled] or ["-"])
         if rings is None:
             rings = RingSet(n, settings.agent.limits.ring_mb * MIB, settings.agent.limits.ring_policy)
-        self.registry, self.rings = registry, rings
+        self.registry: Registry = registry
+        self.rings: Rings = rings
         if bindings is None:
             bindings = build_collectors(plan_collectors(enabled), settings, self._stats_provider)
         a = settings.agent
         self.pipeline = Pipeline(enabled, bindings, self.registry, self.rings, a.hostname,
-                                 a.batch.max_samples, a.batch.max_bytes, encode)
+                                 a.batch.max_samples, a.batch.max_bytes, encoder)
         self._spool_factory = spool_factory or _open_spool
         self._delivery_factory = delivery_factory
         self._outputs_given = outputs
-        self.outputs: list = []
-        self.deliveries: list = []
-        self.spool: Any = None
+        self.outputs: list[OutputStage] = []
+        self.deliveries: list[DeliveryStage] = []
+        self.spool: SpoolStage | None = None
         # {tenant: reason} of tenants whose spool could not be opened: not collected, not sent,
         # their spool untouched, while every other tenant runs (readiness and metrics read it).
         self.held_tenants: dict[str, str] = {}
-        self.scheduler: Any = None
+        self.scheduler: SchedulerStage | None = None
         self._scheduler_factory = scheduler_factory or make_scheduler
         self._stop = threading.Event()
         self._started = False
-        self._summary = all(o.type == "file" for o in settings.outputs)
+        self._summary = False  # only local outputs: a summary line per interval (set at start)
         self.control: Any = None  # the control API (ingress.control), while started
         self._last_summary: dict[str, tuple[int, int]] = {}
 
@@ -523,14 +191,7 @@ class Agent:
 
         Yields ``(tenant, name, tags, ts, value)``; nothing is buffered, spooled or sent.
         """
-        now = time.time_ns() if now_ns is None else now_ns
-        for key, b in self.pipeline.bindings.items():
-            cols = b.collector.collect(now)
-            for d in self.pipeline.route(key, cols):
-                t = d.tenant.index
-                for sid, v in zip(d.series.tolist(), d.values.tolist()):
-                    name, tags = self.registry.key(t, sid)
-                    yield d.tenant.id, name, dict(tags), d.ts, v
+        return self.pipeline.collect_once(time.time_ns() if now_ns is None else now_ns)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -550,10 +211,14 @@ class Agent:
         :attr:`held_tenants` names it with the reason, and an error line says
         so at start and every minute. The other tenants run.
         """
+        from ingress.transport import OUTPUTS
+
         s, a = self.settings, self.settings.agent
         try:
-            for o in s.outputs:
-                if o.type == "http":
+            plugins = [OUTPUTS[o.type] for o in s.outputs]
+            self._summary = all(p.local for p in plugins)
+            for o, plugin in zip(s.outputs, plugins):
+                if plugin.needs_credential:
                     self.tenants.check_credentials([t.id for t in self.tenants.enabled if o.serves(t.id)])
             _make_data_dir(a.data_dir)
             self.spool = self._spool_factory(s)
@@ -597,14 +262,7 @@ class Agent:
         if enabled and all(t in held for t in enabled):
             raise IngressError("every tenant is held, nothing to run: " + "; ".join(
                 f"tenant {t!r}: {held[t]}" for t in enabled))
-        p = self.pipeline
-        bindings = {}
-        for k, b in p.bindings.items():
-            keep = tuple(t for t in b.tenants if t.id not in held)
-            if keep:
-                bindings[k] = b if len(keep) == len(b.tenants) else replace(b, tenants=keep)
-        p.bindings = bindings  # the scheduler is built from these after this point
-        p._by_id = {tid: t for tid, t in p._by_id.items() if tid not in held}
+        self.pipeline.leave_out(held)  # before the scheduler is built from its bindings
         self._log_held()
 
     def _log_held(self) -> None:
@@ -622,7 +280,7 @@ class Agent:
                                                credential=t.credential if t.has_credential else None)
                               for t in self.tenants})
 
-    def _default_delivery(self, checker: Any) -> Callable[[Any], Any]:
+    def _default_delivery(self, checker: Any) -> Callable[[OutputStage], DeliveryStage]:
         from ingress.transport.breaker import CircuitBreaker
         from ingress.transport.delivery import Delivery
         from ingress.transport.retry import Backoff
@@ -631,7 +289,7 @@ class Agent:
             checker = self._tenant_checker()
         by_name = {o.name: o for o in self.settings.outputs}
 
-        def make(out: Any) -> Any:
+        def make(out: OutputStage) -> DeliveryStage:
             # One Delivery per output, so each output keeps its own retry and breaker settings.
             cfg = by_name.get(out.name)
             kw: dict[str, Any] = {}
@@ -641,7 +299,8 @@ class Agent:
                 kw["breaker_factory"] = lambda: CircuitBreaker(br.failures, br.reset_s)
             tenants = [t.id for t in self.settings.tenants if out.serves(t.id) and t.id not in self.held_tenants]
             return Delivery(self.spool, [out], checker, tenants=tenants, data_dir=self.settings.agent.data_dir,
-                            host=self.settings.agent.hostname, deadletter_limits=_deadletter_limits(self.settings), **kw)
+                            host=self.settings.agent.hostname, deadletter_limits=_deadletter_limits(self.settings),
+                            **kw)
 
         return make
 
@@ -699,17 +358,8 @@ class Agent:
             d.notify(t.id)
 
     def _log_summary(self) -> None:
-        # One line per interval while only file outputs run (`make run`): the
-        # samples and batches since the last line, per tenant.
-        samples, batches = {}, {}
-        for tid, st in self.pipeline.stats.items():
-            last = self._last_summary.get(tid, (0, 0))
-            samples[tid] = st.collected - last[0]
-            batches[tid] = st.spooled_batches - last[1]
-            self._last_summary[tid] = (st.collected, st.spooled_batches)
-        if any(samples.values()):
-            log.info("collected", samples=samples, batches=batches,
-                     series={t.id: self.registry.count(t.index) for t in self.tenants.enabled})
+        # One line per interval while only local outputs run (`make run`).
+        self.pipeline.log_summary(self._last_summary)
 
     def stop(self) -> None:
         """Graceful stop: collectors, then rings -> spool, then outputs within the timeout."""

@@ -22,8 +22,8 @@ from ingress._core import _codec
 from ingress.errors import DecodeLimitError, DecodeMemoryError, WireError
 from ingress.names import TENANT_ID_RE
 
-__all__ = ["Batch", "DecodeLimitError", "DecodeLimits", "DecodeMemoryError", "Header", "WireError", "decode", "encode",
-           "peek", "MAGIC", "VERSION"]
+__all__ = ["Batch", "DecodeLimitError", "DecodeLimits", "DecodeMemoryError", "Encoder", "Header", "WireError",
+           "decode", "encode", "peek", "MAGIC", "VERSION"]
 
 MAGIC = b"INGB"
 VERSION = 1
@@ -215,6 +215,29 @@ def encode(tenant: str, host: str, series: Iterable[tuple[str, Mapping[str, str]
     head = _FIXED.pack(MAGIC, VERSION, flags, len(tb), len(hb), batch_id, len(idx), n_series,
                        raw_len, len(body), zlib.crc32(body)) + tb + hb
     return b"".join((head, _CRC.pack(zlib.crc32(head)), body))
+
+
+class Encoder:
+    """The agent's encoder: one tenant's drained samples -> one batch.
+
+    The series dictionary of each batch comes from ``dictionaries`` (the
+    :class:`~ingress.buffer.SeriesRegistry`): its ``encoded_dictionary`` writes
+    the section in C from the ids kept since each series was interned, so no
+    Python object is built per series. Tests inject another object with the
+    same ``encode`` method (see :class:`ingress.stages.Encoder`).
+    """
+
+    __slots__ = ("dictionaries", "host")
+
+    def __init__(self, dictionaries: Any, host: str) -> None:
+        self.dictionaries = dictionaries
+        self.host = host
+
+    def encode(self, tenant: Any, sids: np.ndarray, ts: np.ndarray, values: np.ndarray,
+               batch_id: bytes) -> bytes:
+        """``tenant`` (its ``index`` and ``id``): the batch of these samples, as :func:`encode` makes it."""
+        d, n, index = self.dictionaries.encoded_dictionary(tenant.index, sids)
+        return encode(tenant.id, self.host, None, index, ts, values, batch_id, dictionary=(d, n))
 
 
 def peek(data: bytes, limits: DecodeLimits | None = None) -> Header:

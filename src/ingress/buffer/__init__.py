@@ -2,7 +2,7 @@
 
 Collectors push whole columns into a tenant's ring (``RingSet``), with series
 ids from that tenant's ``SeriesRegistry``; the agent's pipeline
-(``ingress.agent.Pipeline``) drains each ring into single-tenant batches and
+(``ingress.pipeline.Pipeline``) drains each ring into single-tenant batches and
 encodes them. See docs/buffer.md.
 """
 from __future__ import annotations

@@ -50,9 +50,14 @@ class AgentCollector(Collector):
                    ("collector",)),
     )
     options = (
-        OptionSpec("stats_provider", None, "Callable returning {metric: (tags, value) or [(tags, value), ...]} "
-                   "(set by the agent, not in configuration files)"),
+        OptionSpec("stats_provider", None, "Callable returning {metric: (tags, value) or [(tags, value), ...]}"),
+        OptionSpec("for_tenant", None, "The one tenant this instance serves: the figures name tenants and "
+                   "collectors, and a tenant may only see its own"),
     )
+
+    @classmethod
+    def tenant_options(cls, tenant) -> dict:
+        return {"for_tenant": tenant.id}  # one instance per tenant, never shared
 
     def __init__(self, settings=None) -> None:
         super().__init__(settings)

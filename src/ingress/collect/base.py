@@ -26,11 +26,16 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 import numpy as np
 
 from ingress.errors import ConfigError
+from ingress.options import Option, Section
+
+if TYPE_CHECKING:
+    from ingress.config import TenantSettings
+    from ingress.options import ErrorAt, Kind
 
 GAUGE = 0
 COUNTER = 1
@@ -53,11 +58,17 @@ class MetricSpec:
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """One option a collector accepts, with its default and help, declared once."""
+    """One option a collector accepts, with its default and help, declared once.
+
+    ``kind`` (a :class:`ingress.options.Kind`) makes it a configuration key of
+    the collector's table, ``[tenants.<collector>]``; ``None`` means the agent
+    sets it (``views``, ``stats_provider``, ``checks``) and a file cannot.
+    """
 
     name: str
     default: Any
     help: str
+    kind: Kind | None = None
 
 
 def proc_root() -> str:
@@ -217,6 +228,14 @@ class Collector:
     ``options`` declares the keys accepted in ``CollectorSettings.options``
     with their defaults; an unknown key is a :class:`~ingress.errors.ConfigError`
     naming it. The resolved values are in ``self.opts``.
+
+    Configuration (the class methods below, used by :mod:`ingress.config` and
+    :mod:`ingress.collect.plan`): the options that have a ``kind`` are the keys
+    of the tenant table ``[tenants.<name>]``; :meth:`table` declares it,
+    :meth:`check_table` checks it beyond each key's kind, :meth:`tenant_options`
+    turns a tenant's table into the options asked of an instance. Tenants asking
+    for equal options share one instance; ``per_tenant`` names an option that
+    is instead merged across tenants (``processes``: each tenant's view).
     """
 
     name: ClassVar[str] = ""
@@ -224,6 +243,8 @@ class Collector:
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
     options: ClassVar[tuple[OptionSpec, ...]] = ()
     _specs: ClassVar[dict[str, MetricSpec]] = {}
+    per_tenant: ClassVar[str | None] = None
+    table_help: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -255,6 +276,36 @@ class Collector:
         out = {k: o.default for k, o in known.items()}
         out.update(given)
         return out
+
+    # -- configuration ------------------------------------------------------------------
+    @classmethod
+    def table(cls) -> tuple[Section, tuple[Option, ...]] | None:
+        """The tenant table configuring this collector and its rows, or None without one."""
+        sec = f"tenants.{cls.name}"
+        rows = tuple(Option(sec, o.name, o.kind, o.default, o.help, default_doc=None if o.default is not None
+                            else "none") for o in cls.options if o.kind is not None)
+        if not rows:
+            return None
+        help = cls.table_help or f"Options of the `{cls.name}` collector for this tenant."
+        return Section(sec, False, help), rows
+
+    @classmethod
+    def check_table(cls, at: ErrorAt, path: tuple, values: Any, raw: Any, listed: bool) -> None:
+        """Checks across keys of this tenant's table (``path``); each key's kind is already checked.
+
+        ``values``: the converted table; ``raw``: the TOML value (None when absent);
+        ``listed``: the collector is in the tenant's ``collectors``.
+        """
+        if raw is not None and not listed:
+            sec = cls.table()[0]
+            head = f"[[{sec.name}]]" if sec.array else f"[{sec.name}]"
+            raise at.error(path, f"{head} is configured but {cls.name!r} is not in this tenant's collectors")
+
+    @classmethod
+    def tenant_options(cls, tenant: TenantSettings) -> dict:
+        """The options ``tenant`` asks of this collector: the keys its table sets."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in tenant.collector_tables.get(cls.name, {}).items()}
 
     def series(self, metric: str, /, **tags: str) -> int:
         """Intern one declared series; its tag keys must be exactly the declared ones."""

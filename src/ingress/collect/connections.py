@@ -42,6 +42,25 @@ from ingress._core import _procfs as pf
 from ingress.collect._util import read_bytes
 from ingress.collect.base import GAUGE, Collector, ColumnBuilder, Columns, MetricSpec, OptionSpec
 from ingress.errors import ConfigError
+from ingress.options import Bad, Enum, Int, Kind, typename
+
+
+class PortTable(Kind):
+    """``name = port`` or ``name = [ports]``, ports 1..65535: the ``ports`` option."""
+
+    doc = "table of ports"
+
+    def convert(self, v):
+        if not isinstance(v, dict):
+            raise Bad(f"expected a table of name = port or [ports], got {typename(v)}")
+        out = {}
+        for name, val in v.items():
+            vals = val if isinstance(val, list) else [val]
+            for p in vals:
+                if not isinstance(p, int) or isinstance(p, bool) or not 0 < p < 65536:
+                    raise Bad(f"{p!r} is not a port number 1..65535", (name,))
+            out[name] = list(vals)
+        return out
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +168,11 @@ class ConnectionsCollector(Collector):
                    ("remote", "direction")),
     )
     options = (
-        OptionSpec("ports", {}, "Extra or overriding service ports, name = port or [ports]"),
-        OptionSpec("top_remotes", 10, "How many of the busiest remote peers to report"),
+        OptionSpec("ports", {}, "Extra or overriding service ports, name = port or [ports]", PortTable()),
+        OptionSpec("top_remotes", 10, "How many of the busiest remote peers to report", Int(0, 10000)),
         OptionSpec("source", "auto", "Where TCP sockets are read: netlink (sock_diag, as ss does), proc "
-                   "(/proc/net/tcp*), or auto: netlink when proc_root is the real /proc and netlink works"),
+                   "(/proc/net/tcp*), or auto: netlink when proc_root is the real /proc and netlink works",
+                   Enum("auto", "netlink", "proc")),
     )
 
     def __init__(self, settings=None) -> None:

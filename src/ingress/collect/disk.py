@@ -20,6 +20,7 @@ import numpy as np
 
 from ingress.collect._util import PsiBlock, counter_rate, glob_filter, psi_metrics, read_bytes, realign
 from ingress.collect.base import COUNTER, GAUGE, Collector, ColumnBuilder, Columns, MetricSpec, OptionSpec
+from ingress.options import Bool, Str, StrList
 
 _DIRS = ("read", "write")
 # Columns taken from each /proc/diskstats line (0-based after major, minor, name):
@@ -66,13 +67,15 @@ class DiskCollector(Collector):
         MetricSpec("disk.io.in_progress", "1", "Requests in flight now", GAUGE, ("device",)),
     ) + psi_metrics("disk", "I/O")
     options = (
-        OptionSpec("all_filesystems", False, "Report pseudo (nodev) filesystems too"),
+        OptionSpec("all_filesystems", False, "Report pseudo (nodev) filesystems too", Bool()),
         OptionSpec("fstypes_include", ["zfs"],
-                   "Filesystem types reported even though the kernel lists them nodev (zfs, nfs, tmpfs...)"),
-        OptionSpec("fstypes_exclude", [], "Filesystem types never reported"),
-        OptionSpec("mountpoints_exclude", [], "Mount point globs never reported"),
-        OptionSpec("devices_include", ["*"], "Block device globs whose I/O is reported"),
-        OptionSpec("devices_exclude", ["loop*", "ram*"], "Block device globs whose I/O is not reported"),
+                   "Filesystem types reported even though the kernel lists them nodev (zfs, nfs, tmpfs...)",
+                   StrList(Str())),
+        OptionSpec("fstypes_exclude", [], "Filesystem types never reported", StrList(Str())),
+        OptionSpec("mountpoints_exclude", [], "Mount point globs never reported", StrList(Str(), doc="list of globs")),
+        OptionSpec("devices_include", ["*"], "Block device globs whose I/O is reported", StrList(Str(), doc="list of globs")),
+        OptionSpec("devices_exclude", ["loop*", "ram*"], "Block device globs whose I/O is not reported",
+                   StrList(Str(), doc="list of globs")),
     )
 
     def __init__(self, settings=None) -> None:

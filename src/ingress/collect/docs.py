@@ -73,10 +73,19 @@ def _collector(name: str, cls) -> str:
     if diagram:
         out += ["```mermaid", inspect.cleandoc(diagram), "```", ""]
     if cls.options:
-        out.append("Options (`CollectorSettings.options`):\n")
+        table = cls.table()
+        if table is None:
+            out.append("Options (`CollectorSettings.options`), all set by the agent:\n")
+        else:
+            sec, rows = table
+            head = f"[[{sec.name}]]" if sec.array else f"[{sec.name}]"
+            keys = ", ".join(f"`{r.key}`" for r in rows)
+            out.append(f"Options (`CollectorSettings.options`); a tenant sets its own in `{head}` "
+                       f"({keys}); docs/configuration.md has their types:\n")
         out.append("| option | default | meaning |\n|---|---|---|")
         for o in cls.options:
-            out.append(f"| `{o.name}` | {_default(o.default)} | {o.help} |")
+            who = "" if o.kind is not None else " (set by the agent, not a configuration key)"
+            out.append(f"| `{o.name}` | {_default(o.default)} | {o.help}{who} |")
         out.append("")
     out.append("Metrics:\n")
     rows = [_TABLE_HEAD.rstrip("\n")]

@@ -40,6 +40,27 @@ from ingress._core import _procfs as pf
 from ingress.collect._util import fd_budget
 from ingress.collect.base import GAUGE, Collector, ColumnBuilder, Columns, MetricSpec, OptionSpec
 from ingress.errors import ConfigError
+from ingress.names import CHECK_NAME_RE
+from ingress.options import REQUIRED, Bool, Duration, HostPort, Int, Option, Section, Str, Url
+from ingress.locator import format_path
+
+# [[tenants.health]]: one table per check, the rows of the `checks` option.
+CHECK_SECTION = Section("tenants.health", True,
+                        "Health checks run by the `health` collector; each has exactly one of "
+                        "`url`, `tcp`, `process`.")
+_H = CHECK_SECTION.name
+CHECK_OPTIONS = (
+    Option(_H, "name", Str(CHECK_NAME_RE, "check name"), REQUIRED,
+           "The check's name, unique within the tenant; the `check` tag of its samples."),
+    Option(_H, "url", Url(), None, "HTTP(S) URL to GET.", default_doc="none"),
+    Option(_H, "tcp", HostPort(), None, "Address to open a TCP connection to.", default_doc="none"),
+    Option(_H, "process", Str(), None, "Process-name glob; healthy while a matching process runs.",
+           default_doc="none"),
+    Option(_H, "timeout", Duration(positive=True), "2s", "Time limit of one check."),
+    Option(_H, "expect_status", Int(100, 599), None,
+           "HTTP status that counts as healthy (url checks only).", default_doc="any 2xx"),
+    Option(_H, "insecure", Bool(), False, "Skip TLS certificate verification (https url checks only)."),
+)
 
 _KEYS = {"name", "url", "tcp", "process", "timeout", "expect_status", "insecure"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -193,8 +214,48 @@ class HealthCollector(Collector):
     )
     options = (
         OptionSpec("checks", [], "The checks: tables with name, one of url/tcp/process, timeout, "
-                   "expect_status, insecure"),
+                   "expect_status, insecure; from the tenant's [[tenants.health]] tables"),
     )
+
+    @classmethod
+    def table(cls) -> tuple[Section, tuple[Option, ...]]:
+        return CHECK_SECTION, CHECK_OPTIONS
+
+    @classmethod
+    def check_table(cls, at, path: tuple, values, raw, listed: bool) -> None:
+        collectors = path[:-1] + ("collectors",)
+        if listed and not values:
+            raise at.error(collectors, "the health collector needs at least one [[tenants.health]] check")
+        if values and not listed:
+            raise at.error(path, "checks are configured but 'health' is not in this tenant's collectors")
+        names: dict[str, int] = {}
+        for j, h in enumerate(values):
+            hp = path + (j,)
+            given = [k for k in ("url", "tcp", "process") if h[k] is not None]
+            if len(given) != 1:
+                msg = ("needs one of url, tcp, process" if not given
+                       else f"give one of url, tcp, process, not {' and '.join(given)}")
+                raise at.error(hp + ((given[1],) if len(given) > 1 else ()), msg)
+            for k in ("expect_status", "insecure"):
+                if k in raw[j] and h["url"] is None:
+                    raise at.error(hp + (k,), "applies to url checks only")
+            if h["name"] in names:
+                raise at.error(hp + ("name",), f"{h['name']!r} is already the name of "
+                                               f"{format_path(path + (names[h['name']],))}")
+            names[h["name"]] = j
+
+    @classmethod
+    def tenant_options(cls, tenant) -> dict:
+        checks = []
+        for h in tenant.collector_tables.get(cls.name, ()):
+            kind = next(k for k in ("url", "tcp", "process") if h[k] is not None)
+            c = {"name": h["name"], kind: h[kind], "timeout": h["timeout"]}
+            if h["expect_status"] is not None:
+                c["expect_status"] = h["expect_status"]
+            if h["insecure"]:
+                c["insecure"] = True
+            checks.append(c)
+        return {"checks": checks}
 
     def __init__(self, settings=None) -> None:
         super().__init__(settings)

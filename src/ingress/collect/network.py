@@ -15,6 +15,7 @@ import numpy as np
 
 from ingress.collect._util import counter_rate, glob_filter, read_bytes, realign
 from ingress.collect.base import COUNTER, GAUGE, Collector, ColumnBuilder, Columns, MetricSpec, OptionSpec
+from ingress.options import Str, StrList
 
 _IO = ("bytes", "packets", "errors", "drops")
 # /proc/net/dev column of each _IO counter: receive side, transmit side.
@@ -46,8 +47,9 @@ class NetworkCollector(Collector):
         MetricSpec("network.interface.mtu", "By", "Maximum transmission unit", GAUGE, ("interface",)),
     )
     options = (
-        OptionSpec("interfaces_include", ["*"], "Interface name globs reported"),
-        OptionSpec("interfaces_exclude", [], "Interface name globs not reported, e.g. [\"lo\", \"veth*\"]"),
+        OptionSpec("interfaces_include", ["*"], "Interface name globs reported", StrList(Str(), doc="list of globs")),
+        OptionSpec("interfaces_exclude", [], "Interface name globs not reported, e.g. [\"lo\", \"veth*\"]",
+                   StrList(Str(), doc="list of globs")),
     )
 
     def __init__(self, settings=None) -> None:

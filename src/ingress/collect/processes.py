@@ -60,6 +60,7 @@ from ingress._core import _procfs as pf
 from ingress.collect._util import fd_budget, read_bytes
 from ingress.collect.base import COUNTER, GAUGE, Collector, ColumnBuilder, Columns, MetricSpec, OptionSpec
 from ingress.errors import ConfigError
+from ingress.options import Bool, Int, Regex, Str, StrList
 
 log = logging.getLogger(__name__)
 
@@ -163,21 +164,39 @@ class ProcessesCollector(Collector):
                    "(denied) or the file was malformed (unreadable)", COUNTER, ("reason",)),
     )
     options = (
-        OptionSpec("match", [], "Process-name globs to report individually; empty: none"),
-        OptionSpec("users", [], "Only processes of these users (names or uids) count as matched"),
-        OptionSpec("cmdline", "", "Regular expression the command line must contain (re.search) to match"),
-        OptionSpec("top", 10, "Also report the top N processes by CPU and the top N by resident memory"),
-        OptionSpec("slow_every", 5, "Read fds, /proc/PID/io and context switches every Nth pass"),
-        OptionSpec("kernel_threads", False, "Consider kernel threads for selection and per-name sums"),
-        OptionSpec("groups", True, "Emit per-name sums (processes.group.*)"),
+        OptionSpec("match", [], "Process-name globs (the kernel's `comm`) of processes reported individually; "
+                   "empty: none, only the top N.", StrList(Str(), doc="list of globs")),
+        OptionSpec("top", 10, "Also report the top N processes by CPU and the top N by resident memory.",
+                   Int(0, 1000)),
+        OptionSpec("users", [], "When not empty, a matched process must also run as one of these users "
+                   "(names or uids).", StrList(Str())),
+        OptionSpec("cmdline", "", "When not empty, a matched process's command line must also contain this "
+                   "regular expression (`re.search`).", Regex(doc="regex", empty=True)),
+        OptionSpec("slow_every", 5, "Read fds, /proc/PID/io and context switches every Nth pass.",
+                   Int(1, 1000)),
+        OptionSpec("kernel_threads", False, "Consider kernel threads for selection and per-name sums.", Bool()),
+        OptionSpec("groups", True, "Emit per-name sums (processes.group.*).", Bool()),
         OptionSpec("meta_cache", 4096, "Command lines cached, keyed by (pid, start time), least recently used "
-                   "dropped first"),
+                   "dropped first.", Int(1, 1_000_000)),
         OptionSpec("views", {}, "Per-tenant selections served by this one pass: {tenant id: {match, users, "
-                   "cmdline, top}}; set by the agent from each tenant's [tenants.processes], and then used "
-                   "instead of the four options above"),
-        OptionSpec("held_files", 4096, "Per-process files (stat, io, status) kept open between passes and re-read in "
-                   "place, at most this many of each (bounded by the fd limit); 0 opens every file every pass"),
+                   "cmdline, top}}, from each tenant's [tenants.processes], and then used "
+                   "instead of those four options"),
+        OptionSpec("held_files", 4096, "Per-process files (stat, io, status) kept open between passes and re-read "
+                   "in place, at most this many of each (bounded by the fd limit); 0 opens every file every pass.",
+                   Int(0, 1_000_000)),
     )
+    # Tenants share one pass: match, users, cmdline and top are each tenant's view of it;
+    # tenants whose other options differ get separate instances.
+    per_tenant = "views"
+    table_help = ("Options of the `processes` collector for this tenant: which processes it reports "
+                  "(`match`, `users`, `cmdline`, `top`: this tenant's view of a pass shared with other "
+                  "tenants) and how it reads them.")
+
+    @classmethod
+    def tenant_options(cls, tenant) -> dict:
+        given = super().tenant_options(tenant)
+        view = {o.name: given.pop(o.name, o.default) for o in cls.options if o.name in _SELECTORS}
+        return {**given, "views": {tenant.id: view}}
 
     def __init__(self, settings=None) -> None:
         super().__init__(settings)

@@ -47,6 +47,8 @@ from ingress.errors import ConfigError, PermanentError, RetryableError, WireErro
 from ingress.logs import get_logger
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.transport.jsonfmt import FORMATS, sample_lines
+from ingress.options import Int, Option, PathKind
+from ingress.transport.plugin import OutputPlugin
 
 log = get_logger("ingress.transport.file")
 
@@ -403,3 +405,25 @@ class FileOutput(Output):
                 if tf.rf is not None:
                     tf.rf.close()
                     tf.rf = None
+
+
+# --------------------------------------------------------------------------- plugin declaration
+
+def _check(at, path: tuple, o: dict, agent) -> None:
+    if o["path"] is None:
+        o["path"] = agent.data_dir / "out"
+
+
+def _build(o, ctx):
+    return FileOutput(o.name, data_dir=ctx.data_dir, max_bytes=o.max_mb << 20, format=o.format,
+                      tenants=None if o.tenants is None else frozenset(o.tenants), path=o.path)
+
+
+PLUGIN = OutputPlugin(
+    type="file",
+    options=(
+        Option("outputs", "path", PathKind(), None, "Directory of the per-tenant files.",
+               default_doc="`agent.data_dir`/out"),
+        Option("outputs", "max_mb", Int(1), 64, "A tenant's file is rotated past this size, MiB."),
+    ),
+    check=_check, build=_build, local=True)

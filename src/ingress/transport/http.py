@@ -43,6 +43,7 @@ from __future__ import annotations
 import email.utils
 import http.client
 import io
+import re
 import socket
 import ssl
 import threading
@@ -54,6 +55,9 @@ from urllib.parse import urlsplit
 from ingress.errors import ConfigError, CredentialRefusedError, PermanentError, RetryableError, TransportError
 from ingress.logs import get_logger
 from ingress.transport.base import Done, OutgoingBatch, Output
+from ingress.logs import register_secret
+from ingress.options import REQUIRED, Bool, Duration, Headers, Option, PathKind, Url
+from ingress.transport.plugin import OutputPlugin, construct
 
 log = get_logger("ingress.transport.http")
 
@@ -513,3 +517,62 @@ class HttpOutput(Output):
             self._cond.notify_all()
         for batch, done in queued:
             done(batch, RetryableError(f"http output {self.name} closed before sending"))
+
+
+# --------------------------------------------------------------------------- plugin declaration
+
+# Headers whose meaning the contract fixes; an output may not override them.
+RESERVED_HEADERS = frozenset({"authorization", "x-tenant-id", "content-type", "idempotency-key"})
+# Header values registered as secrets (never logged): names that say they carry one.
+_SECRET_HEADER = re.compile(r"(?i).*(auth|key|token|secret|passw|cookie|session|signature|credential).*")
+
+
+def _check(at, path: tuple, o: dict, agent) -> None:
+    for k, v in o["headers"].items():
+        if k.lower() in RESERVED_HEADERS:
+            raise at.error(path + ("headers", k), "set by ingress; cannot be overridden")
+        if _SECRET_HEADER.fullmatch(k):
+            register_secret(v, f"outputs.{o['name']}.headers.{k}")
+    password = urlsplit(o["url"]).password
+    if password:
+        register_secret(password, f"outputs.{o['name']}.url")
+    if (o["cert_file"] is None) != (o["key_file"] is None):
+        missing = "key_file" if o["key_file"] is None else "cert_file"
+        raise at.error(path + (missing,), "cert_file and key_file go together")
+
+
+def _build(o, ctx):
+    def s(p):
+        return None if p is None else str(p)
+
+    opt: dict = {"headers": dict(o.headers)} if o.headers else {}
+    if o.format != "batch":
+        opt["format"] = o.format
+    return construct(HttpOutput, ctx, dict(
+        name=o.name, url=o.url, credential=ctx.credential,
+        tenants=None if o.tenants is None else frozenset(o.tenants), timeout_s=o.timeout_s,
+        verify=o.verify, ca_file=s(o.ca_file), cert_file=s(o.cert_file), key_file=s(o.key_file)), opt)
+
+
+_O = "outputs"
+PLUGIN = OutputPlugin(
+    type="http",
+    options=(
+        Option(_O, "url", Url(), REQUIRED, "Endpoint batches are POSTed to."),
+        Option(_O, "timeout", Duration(positive=True), "10s",
+               "Deadline for the whole request: connect, TLS handshake, sending, and the answer's headers "
+               "and body; past it the request fails as retryable (the breaker counts it)."),
+        Option(_O, "ca_file", PathKind(), None, "CA bundle to verify the server with.",
+               default_doc="the system's"),
+        Option(_O, "cert_file", PathKind(), None,
+               "Client certificate (PEM) for mutual TLS; needs `key_file`.", default_doc="none"),
+        Option(_O, "key_file", PathKind(), None, "Private key of `cert_file`.", default_doc="none"),
+        Option(_O, "verify", Bool(), True, "Verify the server's certificate."),
+        Option(_O, "headers", Headers(), {},
+               "Extra request headers; the contract's headers (`Authorization`, `X-Tenant-ID`, "
+               "`Content-Type`, `Idempotency-Key`) cannot be overridden. Names are HTTP tokens; "
+               "values one line of Latin-1 without control characters. Values of headers whose "
+               "name mentions auth, key, token, secret, password, cookie, session, signature or "
+               "credential are treated as secrets: never logged."),
+    ),
+    check=_check, build=_build, needs_credential=True)

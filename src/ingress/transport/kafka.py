@@ -51,16 +51,40 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from ingress import names
 from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError, WireError
 from ingress.logs import get_logger
+from ingress.options import REQUIRED, Brokers, Option, Scalars, Str
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.transport.jsonfmt import FORMATS, SCHEMA_BATCH, SCHEMA_JSON, sample_lines
+from ingress.transport.plugin import OutputPlugin
 
 log = get_logger("ingress.transport.kafka")
 
 # Keys ingress sets itself; options may not change them.
-_FIXED = {"enable.idempotence": ("true", True, 1), "acks": ("all", "-1", -1)}
+_FIXED = {"enable.idempotence": (("true", True, 1), "ingress producers are always idempotent"),
+          "acks": (("all", "-1", -1), "ingress producers always use acks=all")}
 _RESERVED = ("bootstrap.servers", "on_delivery", "error_cb", "logger")
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` (``{tenant}`` expanding to a tenant id) is not a Kafka topic, or None.
+
+    The one rule, used by the configuration check and by :class:`KafkaOutput`.
+    """
+    if not names.fullmatch(names.KAFKA_TOPIC_RE, topic.replace("{tenant}", "x")):
+        return (f"{topic!r} is not a valid Kafka topic "
+                "(letters, digits, '.', '_', '-'; '{tenant}' expands)")
+    return None
+
+
+def option_problem(key: str, value: Any) -> str | None:
+    """Why the librdkafka setting ``key = value`` may not be given in ``options``, or None."""
+    if key in _RESERVED:
+        return "set by ingress; cannot be given in options"
+    if key in _FIXED and value not in _FIXED[key][0]:
+        return _FIXED[key][1]
+    return None
 
 
 class _LibLog:
@@ -226,22 +250,18 @@ class KafkaOutput(Output):
             raise ConfigError(f"outputs.{name}.format: {format!r} is not one of {', '.join(FORMATS)}")
         if not brokers:
             raise ConfigError(f"outputs.{name}.brokers: must name at least one host:port")
-        if not topic or not topic.replace("{tenant}", "t").strip():
-            raise ConfigError(f"outputs.{name}.topic: must not be empty")
-        if not re.fullmatch(r"[A-Za-z0-9._\-{}]+", topic) or topic.replace("{tenant}", "").count("{"):
-            raise ConfigError(f"outputs.{name}.topic: {topic!r} is not a valid topic name "
-                              f"(letters, digits, '.', '_', '-' and {{tenant}})")
+        problem = topic_problem(topic)
+        if problem:
+            raise ConfigError(f"outputs.{name}.topic: {problem}")
         self.brokers = brokers
         self.topic = topic
         self.format = format
         self.schema = SCHEMA_JSON if format == "json" else SCHEMA_BATCH
         self.options = dict(options or {})
-        for k in self.options:
-            if k in _RESERVED:
-                raise ConfigError(f"outputs.{name}.options.{k}: set by ingress, cannot be given in options")
-            if k in _FIXED and self.options[k] not in _FIXED[k]:
-                raise ConfigError(f"outputs.{name}.options.{k}: {self.options[k]!r}: the producer must stay "
-                                  f"idempotent with acks=all")
+        for k, v in self.options.items():
+            problem = option_problem(k, v)
+            if problem:
+                raise ConfigError(f"outputs.{name}.options.{k}: {problem}")
         self.memory_budget_mb = memory_budget_mb
         self._budget = budget_options(memory_budget_mb)
         self._factory = producer_factory
@@ -438,3 +458,32 @@ class KafkaOutput(Output):
         except Exception:  # noqa: BLE001
             pass
         p.flush(0.5)
+
+
+# --------------------------------------------------------------------------- plugin declaration
+
+def _check(at, path: tuple, o: dict, agent) -> None:
+    problem = topic_problem(o["topic"])
+    if problem:
+        raise at.error(path + ("topic",), problem)
+    for k, v in o["options"].items():
+        problem = option_problem(k, v)
+        if problem:
+            raise at.error(path + ("options", k), problem)
+
+
+def _build(o, ctx):
+    return KafkaOutput(o.name, o.brokers, o.topic, None if o.tenants is None else frozenset(o.tenants),
+                       format=o.format, options=dict(o.options))
+
+
+PLUGIN = OutputPlugin(
+    type="kafka",
+    options=(
+        Option("outputs", "brokers", Brokers(), REQUIRED, "Bootstrap brokers."),
+        Option("outputs", "topic", Str(), "ingress.metrics", "Topic; `{tenant}` in it expands to the tenant id."),
+        Option("outputs", "options", Scalars(), {},
+               "Passed to the client as is (librdkafka settings). `enable.idempotence` and "
+               "`acks` are fixed by ingress."),
+    ),
+    check=_check, build=_build)
