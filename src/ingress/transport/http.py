@@ -45,16 +45,18 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import deque
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
-from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError
+from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError, WireError
 from ingress.transport.base import Done, OutgoingBatch, Output
 
 log = logging.getLogger("ingress.transport.http")
 
 CONTENT_TYPE = "application/vnd.ingress.batch.v1"
+NDJSON_CONTENT_TYPE = "application/x-ndjson"
 _MAX_BODY = 1 << 20  # response bytes read; past it the connection is dropped instead
 _CHUNK = 64 << 10  # bytes per send, each bounded by the time left
 
@@ -154,6 +156,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - now)
 
 
+def gzip_body(body: bytes, level: int = 6) -> bytes:
+    """``body`` as one gzip member (RFC 1952), as ``Content-Encoding: gzip`` wants it."""
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return c.compress(body) + c.flush()
+
+
 def _first_line(body: bytes) -> str:
     text = body.decode("utf-8", "replace")
     for line in text.splitlines():
@@ -242,6 +250,13 @@ class HttpOutput(Output):
 
     type = "http"
     needs_credential = True
+    # Headers ingress sets on every request; ``headers`` cannot replace them.
+    reserved_headers = frozenset({"content-type", "content-length", "content-encoding", "x-tenant-id",
+                                  "authorization", "idempotency-key", "host"})
+
+    def tenant_header_names(self) -> tuple[str, ...]:
+        """Further headers this output sets per tenant (reserved too)."""
+        return ()
 
     def __init__(
         self,
@@ -259,8 +274,14 @@ class HttpOutput(Output):
         concurrency: int = 4,
         idle_s: float = 60.0,
         headers: dict[str, str] | None = None,
+        format: str = "batch",
+        gzip: bool = False,
     ) -> None:
         super().__init__(name, tenants)
+        if format not in ("batch", "json"):
+            raise ConfigError(f"outputs.{name}.format: {format!r} is not \"batch\" or \"json\"")
+        self.format = format
+        self.gzip = bool(gzip)
         parts = urlsplit(url.replace("{tenant}", "tenant"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"outputs.{name}.url: {url!r} is not an http:// or https:// URL")
@@ -285,7 +306,7 @@ class HttpOutput(Output):
         self.key_file = key_file
         self.concurrency = concurrency
         self.idle_s = idle_s
-        reserved = {"content-type", "content-length", "x-tenant-id", "authorization", "idempotency-key", "host"}
+        reserved = self.reserved_headers | {h.lower() for h in self.tenant_header_names()}
         bad = [k for k in (headers or {}) if k.lower() in reserved]
         if bad:
             raise ConfigError(f"outputs.{name}.headers: {bad[0]!r} is set by ingress and cannot be overridden")
@@ -419,12 +440,12 @@ class HttpOutput(Output):
         """One request; returns (connection to keep or None, its key, error or None)."""
         scheme, host, port, path = self.target(batch.tenant)
         headers = dict(self.extra_headers)
-        headers.update({
-            "Content-Type": CONTENT_TYPE,
-            "X-Tenant-ID": batch.tenant,
-            "Idempotency-Key": batch.batch_id.hex(),
-            "User-Agent": self.user_agent,
-        })
+        try:
+            body, own = self.request(batch)
+        except TransportError as e:
+            return conn, key, e
+        headers.update(own)
+        headers["User-Agent"] = self.user_agent
         if self.credential is not None:
             try:
                 headers["Authorization"] = f"Bearer {self.credential(batch.tenant)}"
@@ -445,14 +466,14 @@ class HttpOutput(Output):
                 if conn is None:
                     conn = self._connect(scheme, host, port, deadline)
                 conn.sock.deadline = deadline
-                conn.request("POST", path, body=batch.payload, headers=headers)
+                conn.request("POST", path, body=body, headers=headers)
                 resp = conn.getresponse()
-                body = resp.read(_MAX_BODY)
+                answer = resp.read(_MAX_BODY)
                 with self._lock:
                     self.requests += 1
                 if resp.will_close or not resp.isclosed():  # not closed: unread body left over
                     conn = self._drop(conn)
-                return conn, want, classify(resp.status, body, resp.getheader("Retry-After"))
+                return conn, want, self.response_error(batch, resp.status, answer, resp.getheader)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
                 conn = self._drop(conn)
                 # A keep-alive connection the server closed while idle: try once on a new one.
@@ -475,6 +496,35 @@ class HttpOutput(Output):
                 conn = self._drop(conn)
                 return None, None, RetryableError(f"{where}: {type(e).__name__}: {e}")
         raise AssertionError("unreachable")
+
+    # -- what a request carries: the hooks of the protocol outputs (otlp, remote_write) --
+    def request(self, batch: OutgoingBatch) -> tuple[bytes, dict[str, str]]:
+        """The body of ``batch``'s request and the headers ingress sets (not Authorization).
+
+        Runs on the tenant's worker thread. Raise a :class:`TransportError` when
+        the batch cannot be encoded (a :class:`PermanentError` sets it aside).
+        """
+        headers = {"X-Tenant-ID": batch.tenant, "Idempotency-Key": batch.batch_id.hex()}
+        if self.format == "batch":
+            headers["Content-Type"] = CONTENT_TYPE
+            return batch.payload, headers
+        from ingress.transport.jsonfmt import ndjson_body
+
+        try:
+            body = ndjson_body(batch.payload)
+        except WireError as e:
+            raise PermanentError(f"http output {self.name}: batch {batch.batch_id.hex()} "
+                                 f"cannot be decoded for format json: {e}") from None
+        headers["Content-Type"] = NDJSON_CONTENT_TYPE
+        if self.gzip:
+            body = gzip_body(body)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers
+
+    def response_error(self, batch: OutgoingBatch, status: int, body: bytes,
+                       header: Callable[[str], str | None]) -> TransportError | None:
+        """None when the answer acknowledges ``batch``, else the error it means (the module table)."""
+        return classify(status, body, header("Retry-After"))
 
     def in_flight(self) -> int:
         with self._lock:
