@@ -161,3 +161,11 @@ def test_file_json_lines_match_the_schema(tmp_path):
     [f] = out.files("acme")
     rows = validate_lines(f.read_bytes())
     assert len(rows) == 7
+
+
+@pytest.mark.parametrize("kw, match", [({"format": "xml"}, "format"), ({"gzip": True}, "gzip")])
+def test_http_format_options_are_checked(kw, match):
+    from ingress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        HttpOutput("h", "http://127.0.0.1:9/x", **kw)

@@ -3,7 +3,7 @@
 Request (schema ``ingress-batch/1``)::
 
     POST <url with {tenant} expanded>
-    Content-Type: application/vnd.ingress.batch.v1
+    Content-Type: application/vnd.ingress.batch.v1   (format json: application/x-ndjson)
     Content-Length: <bytes>
     X-Tenant-ID: <tenant id>
     Authorization: Bearer <the tenant's credential>
@@ -246,6 +246,16 @@ class HttpOutput(Output):
         A worker thread with nothing to do for this long closes its connection and exits.
     headers
         Extra request headers (they cannot replace the contract's headers).
+    format
+        ``"batch"`` (the encoded batch, the default) or ``"json"``: the batch's
+        samples as newline-delimited ``ingress-json/1`` lines,
+        ``Content-Type: application/x-ndjson``, one request per batch.
+    gzip
+        Format ``json`` only: compress the body (``Content-Encoding: gzip``).
+
+    Subclasses (the ``otlp`` and ``remote_write`` outputs) reuse the workers,
+    connections and deadline, and override :meth:`request` (body and headers)
+    and :meth:`response_error` (what an answer means).
     """
 
     type = "http"
@@ -280,6 +290,8 @@ class HttpOutput(Output):
         super().__init__(name, tenants)
         if format not in ("batch", "json"):
             raise ConfigError(f"outputs.{name}.format: {format!r} is not \"batch\" or \"json\"")
+        if gzip and format != "json":
+            raise ConfigError(f"outputs.{name}.gzip: applies to format \"json\" only (a batch is lz4 already)")
         self.format = format
         self.gzip = bool(gzip)
         parts = urlsplit(url.replace("{tenant}", "tenant"))
