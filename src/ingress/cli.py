@@ -53,8 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--config", metavar="FILE", help="configuration (default: the embedded one)")
     c.set_defaults(func=cmd_check_config)
 
-    d = sub.add_parser("decode", help="decode one batch to JSON lines")
-    d.add_argument("file", nargs="?", default="-", metavar="FILE", help="the batch; - or nothing: stdin")
+    d = sub.add_parser("decode", help="decode a batch or a file of batches to JSON lines or a table",
+                       description="Decode what ingress writes: a single batch, a file output's or the "
+                                   "sink's .ibatch file (every length-prefixed record), a dead letter.")
+    d.add_argument("file", nargs="?", default="-", metavar="FILE", help="the file; - or nothing: stdin")
+    d.add_argument("--format", choices=("json", "table"), default=None,
+                   help="json: one JSON line per sample (default when stdout is not a terminal); "
+                        "table: aligned columns (default on a terminal)")
+    d.add_argument("--stats", action="store_true",
+                   help="per batch and in total: samples, series, bytes, bytes per sample, time range "
+                        "(instead of the samples)")
     d.set_defaults(func=cmd_decode)
 
     s = sub.add_parser("spool", help="inspect the on-disk spool")
@@ -193,28 +201,130 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decode_records(name: str, data: bytes, path: Path | None) -> tuple[list[bytes], str | None]:
+    """The batches in ``data`` and, when its tail is damaged, one line saying so.
+
+    A single batch (magic ``INGB``), a dead letter (sealed or not), or a file of
+    length-prefixed records (``u32`` big-endian length, then a batch): the file
+    output's and the sink's ``.ibatch`` files.
+    """
+    from ingress import wire
+    from ingress.errors import SpoolError
+    from ingress.security.crypto import dead_letter_header, open_dead_letter
+
+    if data[:4] == wire.MAGIC:
+        return [data], None
+    if dead_letter_header(data) is not None:
+        try:  # a dead letter of an encrypting tenant is sealed
+            return [open_dead_letter(data, path)], None
+        except SpoolError as e:
+            raise WireError(f"{name}: cannot decrypt: {e}") from None
+    if not data:
+        raise WireError(f"{name}: empty input: no batch")
+    if len(data) >= 8 and data[4:8] == wire.MAGIC:
+        out, off = [], 0
+        while off < len(data):
+            if len(data) - off < 4:
+                return out, f"{name}: offset {off}: truncated length prefix ({len(data) - off} of 4 bytes)"
+            n = int.from_bytes(data[off:off + 4], "big")
+            if len(data) - off - 4 < n:
+                return out, (f"{name}: offset {off}: record {len(out) + 1} is cut short "
+                             f"({len(data) - off - 4} of {n} bytes)")
+            out.append(data[off + 4:off + 4 + n])
+            off += 4 + n
+        return out, None
+    if data.lstrip()[:1] == b"{":
+        raise WireError(f"{name}: holds JSON (format json output or a dead letter's .json): nothing to decode")
+    raise WireError(f"{name}: not a batch, a dead letter or a file of length-prefixed batches "
+                    f"(starts with {bytes(data[:8])!r})")
+
+
+def _iso(ts_ns: int) -> str:
+    import datetime as _dt
+
+    try:
+        t = _dt.datetime.fromtimestamp(ts_ns // 1_000_000_000, _dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return str(ts_ns)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ts_ns % 1_000_000_000:09d}Z"
+
+
+def _table(rows: list[list[str]], right: set[int], out) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out.write("  ".join(c.rjust(w) if i in right else c.ljust(w)
+                            for i, (c, w) in enumerate(zip(r, widths))).rstrip() + "\n")
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     from ingress import wire
     from ingress.transport.jsonfmt import batch_rows
 
     name = "<stdin>" if args.file == "-" else args.file
-    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    from ingress.errors import SpoolError
-    from ingress.security.crypto import open_dead_letter
-
-    try:  # a dead letter of an encrypting tenant is sealed; anything else passes through as is
-        data = open_dead_letter(data, None if args.file == "-" else Path(args.file))
-    except SpoolError as e:
-        raise WireError(f"{name}: cannot decrypt: {e}") from None
-    try:
-        b = wire.decode(data)
-    except WireError as e:
-        raise WireError(f"{name}: not a valid batch: {e}") from None
+    path = None if args.file == "-" else Path(args.file)
+    data = sys.stdin.buffer.read() if path is None else path.read_bytes()
+    records, damage = _decode_records(name, data, path)
+    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
     out = sys.stdout
-    for row in batch_rows(b):
-        out.write(json.dumps(row) + "\n")
+    stats = []
+    for i, rec in enumerate(records):
+        where = name if len(records) == 1 and damage is None else f"{name}: record {i + 1}"
+        try:
+            b = wire.decode(rec)
+        except WireError as e:
+            out.flush()
+            raise WireError(f"{where}: not a valid batch: {e}") from None
+        bid = b.batch_id.hex()
+        idx, tss, vals = b.series_index.tolist(), b.timestamps.tolist(), b.values.tolist()
+        series = b.series
+        if args.stats:
+            stats.append((bid, b.tenant, b.host, len(idx), len(set(idx)), len(rec),
+                          min(tss) if tss else None, max(tss) if tss else None,
+                          {(series[s][0], tuple(sorted(series[s][1].items()))) for s in set(idx)}))
+            continue
+        if fmt == "json":
+            for row in batch_rows(b):
+                out.write(json.dumps(row) + "\n")
+        else:
+            out.write(f"batch {bid}  tenant {b.tenant}  host {b.host}  samples {len(idx)}\n")
+            rows = [["time (UTC)", "name", "tags", "value"]]
+            for s, ts, v in zip(idx, tss, vals):
+                metric, tags = series[s]
+                rows.append([_iso(ts), metric, ",".join(f"{k}={t}" for k, t in tags.items()), repr(v)])
+            _table(rows, {3}, out)
+            out.write("\n")
+    if args.stats:
+        _print_stats(stats, fmt, out)
     out.flush()
+    if damage:
+        raise WireError(damage)
     return 0
+
+
+def _print_stats(stats: list, fmt: str, out) -> None:
+    n = sum(x[3] for x in stats)
+    size = sum(x[5] for x in stats)
+    lo = [x[6] for x in stats if x[6] is not None]
+    hi = [x[7] for x in stats if x[7] is not None]
+    every = set().union(*(x[8] for x in stats)) if stats else set()
+    per = [dict(batch_id=x[0], tenant=x[1], host=x[2], samples=x[3], series=x[4], bytes=x[5],
+                bytes_per_sample=round(x[5] / x[3], 3) if x[3] else None, ts_min=x[6], ts_max=x[7])
+           for x in stats]
+    total = dict(batch_id="total", tenant=",".join(sorted({x[1] for x in stats})),
+                 host=",".join(sorted({x[2] for x in stats})), batches=len(stats), samples=n, series=len(every),
+                 bytes=size, bytes_per_sample=round(size / n, 3) if n else None,
+                 ts_min=min(lo) if lo else None, ts_max=max(hi) if hi else None)
+    if fmt == "json":
+        for row in per + [total]:
+            out.write(json.dumps(row) + "\n")
+        return
+    rows = [["batch", "tenant", "host", "samples", "series", "bytes", "bytes/sample", "first (UTC)", "last (UTC)"]]
+    for r in per + [total]:
+        rows.append([r["batch_id"], r["tenant"], r["host"], str(r["samples"]), str(r["series"]), str(r["bytes"]),
+                     "-" if r["bytes_per_sample"] is None else f"{r['bytes_per_sample']:.2f}",
+                     "-" if r["ts_min"] is None else _iso(r["ts_min"]),
+                     "-" if r["ts_max"] is None else _iso(r["ts_max"])])
+    _table(rows, {3, 4, 5, 6}, out)
 
 
 STATS_COLUMNS = (("tenant", "tenant"), ("segments", "segments"), ("bytes", "bytes"),

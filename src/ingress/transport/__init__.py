@@ -22,5 +22,7 @@ OUTPUTS: Registry[OutputPlugin] = Registry("output")
 OUTPUTS.register("kafka", "ingress.transport.kafka:PLUGIN")
 OUTPUTS.register("http", "ingress.transport.http:PLUGIN")
 OUTPUTS.register("file", "ingress.transport.file:PLUGIN")
+OUTPUTS.register("otlp", "ingress.transport.otlp:PLUGIN")
+OUTPUTS.register("remote_write", "ingress.transport.remote_write:PLUGIN")
 
 __all__ = ["OUTPUTS"]

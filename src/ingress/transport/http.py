@@ -3,7 +3,7 @@
 Request (schema ``ingress-batch/1``)::
 
     POST <url with {tenant} expanded>
-    Content-Type: application/vnd.ingress.batch.v1
+    Content-Type: application/vnd.ingress.batch.v1   (format json: application/x-ndjson)
     Content-Length: <bytes>
     X-Tenant-ID: <tenant id>
     Authorization: Bearer <the tenant's credential>
@@ -48,11 +48,12 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import deque
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
-from ingress.errors import ConfigError, CredentialRefusedError, PermanentError, RetryableError, TransportError
+from ingress.errors import ConfigError, CredentialRefusedError, PermanentError, RetryableError, TransportError, WireError
 from ingress.logs import get_logger
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.logs import register_secret
@@ -62,6 +63,7 @@ from ingress.transport.plugin import OutputPlugin, construct
 log = get_logger("ingress.transport.http")
 
 CONTENT_TYPE = "application/vnd.ingress.batch.v1"
+NDJSON_CONTENT_TYPE = "application/x-ndjson"
 _MAX_BODY = 1 << 20  # response bytes read; past it the connection is dropped instead
 _CHUNK = 64 << 10  # bytes per send, each bounded by the time left
 
@@ -161,6 +163,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - now)
 
 
+def gzip_body(body: bytes, level: int = 6) -> bytes:
+    """``body`` as one gzip member (RFC 1952), as ``Content-Encoding: gzip`` wants it."""
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return c.compress(body) + c.flush()
+
+
 def _first_line(body: bytes) -> str:
     text = body.decode("utf-8", "replace")
     for line in text.splitlines():
@@ -255,10 +263,27 @@ class HttpOutput(Output):
         A worker thread with nothing to do for this long closes its connection and exits.
     headers
         Extra request headers (they cannot replace the contract's headers).
+    format
+        ``"batch"`` (the encoded batch, the default) or ``"json"``: the batch's
+        samples as newline-delimited ``ingress-json/1`` lines,
+        ``Content-Type: application/x-ndjson``, one request per batch.
+    gzip
+        Format ``json`` only: compress the body (``Content-Encoding: gzip``).
+
+    Subclasses (the ``otlp`` and ``remote_write`` outputs) reuse the workers,
+    connections and deadline, and override :meth:`request` (body and headers)
+    and :meth:`response_error` (what an answer means).
     """
 
     type = "http"
     needs_credential = True
+    # Headers ingress sets on every request; ``headers`` cannot replace them.
+    reserved_headers = frozenset({"content-type", "content-length", "content-encoding", "x-tenant-id",
+                                  "authorization", "idempotency-key", "host"})
+
+    def tenant_header_names(self) -> tuple[str, ...]:
+        """Further headers this output sets per tenant (reserved too)."""
+        return ()
 
     def __init__(
         self,
@@ -276,8 +301,16 @@ class HttpOutput(Output):
         concurrency: int = 4,
         idle_s: float = 60.0,
         headers: dict[str, str] | None = None,
+        format: str = "batch",
+        gzip: bool = False,
     ) -> None:
         super().__init__(name, tenants)
+        if format not in ("batch", "json"):
+            raise ConfigError(f"outputs.{name}.format: {format!r} is not \"batch\" or \"json\"")
+        if gzip and format != "json":
+            raise ConfigError(f"outputs.{name}.gzip: applies to format \"json\" only (a batch is lz4 already)")
+        self.format = format
+        self.gzip = bool(gzip)
         parts = urlsplit(url.replace("{tenant}", "tenant"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"outputs.{name}.url: {url!r} is not an http:// or https:// URL")
@@ -302,7 +335,7 @@ class HttpOutput(Output):
         self.key_file = key_file
         self.concurrency = concurrency
         self.idle_s = idle_s
-        reserved = {"content-type", "content-length", "x-tenant-id", "authorization", "idempotency-key", "host"}
+        reserved = self.reserved_headers | {h.lower() for h in self.tenant_header_names()}
         bad = [k for k in (headers or {}) if k.lower() in reserved]
         if bad:
             raise ConfigError(f"outputs.{name}.headers: {bad[0]!r} is set by ingress and cannot be overridden")
@@ -436,15 +469,17 @@ class HttpOutput(Output):
         """One request; returns (connection to keep or None, its key, error or None)."""
         scheme, host, port, path = self.target(batch.tenant)
         headers = dict(self.extra_headers)
-        headers.update({
-            "Content-Type": CONTENT_TYPE,
-            "X-Tenant-ID": batch.tenant,
-            "Idempotency-Key": batch.batch_id.hex(),
-            "User-Agent": self.user_agent,
-        })
+        try:
+            body, own = self.request(batch)
+        except TransportError as e:
+            return conn, key, e
+        headers.update(own)
+        headers["User-Agent"] = self.user_agent
         if self.credential is not None:
             try:
-                headers["Authorization"] = f"Bearer {self.credential(batch.tenant)}"
+                token = self.credential(batch.tenant)
+                if token is not None:  # None: this tenant sends no credential (otlp, remote_write)
+                    headers["Authorization"] = f"Bearer {token}"
             except TransportError as e:
                 return self._drop(conn), None, e
             except Exception as e:  # noqa: BLE001 - TenantCheckError and friends: keep the batch
@@ -462,14 +497,14 @@ class HttpOutput(Output):
                 if conn is None:
                     conn = self._connect(scheme, host, port, deadline)
                 conn.sock.deadline = deadline
-                conn.request("POST", path, body=batch.payload, headers=headers)
+                conn.request("POST", path, body=body, headers=headers)
                 resp = conn.getresponse()
-                body = resp.read(_MAX_BODY)
+                answer = resp.read(_MAX_BODY)
                 with self._lock:
                     self.requests += 1
                 if resp.will_close or not resp.isclosed():  # not closed: unread body left over
                     conn = self._drop(conn)
-                return conn, want, classify(resp.status, body, resp.getheader("Retry-After"))
+                return conn, want, self.response_error(batch, resp.status, answer, resp.getheader)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
                 conn = self._drop(conn)
                 # A keep-alive connection the server closed while idle: try once on a new one.
@@ -492,6 +527,35 @@ class HttpOutput(Output):
                 conn = self._drop(conn)
                 return None, None, RetryableError(f"{where}: {type(e).__name__}: {e}")
         raise AssertionError("unreachable")
+
+    # -- what a request carries: the hooks of the protocol outputs (otlp, remote_write) --
+    def request(self, batch: OutgoingBatch) -> tuple[bytes, dict[str, str]]:
+        """The body of ``batch``'s request and the headers ingress sets (not Authorization).
+
+        Runs on the tenant's worker thread. Raise a :class:`TransportError` when
+        the batch cannot be encoded (a :class:`PermanentError` sets it aside).
+        """
+        headers = {"X-Tenant-ID": batch.tenant, "Idempotency-Key": batch.batch_id.hex()}
+        if self.format == "batch":
+            headers["Content-Type"] = CONTENT_TYPE
+            return batch.payload, headers
+        from ingress.transport.jsonfmt import ndjson_body
+
+        try:
+            body = ndjson_body(batch.payload)
+        except WireError as e:
+            raise PermanentError(f"http output {self.name}: batch {batch.batch_id.hex()} "
+                                 f"cannot be decoded for format json: {e}") from None
+        headers["Content-Type"] = NDJSON_CONTENT_TYPE
+        if self.gzip:
+            body = gzip_body(body)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers
+
+    def response_error(self, batch: OutgoingBatch, status: int, body: bytes,
+                       header: Callable[[str], str | None]) -> TransportError | None:
+        """None when the answer acknowledges ``batch``, else the error it means (the module table)."""
+        return classify(status, body, header("Retry-After"))
 
     def in_flight(self) -> int:
         with self._lock:
@@ -536,6 +600,8 @@ def _check(at, path: tuple, o: dict, agent) -> None:
     password = urlsplit(o["url"]).password
     if password:
         register_secret(password, f"outputs.{o['name']}.url")
+    if o.get("gzip") and o["format"] != "json":
+        raise at.error(path + ("gzip",), "applies to format \"json\" only (a batch is lz4-compressed already)")
     if (o["cert_file"] is None) != (o["key_file"] is None):
         missing = "key_file" if o["key_file"] is None else "cert_file"
         raise at.error(path + (missing,), "cert_file and key_file go together")
@@ -548,6 +614,8 @@ def _build(o, ctx):
     opt: dict = {"headers": dict(o.headers)} if o.headers else {}
     if o.format != "batch":
         opt["format"] = o.format
+    if o.gzip:
+        opt["gzip"] = True
     return construct(HttpOutput, ctx, dict(
         name=o.name, url=o.url, credential=ctx.credential,
         tenants=None if o.tenants is None else frozenset(o.tenants), timeout_s=o.timeout_s,
@@ -574,5 +642,7 @@ PLUGIN = OutputPlugin(
                "values one line of Latin-1 without control characters. Values of headers whose "
                "name mentions auth, key, token, secret, password, cookie, session, signature or "
                "credential are treated as secrets: never logged."),
+        Option(_O, "gzip", Bool(), False,
+               "Format `json` only: send the NDJSON body gzip-compressed (`Content-Encoding: gzip`)."),
     ),
     check=_check, build=_build, needs_credential=True)

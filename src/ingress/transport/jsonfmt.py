@@ -4,11 +4,21 @@ For consumers that cannot decode batches, the file and Kafka outputs can write
 every sample as one object of the contract's line format plus the batch id and
 host::
 
-    {"tenant": "acme", "name": "cpu.user", "tags": {"cpu": "0"},
-     "ts": 1700000000000000000, "value": 1.5, "batch_id": "<32 hex>", "host": "web-1"}
+    {"tenant": "acme", "name": "cpu.time", "tags": {"cpu": "0", "mode": "user"},
+     "ts": 1700000000000000000, "value": 1.5, "batch_id": "<32 hex>", "host": "web-1",
+     "kind": "counter", "unit": "s"}
+
+``kind`` (``"gauge"`` or ``"counter"``) and ``unit`` come from the collectors'
+declarations (:mod:`ingress.transport.metricinfo`); both are left out for a
+metric no collector declares, and ``unit`` for a metric declared without one.
+docs/ingress-json-1.schema.json is the JSON Schema of one line.
 
 Non-finite values (NaN, +-inf) are written as ``null``: JSON has no literal for
 them and a strict consumer would reject the whole line.
+
+``ndjson_body`` joins a batch's lines with newlines (each line ends with one):
+the body of an HTTP request, or of one Kafka message, in format ``json`` with
+one message per batch.
 """
 from __future__ import annotations
 
@@ -57,11 +67,23 @@ def sample_json(tenant: str, name: str, tags: Mapping[str, str], ts: int, value:
     return json.dumps(sample_row(tenant, name, tags, ts, value, **extra))
 
 
-def batch_rows(b: Any) -> Iterator[dict]:
+def batch_rows(b: Any, kinds: bool = False) -> Iterator[dict]:
     """Every sample of a decoded batch (:func:`ingress.wire.decode`) as a
-    :func:`sample_row` with the batch's ``batch_id`` and ``host``."""
+    :func:`sample_row` with the batch's ``batch_id`` and ``host``; with ``kinds``
+    also ``kind`` and ``unit`` where a collector declares them (the json output
+    format; ``ingress decode`` keeps the contract's line)."""
     bid = batch_id_hex(b.batch_id)
     series = b.series
+    extra: dict[str, dict] = {}  # per metric name: the kind/unit keys, looked up once
+    if kinds:
+        from ingress.transport.metricinfo import metric_table
+
+        table = metric_table()
+        for name, _ in series:
+            if name not in extra:
+                mi = table.get(name)
+                extra[name] = {} if mi is None else ({"kind": mi.kind, "unit": mi.unit} if mi.unit
+                                                      else {"kind": mi.kind})
     idx = b.series_index
     ts = b.timestamps
     vals = b.values
@@ -72,20 +94,29 @@ def batch_rows(b: Any) -> Iterator[dict]:
     tenant, host = b.tenant, b.host
     for i in range(len(vals)):
         name, tags = series[idx[i]]
-        yield sample_row(tenant, name, tags, ts[i], vals[i], batch_id=bid, host=host)
+        yield sample_row(tenant, name, tags, ts[i], vals[i], batch_id=bid, host=host, **extra.get(name, {}))
 
 
 def sample_dicts(payload: bytes) -> Iterator[dict]:
-    """Decode one batch and yield one dict per sample in the contract line format.
+    """Decode one batch and yield one dict per sample in the contract line format,
+    with ``kind`` and ``unit`` (the json output format).
 
     Raises
     ------
     ingress.errors.WireError
         The payload is not a valid batch.
     """
-    return batch_rows(_wire().decode(payload))
+    return batch_rows(_wire().decode(payload), kinds=True)
 
 
 def sample_lines(payload: bytes) -> list[bytes]:
     """Every sample of one batch as one UTF-8 JSON document (no newline)."""
     return [_dumps(d).encode() for d in sample_dicts(payload)]
+
+
+def ndjson_body(payload: bytes) -> bytes:
+    """Every sample of one batch as newline-delimited JSON, each line ending in ``\\n``."""
+    lines = sample_lines(payload)
+    if not lines:
+        return b""
+    return b"\n".join(lines) + b"\n"

@@ -1,7 +1,8 @@
 """The Kafka output (confluent-kafka / librdkafka).
 
-One message per batch (format ``batch``) or one message per sample (format
-``json``)::
+One message per batch (format ``batch``); format ``json`` writes one message
+per sample (``json_messages = "sample"``, the default) or one message per batch
+holding every sample as newline-delimited JSON (``json_messages = "batch"``)::
 
     topic   = the configured topic, "{tenant}" replaced by the tenant id
     key     = tenant id (all of a tenant's messages land on one partition, in order)
@@ -9,8 +10,9 @@ One message per batch (format ``batch``) or one message per sample (format
               batch-id:     32 lowercase hex characters
               schema:       ingress-batch/1 | ingress-json/1
               host:         the agent's host name
-              sample-count: samples in this message (the batch's count; 1 for json)
-    value   = the encoded batch | one JSON object (see ingress.transport.jsonfmt)
+              sample-count: samples in this message (the batch's count; 1 for json per sample)
+              content-type: application/x-ndjson (json per batch only)
+    value   = the encoded batch | one JSON object | NDJSON lines (see ingress.transport.jsonfmt)
 
 The producer is idempotent with ``acks=all`` (neither can be turned off through
 ``options``). A batch counts as delivered only when librdkafka's delivery
@@ -54,7 +56,7 @@ from typing import Any, Callable, Mapping
 from ingress import names
 from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError, WireError
 from ingress.logs import get_logger
-from ingress.options import REQUIRED, Brokers, Option, Scalars, Str
+from ingress.options import REQUIRED, Brokers, Enum, Option, Scalars, Str
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.transport.jsonfmt import FORMATS, SCHEMA_BATCH, SCHEMA_JSON, sample_lines
 from ingress.transport.plugin import OutputPlugin
@@ -217,7 +219,10 @@ class KafkaOutput(Output):
     tenants
         Tenants this output serves; ``None`` for every tenant.
     format
-        ``"batch"`` (one message per batch) or ``"json"`` (one message per sample).
+        ``"batch"`` (the encoded batch) or ``"json"`` (JSON lines, schema ``ingress-json/1``).
+    json_messages
+        For format ``json``: ``"sample"`` (one message per sample, the default) or
+        ``"batch"`` (one message per batch, its samples as newline-delimited JSON).
     options
         librdkafka configuration passed through (TLS ``ssl.*``, SASL ``sasl.*``,
         ``security.protocol``, ``linger.ms``, ...). Unknown keys are a
@@ -241,6 +246,7 @@ class KafkaOutput(Output):
         tenants: frozenset[str] | None = None,
         *,
         format: str = "batch",
+        json_messages: str = "sample",
         options: Mapping[str, Any] | None = None,
         memory_budget_mb: float = 32,
         producer_factory: Callable[[dict], Any] | None = None,
@@ -248,6 +254,8 @@ class KafkaOutput(Output):
         super().__init__(name, tenants)
         if format not in FORMATS:
             raise ConfigError(f"outputs.{name}.format: {format!r} is not one of {', '.join(FORMATS)}")
+        if json_messages not in ("sample", "batch"):
+            raise ConfigError(f"outputs.{name}.json_messages: {json_messages!r} is not \"sample\" or \"batch\"")
         if not brokers:
             raise ConfigError(f"outputs.{name}.brokers: must name at least one host:port")
         problem = topic_problem(topic)
@@ -256,6 +264,7 @@ class KafkaOutput(Output):
         self.brokers = brokers
         self.topic = topic
         self.format = format
+        self.json_messages = json_messages
         self.schema = SCHEMA_JSON if format == "json" else SCHEMA_BATCH
         self.options = dict(options or {})
         for k, v in self.options.items():
@@ -369,13 +378,20 @@ class KafkaOutput(Output):
         if self._producer is None:
             self.start()
         producer = self._producer
+        extra: list[tuple[str, bytes]] = []
         if self.format == "json":
             try:
-                values = sample_lines(batch.payload)
+                lines = sample_lines(batch.payload)
             except WireError as e:
                 done(batch, PermanentError(f"batch {batch.batch_id.hex()} cannot be decoded for json: {e}"))
                 return
-            count = b"1"
+            if self.json_messages == "batch":
+                values = [b"".join(line + b"\n" for line in lines)] if lines else []
+                count = str(len(lines)).encode()
+                extra.append(("content-type", b"application/x-ndjson"))
+            else:
+                values = lines
+                count = b"1"
         else:
             values = [batch.payload]
             count = str(batch.sample_count).encode()
@@ -385,7 +401,7 @@ class KafkaOutput(Output):
             ("schema", self.schema.encode()),
             ("host", batch.host.encode()),
             ("sample-count", count),
-        ]
+        ] + extra
         topic = self.topic_for(batch.tenant)
         key = batch.tenant.encode()
         tracker = _Tracker(self, batch, done)
@@ -474,7 +490,7 @@ def _check(at, path: tuple, o: dict, agent) -> None:
 
 def _build(o, ctx):
     return KafkaOutput(o.name, o.brokers, o.topic, None if o.tenants is None else frozenset(o.tenants),
-                       format=o.format, options=dict(o.options))
+                       format=o.format, options=dict(o.options), json_messages=o.json_messages)
 
 
 PLUGIN = OutputPlugin(
@@ -485,5 +501,8 @@ PLUGIN = OutputPlugin(
         Option("outputs", "options", Scalars(), {},
                "Passed to the client as is (librdkafka settings). `enable.idempotence` and "
                "`acks` are fixed by ingress."),
+        Option("outputs", "json_messages", Enum("sample", "batch"), "sample",
+               "Format `json` only: one message per sample (`\"sample\"`), or one message per batch "
+               "holding its samples as newline-delimited JSON (`\"batch\"`)."),
     ),
     check=_check, build=_build)

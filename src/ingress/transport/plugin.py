@@ -37,6 +37,15 @@ class BuildContext:
     data_dir: Path
     credential: Callable[[str], str] | None  # tenant id -> its credential, read at every use
     where: Callable[[str], str]  # key -> "FILE:LINE: outputs[i].key", for errors found while building
+    has_credential: Callable[[str], bool] = lambda tenant: True  # tenant id -> it configures one
+
+    def optional_credential(self) -> Callable[[str], str | None] | None:
+        """``credential`` for outputs where a credential is optional per tenant: ``None``
+        for a tenant that configures none (no ``Authorization`` header is sent)."""
+        cred, has = self.credential, self.has_credential
+        if cred is None:
+            return None
+        return lambda tenant: cred(tenant) if has(tenant) else None
 
 
 @dataclass(frozen=True)
@@ -87,9 +96,12 @@ def build_outputs(settings: Settings, credential: Callable[[str], str] | None) -
     from ingress.config import locate
     from ingress.transport import OUTPUTS
 
+    with_credential = {t.id for t in settings.tenants
+                       if t.api_key_env is not None or t.api_key_file is not None}
     outs = []
     for i, o in enumerate(settings.outputs):
         ctx = BuildContext(settings.agent.data_dir, credential,
-                           lambda k, i=i: locate(settings, ("outputs", i, k)))
+                           lambda k, i=i: locate(settings, ("outputs", i, k)),
+                           lambda tid: tid in with_credential)
         outs.append(OUTPUTS[o.type].build(o, ctx))
     return outs

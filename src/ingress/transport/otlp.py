@@ -1,0 +1,357 @@
+"""The OTLP output: OTLP/HTTP metrics (protobuf), one POST per batch.
+
+Request::
+
+    POST <url, "{tenant}" expanded>            e.g. http://collector:4318/v1/metrics
+    Content-Type: application/x-protobuf
+    Content-Encoding: gzip                      (``compression = "gzip"``, the default; level 1)
+    X-Scope-OrgID: <tenant id>                  (``tenant_header``; "" sends none)
+    Authorization: Bearer <tenant credential>   (when a credential is configured)
+    User-Agent: ingress/<version>
+
+    ExportMetricsServiceRequest
+
+One ``ResourceMetrics`` per request, resource attributes ``host.name`` and
+``tenant.id``, one ``ScopeMetrics`` (scope ``ingress``, the agent's version),
+one ``Metric`` per metric name with the description and unit its collector
+declares: counters as ``Sum`` (monotonic, cumulative), everything else as
+``Gauge``; one ``NumberDataPoint`` per sample (``time_unix_nano``, ``as_double``,
+the tags as string attributes). The message is written by
+``ingress._core._otlp`` from the batch's columns; metric heads and series
+attributes are encoded once per tenant and reused (``_TenantCache``).
+
+Answers (the OTLP/HTTP specification): 2xx acknowledges; a 2xx whose
+``ExportMetricsServiceResponse`` carries ``partial_success`` is still
+acknowledged (the server will not take those points on a retry either), and
+the rejected points are counted (``rejected_points``) and logged; 429, 502,
+503 and 504 are retried honouring ``Retry-After``, as are timeouts and network
+errors; 401 and 403 hold the (tenant, output) pair as for the http output
+(breaker open, reason ``credential_refused``, the batch stays spooled); every
+other status is permanent (dead letter).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ingress.errors import ConfigError, PermanentError, TransportError, WireError
+from ingress.options import REQUIRED, Enum, Option, Str, Url
+from ingress.transport.base import OutgoingBatch
+from ingress.transport.http import (HttpCredentialRefused, HttpOutput, HttpPermanentError, HttpRetryableError, _first_line, gzip_body,
+                                    parse_retry_after)
+from ingress.transport.http import PLUGIN as HTTP_PLUGIN
+from ingress.transport.http import _check as http_check
+from ingress.transport.metricinfo import info
+from ingress.transport.plugin import OutputPlugin, construct
+
+log = logging.getLogger("ingress.transport.otlp")
+
+CONTENT_TYPE = "application/x-protobuf"
+RETRYABLE = frozenset({429, 502, 503, 504})
+SCOPE_NAME = "ingress"
+# gzip level 1: the OTLP message repeats each series' attributes per data point, and
+# level 6 spends 2.5x the CPU of level 1 for ~8% fewer bytes (benchmarks/bench_protocols.py).
+GZIP_LEVEL = 1
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, data: bytes) -> bytes:
+    return bytes((tag,)) + _varint(len(data)) + data
+
+
+def key_value(key: str, value: str) -> bytes:
+    """``KeyValue{key = 1, value = 2: AnyValue{string_value = 1}}`` (the message, no tag)."""
+    return _field(0x0A, key.encode()) + _field(0x12, _field(0x0A, value.encode()))
+
+
+def resource_field(host: str, tenant: str) -> bytes:
+    """``ResourceMetrics.resource`` (field 1) with ``host.name`` and ``tenant.id``."""
+    attrs = _field(0x0A, key_value("host.name", host)) + _field(0x0A, key_value("tenant.id", tenant))
+    return _field(0x0A, attrs)
+
+
+def scope_field(version: str) -> bytes:
+    """``ScopeMetrics.scope`` (field 1): ``InstrumentationScope{name, version}``."""
+    return _field(0x0A, _field(0x0A, SCOPE_NAME.encode()) + _field(0x12, version.encode()))
+
+
+def metric_head(name: str) -> tuple[bytes, int]:
+    """(``Metric`` name/description/unit fields, kind 0 gauge or 1 sum) from the declarations."""
+    mi = info(name)
+    head = _field(0x0A, name.encode())
+    if mi.description:
+        head += _field(0x12, mi.description.encode())
+    if mi.unit:
+        head += _field(0x1A, mi.unit.encode())
+    return head, (1 if mi.kind == "counter" else 0)
+
+
+def series_attributes(tags: Mapping[str, str]) -> bytes:
+    """``NumberDataPoint.attributes`` entries (field 7), one string attribute per tag, key order."""
+    return b"".join(_field(0x3A, key_value(k, v)) for k, v in tags.items())
+
+
+class _TenantCache:
+    """One tenant's encoded metric heads and series attributes, reused across batches."""
+
+    MAX = 200_000  # series kept before the cache starts afresh
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.metric_ids: dict[str, int] = {}
+        self.heads: list[bytes] = []
+        self.kinds = bytearray()
+        self.series: dict[tuple, tuple[bytes, int]] = {}
+        self._heads_blob: tuple[bytes, np.ndarray, np.ndarray] | None = None
+
+    def tables(self, series) -> tuple:
+        """(heads, head offsets, kinds, attributes, attribute offsets, series metric) for ``series``."""
+        with self.lock:
+            if len(self.series) > self.MAX:
+                self._reset()
+            attrs = []
+            metric = np.empty(len(series), np.uint32)
+            for i, (name, tags) in enumerate(series):
+                key = (name, tuple(tags.items()))
+                hit = self.series.get(key)
+                if hit is None:
+                    m = self.metric_ids.get(name)
+                    if m is None:
+                        head, kind = metric_head(name)
+                        m = self.metric_ids[name] = len(self.heads)
+                        self.heads.append(head)
+                        self.kinds.append(kind)
+                        self._heads_blob = None
+                    hit = self.series[key] = (series_attributes(tags), m)
+                attrs.append(hit[0])
+                metric[i] = hit[1]
+            if self._heads_blob is None:
+                off = np.zeros(len(self.heads) + 1, np.int64)
+                np.cumsum([len(h) for h in self.heads], out=off[1:])
+                self._heads_blob = (b"".join(self.heads), off, np.frombuffer(bytes(self.kinds), np.uint8))
+            heads, head_off, kinds = self._heads_blob
+        attr_off = np.zeros(len(attrs) + 1, np.int64)
+        if attrs:
+            np.cumsum([len(a) for a in attrs], out=attr_off[1:])
+        return heads, head_off, kinds, b"".join(attrs), attr_off, metric
+
+
+def encode_batch(payload: bytes, cache: _TenantCache | None = None, version: str | None = None) -> bytes:
+    """One ingress batch as an ``ExportMetricsServiceRequest`` (not compressed)."""
+    from ingress import __version__, wire
+    from ingress._core import _otlp
+
+    b = wire.decode(payload)
+    cache = cache if cache is not None else _TenantCache()
+    heads, head_off, kinds, attrs, attr_off, metric = cache.tables(b.series)
+    return _otlp.encode_export_request(resource_field(b.host, b.tenant), scope_field(version or __version__),
+                                       heads, head_off, kinds, attrs, attr_off, metric,
+                                       b.series_index, b.timestamps, b.values)
+
+
+def partial_success(body: bytes) -> tuple[int, str] | None:
+    """``(rejected_data_points, error_message)`` of an ``ExportMetricsServiceResponse``, if it has one.
+
+    A body that is not such a message (empty, JSON, garbage) gives None.
+    """
+
+    def fields(buf: bytes):
+        i, n = 0, len(buf)
+        while i < n:
+            key = shift = 0
+            while True:
+                if i >= n or shift > 63:
+                    raise ValueError
+                c = buf[i]
+                i += 1
+                key |= (c & 0x7F) << shift
+                shift += 7
+                if c < 0x80:
+                    break
+            num, wt = key >> 3, key & 7
+            if wt == 0:
+                v = shift = 0
+                while True:
+                    if i >= n or shift > 63:
+                        raise ValueError
+                    c = buf[i]
+                    i += 1
+                    v |= (c & 0x7F) << shift
+                    shift += 7
+                    if c < 0x80:
+                        break
+                yield num, v
+            elif wt == 2:
+                ln = shift = 0
+                while True:
+                    if i >= n or shift > 63:
+                        raise ValueError
+                    c = buf[i]
+                    i += 1
+                    ln |= (c & 0x7F) << shift
+                    shift += 7
+                    if c < 0x80:
+                        break
+                if i + ln > n:
+                    raise ValueError
+                yield num, buf[i:i + ln]
+                i += ln
+            elif wt == 1:
+                i += 8
+                if i > n:
+                    raise ValueError
+            elif wt == 5:
+                i += 4
+                if i > n:
+                    raise ValueError
+            else:
+                raise ValueError
+
+    try:
+        for num, v in fields(body):
+            if num == 1 and isinstance(v, bytes):
+                rejected, message = 0, ""
+                for n2, v2 in fields(v):
+                    if n2 == 1 and isinstance(v2, int):
+                        rejected = v2 - (1 << 64) if v2 >= 1 << 63 else v2
+                    elif n2 == 2 and isinstance(v2, bytes):
+                        message = v2.decode("utf-8", "replace")
+                if rejected or message:
+                    return rejected, message
+    except ValueError:
+        return None
+    return None
+
+
+def classify(status: int, body: bytes, retry_after: str | None) -> TransportError | None:
+    """The OTLP/HTTP specification's reading of an answer (see the module docstring)."""
+    if 200 <= status < 300:
+        return None
+    line = _first_line(body)
+    msg = f"HTTP {status}" + (f": {line}" if line else "")
+    if status in (401, 403):  # as for every HTTP-based output: hold the pair, not a dead letter
+        return HttpCredentialRefused(msg, status, line)
+    if status in RETRYABLE:
+        return HttpRetryableError(msg, status, parse_retry_after(retry_after), line)
+    return HttpPermanentError(msg, status, line)
+
+
+class OtlpOutput(HttpOutput):
+    """OTLP/HTTP metrics (protobuf) to ``url``, one request per batch.
+
+    Parameters
+    ----------
+    name, url, credential, tenants
+        As :class:`~ingress.transport.http.HttpOutput` (``url`` is the full
+        endpoint, e.g. ``http://127.0.0.1:4318/v1/metrics``).
+    tenant_header
+        Header carrying the tenant id (default ``X-Scope-OrgID``); ``""`` sends none.
+    compression
+        ``"gzip"`` (default) or ``"none"``.
+    timeout_s, connect_timeout_s, verify, ca_file, cert_file, key_file, concurrency, idle_s, headers
+        As :class:`~ingress.transport.http.HttpOutput`.
+    """
+
+    type = "otlp"
+
+    def __init__(self, name: str, url: str,
+                 credential: Callable[[str], str] | Mapping[str, Callable[[], str]] | None = None,
+                 tenants: frozenset[str] | None = None, *, tenant_header: str = "X-Scope-OrgID",
+                 compression: str = "gzip", **http) -> None:
+        if "format" in http or "gzip" in http:
+            raise ConfigError(f"outputs.{name}: otlp has no format or gzip option (see compression)")
+        if compression not in ("gzip", "none"):
+            raise ConfigError(f"outputs.{name}.compression: {compression!r} is not \"gzip\" or \"none\"")
+        if tenant_header and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", tenant_header):
+            raise ConfigError(f"outputs.{name}.tenant_header: {tenant_header!r} is not a valid header name")
+        self.tenant_header = tenant_header or ""
+        self.compression = compression
+        super().__init__(name, url, credential, tenants, **http)
+        self._caches: dict[str, _TenantCache] = {}
+        self.rejected_points = 0
+        self.partial_successes = 0
+
+    def tenant_header_names(self) -> tuple[str, ...]:
+        return (self.tenant_header,) if self.tenant_header else ()
+
+    def request(self, batch: OutgoingBatch) -> tuple[bytes, dict[str, str]]:
+        with self._lock:
+            cache = self._caches.get(batch.tenant)
+            if cache is None:
+                cache = self._caches[batch.tenant] = _TenantCache()
+        try:
+            body = encode_batch(batch.payload, cache)
+        except WireError as e:
+            raise PermanentError(f"otlp output {self.name}: batch {batch.batch_id.hex()} "
+                                 f"cannot be decoded: {e}") from None
+        headers = {"Content-Type": CONTENT_TYPE}
+        if self.compression == "gzip":
+            body = gzip_body(body, GZIP_LEVEL)
+            headers["Content-Encoding"] = "gzip"
+        if self.tenant_header:
+            headers[self.tenant_header] = batch.tenant
+        return body, headers
+
+    def response_error(self, batch, status, body, header):
+        err = classify(status, body, header("Retry-After"))
+        if err is None and body:
+            ps = partial_success(body)
+            if ps is not None:
+                rejected, message = ps
+                with self._lock:
+                    self.partial_successes += 1
+                    self.rejected_points += max(0, rejected)
+                log.warning("otlp output %s: tenant %s: batch %s: the receiver rejected %d of %d data points: %s",
+                            self.name, batch.tenant, batch.batch_id.hex(), rejected, batch.sample_count,
+                            message or "(no message)")
+        return err
+
+
+# --------------------------------------------------------------------------- plugin declaration
+
+def _build(o, ctx):
+    def s(p):
+        return None if p is None else str(p)
+
+    opt: dict = {"headers": dict(o.headers)} if o.headers else {}
+    return construct(OtlpOutput, ctx, dict(
+        name=o.name, url=o.url, credential=ctx.optional_credential(),
+        tenants=None if o.tenants is None else frozenset(o.tenants), timeout_s=o.timeout_s,
+        verify=o.verify, ca_file=s(o.ca_file), cert_file=s(o.cert_file), key_file=s(o.key_file),
+        tenant_header=o.tenant_header, compression=o.compression), opt)
+
+
+def _check(at, path: tuple, o: dict, agent) -> None:
+    if o["format"] != "batch":
+        raise at.error(path + ("format",), "otlp outputs send OTLP protobuf; format does not apply")
+    if o["tenant_header"] and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", o["tenant_header"]):
+        raise at.error(path + ("tenant_header",), f"{o['tenant_header']!r} is not a valid header name")
+    http_check(at, path, o, agent)
+
+
+_O = "outputs"
+PLUGIN = OutputPlugin(
+    type="otlp",
+    options=(
+        Option(_O, "url", Url(), REQUIRED, "The OTLP/HTTP metrics endpoint, e.g. `http://127.0.0.1:4318/v1/metrics`; `{tenant}` expands to the tenant id. A tenant's credential, when it configures one, goes as a bearer token."),
+        *(opt for opt in HTTP_PLUGIN.options if opt.key not in ("url", "gzip")),
+        Option(_O, "tenant_header", Str(empty=True), "X-Scope-OrgID",
+               "Header carrying the tenant id on every request; `\"\"` sends none."),
+        Option(_O, "compression", Enum("gzip", "none"), "gzip", "Request body compression (gzip level 1)."),
+    ),
+    check=_check, build=_build)

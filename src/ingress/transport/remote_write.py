@@ -1,0 +1,315 @@
+"""The Prometheus remote-write output (protocol 1.0): one POST per batch.
+
+Request::
+
+    POST <url, "{tenant}" expanded>            e.g. http://mimir:9009/api/v1/push
+    Content-Type: application/x-protobuf
+    Content-Encoding: snappy                    (block format, as the protocol wants)
+    X-Prometheus-Remote-Write-Version: 0.1.0
+    X-Scope-OrgID: <tenant id>                  (``tenant_header``; "" sends none)
+    Authorization: Bearer <tenant credential>   (when a credential is configured)
+    User-Agent: ingress/<version>
+
+    snappy(WriteRequest)
+
+The ``WriteRequest`` is written by ``ingress._core._remote_write`` from the
+batch's columns; each series' labels are encoded once per tenant and reused
+(``_SeriesCache``). Names follow the OpenTelemetry-to-Prometheus rules
+(:func:`metric_name`, :func:`label_name`, :func:`series_labels`; the table
+is in docs/outputs.md).
+
+Answers (the remote-write specification): 2xx acknowledges; 5xx and 429 are
+retried with backoff, honouring ``Retry-After``; 401 and 403 hold the
+(tenant, output) pair as for the http output (breaker open, reason
+``credential_refused``, the batch stays spooled); any other status (400 for an
+out-of-order or duplicate sample, 404...) is permanent and sets the batch
+aside as a dead letter. Timeouts and network errors are retried.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ingress.errors import ConfigError, PermanentError, TransportError, WireError
+from ingress.options import REQUIRED, Enum, Option, Str, Url
+from ingress.transport.base import OutgoingBatch
+from ingress.transport.http import HttpCredentialRefused, HttpOutput, HttpPermanentError, HttpRetryableError, _first_line, parse_retry_after
+from ingress.transport.http import PLUGIN as HTTP_PLUGIN
+from ingress.transport.http import _check as http_check
+from ingress.transport.metricinfo import info
+from ingress.transport.plugin import OutputPlugin, construct
+
+CONTENT_TYPE = "application/x-protobuf"
+VERSION_HEADER = ("X-Prometheus-Remote-Write-Version", "0.1.0")
+
+# -- names (OpenTelemetry-to-Prometheus) ----------------------------------------------
+_UNITS = {
+    "d": "days", "h": "hours", "min": "minutes", "s": "seconds", "ms": "milliseconds",
+    "us": "microseconds", "ns": "nanoseconds", "By": "bytes", "KiBy": "kibibytes", "MiBy": "mebibytes",
+    "GiBy": "gibibytes", "TiBy": "tibibytes", "KBy": "kilobytes", "MBy": "megabytes", "GBy": "gigabytes",
+    "TBy": "terabytes", "bit": "bits", "m": "meters", "V": "volts", "A": "amperes", "J": "joules",
+    "W": "watts", "g": "grams", "Cel": "celsius", "Hz": "hertz", "1": "", "%": "percent",
+}
+_PER_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week", "mo": "month", "y": "year"}
+_TOKEN = re.compile(r"[A-Za-z0-9]+")
+_NOT_LABEL = re.compile(r"[^A-Za-z0-9_]")
+_BRACES = re.compile(r"\{[^}]*\}")
+
+
+def _unit_tokens(unit: str) -> tuple[list[str], list[str]]:
+    """(main unit tokens, per-unit tokens) of a UCUM-style unit: "By/s" -> (["bytes"], ["second"])."""
+    unit = _BRACES.sub("", unit or "").strip()
+    main, _, per = unit.partition("/")
+    main = main.strip()
+    per = per.strip()
+    m = _UNITS.get(main, main)
+    p = _PER_UNITS.get(per, per) if per else ""
+    return _TOKEN.findall(m), _TOKEN.findall(p)
+
+
+def metric_name(name: str, kind: str = "gauge", unit: str = "") -> str:
+    """The Prometheus name of a metric: ``cpu.time`` (counter, "s") -> ``cpu_time_seconds_total``.
+
+    Split into ASCII letter/digit runs joined by ``_``; the unit's suffix
+    appended unless already a token (``By`` -> ``bytes``, ``s`` -> ``seconds``,
+    ``By/s`` -> ``bytes_per_second``, ``%`` -> ``percent``); a gauge of unit
+    ``1`` ends in ``_ratio``; a counter ends in ``_total``; a leading digit gets
+    ``_`` in front. The result matches ``[a-zA-Z_:][a-zA-Z0-9_:]*``.
+    """
+    tokens = _TOKEN.findall(name)
+    main, per = _unit_tokens(unit)
+    for t in main:
+        if t not in tokens:
+            tokens.append(t)
+    if per and not all(t in tokens for t in per):
+        tokens += ["per", *per]
+    if kind == "counter":
+        tokens = [t for t in tokens if t != "total"] + ["total"]
+    elif (unit or "").strip() == "1":
+        tokens = [t for t in tokens if t != "ratio"] + ["ratio"]
+    out = "_".join(tokens) or "_"
+    return "_" + out if out[0].isdigit() else out
+
+
+def label_name(key: str) -> str:
+    """The Prometheus label name of a tag key (``[a-zA-Z_][a-zA-Z0-9_]*``, never ``__...``).
+
+    Every character other than an ASCII letter, digit or ``_`` becomes ``_``; a
+    leading digit gets ``key_`` in front, a leading ``_`` gets ``key`` (names
+    starting with ``__`` are Prometheus's own); the empty key is ``key_``.
+    """
+    out = _NOT_LABEL.sub("_", key)
+    if not out:
+        return "key_"
+    if out[0].isdigit():
+        return "key_" + out
+    if out[0] == "_":
+        return "key" + out
+    return out
+
+
+def series_labels(name: str, tags: Mapping[str, str], host: str, tenant: str | None = None,
+                  tenant_label: str | None = None) -> list[tuple[str, str]]:
+    """Every label of one series, sorted by name (byte order), ``__name__`` included.
+
+    Tags whose keys sanitise to the same name are merged, their values joined
+    with ``;`` in the order of the original keys. A tag whose name is one the
+    agent sets (``__name__``, ``host``, the tenant label) is kept as
+    ``exported_<name>``. Labels with an empty value are left out (Prometheus
+    treats them as absent).
+    """
+    mi = info(name)
+    own = {"__name__": metric_name(name, mi.kind, mi.unit)}
+    if host:
+        own["host"] = host
+    if tenant_label and tenant:
+        own[tenant_label] = tenant
+    merged: dict[str, list[str]] = {}
+    for k in sorted(tags):
+        v = tags[k]
+        if v == "":
+            continue
+        ln = label_name(k)
+        while ln in own:
+            ln = "exported_" + ln
+        merged.setdefault(ln, []).append(v)
+    labels = dict(own)
+    for ln, vs in merged.items():
+        labels[ln] = ";".join(vs)
+    return sorted(labels.items(), key=lambda kv: kv[0].encode())
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, data: bytes) -> bytes:
+    return bytes((tag,)) + _varint(len(data)) + data
+
+
+def encode_labels(labels: list[tuple[str, str]]) -> bytes:
+    """``TimeSeries.labels`` entries (field 1, each a ``Label{name=1, value=2}``)."""
+    return b"".join(_field(0x0A, _field(0x0A, k.encode()) + _field(0x12, v.encode())) for k, v in labels)
+
+
+class _SeriesCache:
+    """One tenant's encoded labels per (name, tags), reused across batches."""
+
+    MAX = 200_000  # series kept before the cache starts afresh
+
+    def __init__(self) -> None:
+        self.labels: dict[tuple, bytes] = {}
+
+    def blobs(self, series, host: str, tenant: str, tenant_label: str | None) -> tuple[bytes, np.ndarray]:
+        cache = self.labels
+        if len(cache) > self.MAX:
+            cache.clear()
+        parts = []
+        for name, tags in series:
+            key = (host, name, tuple(tags.items()))
+            blob = cache.get(key)
+            if blob is None:
+                blob = cache[key] = encode_labels(series_labels(name, tags, host, tenant, tenant_label))
+            parts.append(blob)
+        offsets = np.zeros(len(parts) + 1, np.int64)
+        if parts:
+            np.cumsum([len(p) for p in parts], out=offsets[1:])
+        return b"".join(parts), offsets
+
+
+def encode_batch(payload: bytes, cache: _SeriesCache | None = None, tenant_label: str | None = None,
+                 compress: bool = True) -> tuple[bytes, int]:
+    """One ingress batch as a remote-write body: (snappy(WriteRequest) or the raw message, samples)."""
+    from ingress import wire
+    from ingress._core import _remote_write
+
+    b = wire.decode(payload)
+    cache = cache if cache is not None else _SeriesCache()
+    blob, offsets = cache.blobs(b.series, b.host, b.tenant, tenant_label)
+    msg, n = _remote_write.encode_write_request(blob, offsets, b.series_index, b.timestamps, b.values)
+    if compress:
+        import cramjam
+
+        msg = bytes(cramjam.snappy.compress_raw(msg))
+    return msg, n
+
+
+def classify(status: int, body: bytes, retry_after: str | None) -> TransportError | None:
+    """The remote-write specification's reading of an answer: 2xx ok, 5xx/429 retry, else permanent."""
+    if 200 <= status < 300:
+        return None
+    line = _first_line(body)
+    msg = f"HTTP {status}" + (f": {line}" if line else "")
+    if status in (401, 403):  # as for every HTTP-based output: hold the pair, not a dead letter
+        return HttpCredentialRefused(msg, status, line)
+    if status == 429 or status >= 500:
+        return HttpRetryableError(msg, status, parse_retry_after(retry_after), line)
+    return HttpPermanentError(msg, status, line)
+
+
+class RemoteWriteOutput(HttpOutput):
+    """Prometheus remote write 1.0 to ``url``, one request per batch.
+
+    Parameters
+    ----------
+    name, url, credential, tenants
+        As :class:`~ingress.transport.http.HttpOutput` (``url`` is the
+        receiver's write endpoint, e.g. ``http://127.0.0.1:9090/api/v1/write``).
+    tenant_header
+        Header carrying the tenant id (default ``X-Scope-OrgID``, how Mimir and
+        Cortex separate tenants); ``""`` sends none.
+    tenant_label
+        When set (e.g. ``"tenant"``), every series also gets this label with the
+        tenant id.
+    timeout_s, connect_timeout_s, verify, ca_file, cert_file, key_file, concurrency, idle_s, headers
+        As :class:`~ingress.transport.http.HttpOutput`.
+    """
+
+    type = "remote_write"
+
+    def __init__(self, name: str, url: str,
+                 credential: Callable[[str], str] | Mapping[str, Callable[[], str]] | None = None,
+                 tenants: frozenset[str] | None = None, *, tenant_header: str = "X-Scope-OrgID",
+                 tenant_label: str | None = None, **http) -> None:
+        if "format" in http or "gzip" in http:
+            raise ConfigError(f"outputs.{name}: remote_write has no format or gzip option "
+                              f"(the body is protobuf + snappy)")
+        if tenant_header and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", tenant_header):
+            raise ConfigError(f"outputs.{name}.tenant_header: {tenant_header!r} is not a valid header name")
+        if tenant_label and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_]*", tenant_label):
+            raise ConfigError(f"outputs.{name}.tenant_label: {tenant_label!r} is not a Prometheus label name "
+                              f"([a-zA-Z][a-zA-Z0-9_]*)")
+        if tenant_label in ("host",):
+            raise ConfigError(f"outputs.{name}.tenant_label: {tenant_label!r} is the host label")
+        self.tenant_header = tenant_header or ""
+        self.tenant_label = tenant_label or None
+        super().__init__(name, url, credential, tenants, **http)
+        self._caches: dict[str, _SeriesCache] = {}
+        self.samples_sent = 0
+
+    reserved_headers = HttpOutput.reserved_headers | {"x-prometheus-remote-write-version"}
+
+    def tenant_header_names(self) -> tuple[str, ...]:
+        return (self.tenant_header,) if self.tenant_header else ()
+
+    def request(self, batch: OutgoingBatch) -> tuple[bytes, dict[str, str]]:
+        with self._lock:
+            cache = self._caches.get(batch.tenant)
+            if cache is None:
+                cache = self._caches[batch.tenant] = _SeriesCache()
+        try:
+            body, _ = encode_batch(batch.payload, cache, self.tenant_label)
+        except WireError as e:
+            raise PermanentError(f"remote_write output {self.name}: batch {batch.batch_id.hex()} "
+                                 f"cannot be decoded: {e}") from None
+        headers = {"Content-Type": CONTENT_TYPE, "Content-Encoding": "snappy",
+                   VERSION_HEADER[0]: VERSION_HEADER[1]}
+        if self.tenant_header:
+            headers[self.tenant_header] = batch.tenant
+        return body, headers
+
+    def response_error(self, batch, status, body, header):
+        return classify(status, body, header("Retry-After"))
+
+
+# --------------------------------------------------------------------------- plugin declaration
+
+def _build(o, ctx):
+    def s(p):
+        return None if p is None else str(p)
+
+    opt: dict = {"headers": dict(o.headers)} if o.headers else {}
+    return construct(RemoteWriteOutput, ctx, dict(
+        name=o.name, url=o.url, credential=ctx.optional_credential(),
+        tenants=None if o.tenants is None else frozenset(o.tenants), timeout_s=o.timeout_s,
+        verify=o.verify, ca_file=s(o.ca_file), cert_file=s(o.cert_file), key_file=s(o.key_file),
+        tenant_header=o.tenant_header, tenant_label=o.tenant_label or None), opt)
+
+
+def _check(at, path: tuple, o: dict, agent) -> None:
+    if o["format"] != "batch":
+        raise at.error(path + ("format",), "remote_write outputs send remote-write protobuf + snappy; format does not apply")
+    if o["tenant_header"] and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", o["tenant_header"]):
+        raise at.error(path + ("tenant_header",), f"{o['tenant_header']!r} is not a valid header name")
+    http_check(at, path, o, agent)
+
+
+_O = "outputs"
+PLUGIN = OutputPlugin(
+    type="remote_write",
+    options=(
+        Option(_O, "url", Url(), REQUIRED, "The receiver's remote-write endpoint, e.g. `http://127.0.0.1:9090/api/v1/write`; `{tenant}` expands to the tenant id. A tenant's credential, when it configures one, goes as a bearer token."),
+        *(opt for opt in HTTP_PLUGIN.options if opt.key not in ("url", "gzip")),
+        Option(_O, "tenant_header", Str(empty=True), "X-Scope-OrgID",
+               "Header carrying the tenant id on every request; `\"\"` sends none."),
+        Option(_O, "tenant_label", Str(empty=True), "",
+               "When set (e.g. `\"tenant\"`), a label with the tenant id on every series."),
+    ),
+    check=_check, build=_build)
