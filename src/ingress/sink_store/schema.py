@@ -90,8 +90,9 @@ def ttl_expr(retention_s: int | None, per_tenant: dict[str, int]) -> str | None:
     else:
         secs = default
     if retention_s is None:
-        # Tenants without their own retention never expire: a far date for them.
-        return f"toDateTime(ts) + toIntervalSecond(ifNull({secs}, 3153600000))"
+        # Tenants without their own retention never expire: only theirs are deleted.
+        listed = ", ".join(quote_literal(t) for t in sorted(per_tenant))
+        return f"toDateTime(ts) + toIntervalSecond({secs.replace('NULL)', '0)')}) WHERE tenant IN ({listed})"
     return f"toDateTime(ts) + toIntervalSecond({secs})"
 
 
