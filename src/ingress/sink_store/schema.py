@@ -109,8 +109,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     name LowCardinality(String),
     host LowCardinality(String),
     tags Map(LowCardinality(String), String),
-    ts DateTime64(9, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
-    value Float64 CODEC(Gorilla, ZSTD(1)),
+    ts DateTime64(9, 'UTC') CODEC(Delta, ZSTD(1)),
+    value Float64 CODEC(ZSTD(1)),
     series UInt64 MATERIALIZED sipHash64(host, mapSort(tags))
 ) ENGINE = MergeTree
 PARTITION BY (tenant, toYYYYMMDD(ts))
