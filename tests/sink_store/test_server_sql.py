@@ -122,3 +122,14 @@ def test_any_store_url_parses_or_is_a_config_error(text):
         parse_store_url(text)
     except ConfigError as e:
         assert "\n" not in str(e)
+
+
+def test_the_agent_imports_none_of_the_sink_extra():
+    import subprocess
+    import sys
+
+    code = ("import sys, ingress.cli, ingress.agent; "
+            "print(sorted(m for m in ('chdb', 'pyarrow', 'clickhouse_connect', 'pandas', 'ingress.sink_store') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
