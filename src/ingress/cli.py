@@ -77,22 +77,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deadletter_parser(sub)
 
     k = sub.add_parser(
-        "sink", help="run the reference receiver (accepts batches over HTTP)",
-        description="Accept batches POSTed by ingress HTTP outputs, check each tenant's key, "
-                    "drop duplicate batch ids and store batches per tenant.")
+        "sink", help="run the reference receiver (HTTP and/or Kafka into a ClickHouse store)",
+        description="Accept batches POSTed by ingress HTTP outputs (and/or read the agent's Kafka topics), "
+                    "check each tenant, drop duplicate batch ids and store the samples in a "
+                    "tenant-partitioned ClickHouse schema (docs/aggregator.md).")
     k.add_argument("--listen", default="127.0.0.1:8088", metavar="HOST:PORT",
                    help="address to listen on (default: %(default)s)")
     k.add_argument("--max-connections", type=int, metavar="N",
                    help="connections served at once; more are answered 503 (default: 128)")
+    k.add_argument("--max-pending", type=int, metavar="N",
+                   help="batches being stored at once; more are answered 503 with Retry-After (default: 32)")
     k.add_argument("--header-timeout", type=_seconds, metavar="S",
                    help="seconds a connection has for its request headers (default: 10)")
     k.add_argument("--idle-timeout", type=_seconds, metavar="S",
                    help="seconds a kept-alive connection waits for its next request (default: 30)")
     k.add_argument("--body-timeout", type=_seconds, metavar="S",
                    help="seconds an accepted request has for its body (default: 60)")
-    k.add_argument("--data-dir", required=True, metavar="DIR", help="where batches are stored, per tenant")
-    k.add_argument("--keys", required=True, metavar="FILE",
-                   help="TOML/JSON file: tenant = key (or \"sha256:<hex>\")")
+    k.add_argument("--store", metavar="URL",
+                   help="PATH or chdb://PATH (embedded, the default: ./sink-data), clickhouse://HOST:PORT/DB, "
+                        "or file://DIR (batch files, no queries)")
+    k.add_argument("--data-dir", metavar="DIR", help="the file store in DIR (same as --store file://DIR)")
+    k.add_argument("--keys", metavar="FILE",
+                   help="TOML/JSON file: tenant = key (or \"sha256:<hex>\"); required for HTTP input")
+    k.add_argument("--retention", metavar="DURATION",
+                   help="keep samples this long, e.g. 30d (default: for ever); a TTL on the store")
+    k.add_argument("--tenant-retention", action="append", metavar="T=DURATION",
+                   help="this tenant's retention instead of --retention (repeat per tenant)")
+    k.add_argument("--from-kafka", metavar="BROKERS", help="also consume the agent's Kafka topics from BROKERS")
+    k.add_argument("--topic", metavar="TOPIC", help="with --from-kafka: the topic, or ^REGEX for several")
+    k.add_argument("--group", default="ingress-sink", metavar="G",
+                   help="with --from-kafka: the consumer group (default: %(default)s)")
     k.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     k.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert, if not in the same file")
     k.add_argument("--client-ca", metavar="FILE", help="require client certificates from this CA")
@@ -100,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, field, kind, what, default in _SINK_LIMITS:
         k.add_argument(flag, dest=field, type=kind, metavar="N",
                        help=f"refuse a batch {what} (default: {default})")
+    kq = k.add_subparsers(dest="sink_command", metavar="COMMAND")
+    q = kq.add_parser("query", help="print one tenant's stored samples of one metric",
+                      description="Print one tenant's stored samples of one metric: a table on a terminal, "
+                                  "JSON lines (the --once fields plus host) otherwise.")
+    q.add_argument("--store", default=argparse.SUPPRESS, metavar="URL",
+                   help="the store (default: ./sink-data, as for ingress sink)")
+    q.add_argument("--tenant", required=True, metavar="T")
+    q.add_argument("--metric", required=True, metavar="NAME")
+    q.add_argument("--tag", action="append", default=[], metavar="K=V", help="only series with this tag (repeat)")
+    q.add_argument("--since", metavar="D", help="the last D (e.g. 10m, 2h, 7d)")
+    q.add_argument("--from", dest="t_from", metavar="TS", help="from TS (ns since the epoch, or ISO 8601)")
+    q.add_argument("--to", dest="t_to", metavar="TS", help="to TS, exclusive (default: now)")
+    q.add_argument("--agg", choices=("avg", "sum", "max", "rate"), help="aggregate per series and --step")
+    q.add_argument("--step", default="1m", metavar="D", help="with --agg: bucket width (default: %(default)s)")
+    q.add_argument("--limit", type=int, default=100000, metavar="N", help="at most N rows (default: %(default)s)")
+    q.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    q.set_defaults(func=cmd_sink_query)
     k.set_defaults(func=cmd_sink)
     return p
 
@@ -136,6 +167,78 @@ _SINK_LIMITS = (
     ("--max-batch-ratio", "max_ratio", _limit_ratio,
      "whose lz4 body decompresses to more than N times its size (1 to 255)", "255"),
 )
+
+
+def _ts_arg(text: str, what: str) -> int:
+    """ns since the epoch from digits or an ISO 8601 time (UTC unless it says otherwise)."""
+    import datetime
+
+    if text.strip().lstrip("-").isdigit():
+        return int(text)
+    try:
+        d = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{what}: {text[:100]!r} is neither ns since the epoch nor an ISO 8601 time") from None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=datetime.timezone.utc)
+    return int(d.timestamp()) * 10**9 + d.microsecond * 1000
+
+
+def cmd_sink_query(args: argparse.Namespace) -> int:
+    import time
+
+    from ingress.sink import parse_duration_s
+    from ingress.sink_store import DEFAULT_STORE, open_store
+    from ingress.sink_store.query import Query, run
+
+    tags = {}
+    for t in args.tag:
+        k, sep, v = t.partition("=")
+        if not sep or not k:
+            raise ConfigError(f"--tag: {t[:100]!r} is not KEY=VALUE")
+        tags[k] = v
+    if args.since and (args.t_from or args.t_to):
+        raise ConfigError("--since: give --since or --from/--to, not both")
+    now = time.time_ns()
+    t_from = now - parse_duration_s(args.since, "--since") * 10**9 if args.since else (
+        _ts_arg(args.t_from, "--from") if args.t_from else None)
+    t_to = _ts_arg(args.t_to, "--to") if args.t_to else None
+    step = parse_duration_s(args.step, "--step")
+    if args.limit < 1:
+        raise ConfigError(f"--limit: {args.limit} must be at least 1")
+    q = Query(args.tenant, args.metric, tags, t_from, t_to, args.agg, step, args.limit)
+    from ingress.sink_store.query import build
+
+    build(q)  # a bad tenant or step is a usage error before the store is opened
+    store = open_store(getattr(args, "store", None) or DEFAULT_STORE)
+    try:
+        if not hasattr(store, "rows"):
+            raise ConfigError("--store: the file store cannot be queried (use ingress decode on its files)")
+        rows = run(store, q)
+    finally:
+        store.close()
+    out = sys.stdout
+    if args.json or not out.isatty():
+        from ingress.agent import sample_json
+
+        for r in rows:
+            v = float("nan") if r["value"] is None else r["value"]
+            out.write(sample_json(r["tenant"], r["name"], r["tags"], r["ts"], v, host=r["host"]) + "\n")
+        out.flush()
+        return 0
+    table = [["time (UTC)", "host", "tags", "value"]]
+    import datetime
+
+    for r in rows:
+        t = datetime.datetime.fromtimestamp(r["ts"] / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+        tg = ",".join(f"{k}={v}" for k, v in sorted(r["tags"].items()))
+        table.append([t, r["host"], tg, "null" if r["value"] is None else f"{r['value']:g}"])
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    print(f"{args.tenant} {args.metric}" + (f" {args.agg} per {args.step}" if args.agg else "")
+          + f": {len(rows)} rows")
+    for row in table:
+        print("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    return 0
 
 
 def cmd_sink(args: argparse.Namespace) -> int:

@@ -1,7 +1,12 @@
 """The reference receiver: ``ingress sink``, the log aggregator's side of the HTTP output.
 
-It accepts batches POSTed by the HTTP output, checks the tenant's key, drops
-duplicate batch ids and stores each tenant's batches in its own files::
+It accepts batches POSTed by the HTTP output (and, with ``--from-kafka``, reads
+the agent's Kafka topics: :mod:`ingress.sink_store.kafka_input`), checks the
+tenant's key, drops duplicate batch ids and stores the samples in the
+ClickHouse schema of :mod:`ingress.sink_store` (embedded chDB by default,
+docs/aggregator.md). A 2xx answer comes only after the insert returned (the
+tables fsync their parts). With ``--data-dir DIR`` (or ``--store file://DIR``)
+it keeps the original file store instead: each tenant's batches in its own files::
 
     <data_dir>/<tenant>/batches-000001.ibatch   length-prefixed batches (see ingress.transport.file)
     <data_dir>/<tenant>/seen.ids                16-byte batch ids already stored, append-only
@@ -22,9 +27,17 @@ Request checks, in order, each failure a JSON error ``{"error": {"code", "messag
 400   bad_batch                  the body is not a valid batch (wire error text)
 400   tenant_mismatch            the batch's tenant is not X-Tenant-ID
 400   idempotency_key_mismatch   Idempotency-Key is not the batch's id
+400   bad_batch                  also: a batch the store can never take (its
+                                 samples span more than 100 days)
+503   queue_full                 ``max_pending`` batches are being stored
+                                 already (``Retry-After: 1``; checked before the
+                                 body is read)
 503   storage_unavailable        the batch could not be stored, or decoding it ran
-                                 out of memory (retry later; never a dead letter)
+                                 out of memory (retry later; never a dead letter;
+                                 ``Retry-After: 1``)
 ====  =========================  ==============================================
+
+``GET /metrics``: the sink's own metrics (:mod:`ingress.sink_store.metrics`).
 
 The checks down to 401 need only the headers and come before a byte of the
 body is read: such an answer carries ``Connection: close``, the sink discards
@@ -251,9 +264,10 @@ class SinkStore:
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.retry_after = retry_after
 
 
 class _ClientGone(Exception):
@@ -391,23 +405,29 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s " + fmt, self.address_string(), *args)
 
-    def _reply(self, status: int, obj: dict) -> None:
-        body = json.dumps(obj).encode() + b"\n"
+    def _reply(self, status: int, obj: dict | bytes, retry_after: int | None = None,
+               ctype: str = "application/json") -> None:
+        body = obj if isinstance(obj, bytes) else json.dumps(obj).encode() + b"\n"
         self.connection.settimeout(self.server.sink.header_timeout)
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
-    def _error(self, status: int, code: str, message: str) -> None:
-        self._reply(status, {"error": {"code": code, "message": message}})
+    def _error(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
+        self._reply(status, {"error": {"code": code, "message": message}}, retry_after)
 
     def do_GET(self) -> None:
         if self.path == "/healthz":
             self._reply(200, {"status": "ok"})
+        elif self.path == "/metrics":
+            body, ctype = self.server.sink.metrics.exposition()
+            self._reply(200, body, ctype=ctype)
         else:
             self._error(404, "not_found", f"no such endpoint: GET {self.path}")
 
@@ -427,7 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._body_read:  # answered from the headers: the body is never read
                 self.close_connection = True
                 self._linger = True
-            self._error(r.status, r.code, r.message)
+            self._error(r.status, r.code, r.message, r.retry_after)
             return
         except _ClientGone as e:
             log.debug("sink: %s: %s", self.address_string(), e)
@@ -546,13 +566,19 @@ class SinkServer:
     decode_limits
         ``wire.DecodeLimits`` for every batch (default: ``DecodeLimits()``); a
         batch over one answers 400 ``bad_batch`` naming the limit.
+    store
+        A store URL (see :func:`ingress.sink_store.open_store`) or an open
+        store object; None: the file store under ``data_dir``.
+    max_pending
+        Batches being stored at once; one more is answered ``503
+        queue_full`` with ``Retry-After: 1`` before its body is read.
     """
 
     def __init__(
         self,
         listen: str | tuple[str, int],
-        data_dir: str | os.PathLike,
-        keys: dict[str, bytes] | str | os.PathLike,
+        data_dir: str | os.PathLike | None,
+        keys: dict[str, bytes] | str | os.PathLike | None,
         *,
         max_body: int = 64 << 20,
         tls_cert: str | None = None,
@@ -564,15 +590,21 @@ class SinkServer:
         idle_timeout: float = 30.0,
         body_timeout: float = 60.0,
         decode_limits: Any = None,
+        store: Any = None,
+        max_pending: int = 32,
+        retention_s: int | None = None,
+        tenant_retention: dict[str, int] | None = None,
     ) -> None:
         from ingress import wire
+        from ingress.sink_store.metrics import SinkMetrics
 
         if decode_limits is None:
             decode_limits = wire.DecodeLimits()
         elif not isinstance(decode_limits, wire.DecodeLimits):
             raise TypeError(f"decode_limits must be a wire.DecodeLimits, got {type(decode_limits).__name__}")
         self.decode_limits = decode_limits
-        for name, v in (("max_connections", max_connections), ("header_timeout", header_timeout),
+        for name, v in (("max_connections", max_connections), ("max_pending", max_pending),
+                        ("header_timeout", header_timeout),
                         ("idle_timeout", idle_timeout), ("body_timeout", body_timeout)):
             if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise ConfigError(f"sink {name}: {v!r} must be a positive number")
@@ -581,8 +613,20 @@ class SinkServer:
         self.idle_timeout = float(idle_timeout)
         self.body_timeout = float(body_timeout)
         self.listen = _parse_listen(listen)
-        self.keys = keys if isinstance(keys, dict) else load_keys(keys)
-        self.store = SinkStore(data_dir)
+        self.keys = keys if isinstance(keys, dict) else ({} if keys is None else load_keys(keys))
+        self.metrics = SinkMetrics()
+        self.max_pending = int(max_pending)
+        self._pending = threading.BoundedSemaphore(self.max_pending)
+        if store is None:
+            if data_dir is None:
+                raise ConfigError("sink: give a store (--store URL) or a data directory")
+            self.store = SinkStore(data_dir)
+        elif isinstance(store, (str, os.PathLike)):
+            from ingress.sink_store import open_store
+
+            self.store = open_store(store, retention_s=retention_s, tenant_retention=tenant_retention)
+        else:
+            self.store = store
         self.max_body = max_body
         self.verify_batches = verify_batches
         self.rejects: dict[str, int] = {}
@@ -623,7 +667,23 @@ class SinkServer:
         self._thread.start()
         return self
 
+    def start_kafka(self, brokers: str, topic: str, group: str, options: dict | None = None) -> Any:
+        """Also consume the agent's Kafka topics (ingress.sink_store.kafka_input) into the store."""
+        from ingress.sink_store.kafka_input import KafkaInput
+
+        if not hasattr(self.store, "put_rows"):
+            raise ConfigError("sink --from-kafka: needs the ClickHouse store (--store), not --data-dir")
+        self.kafka = KafkaInput(brokers, topic, group, self.store, self.metrics,
+                                tenants=set(self.keys) if self.keys else None,
+                                decode_limits=self.decode_limits, count_reject=self.count_reject,
+                                options=options).start()
+        return self.kafka
+
     def stop(self) -> None:
+        k = getattr(self, "kafka", None)
+        if k is not None:
+            k.stop()
+            self.kafka = None
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -633,6 +693,7 @@ class SinkServer:
     def count_reject(self, code: str) -> None:
         with self._lock:
             self.rejects[code] = self.rejects.get(code, 0) + 1
+        self.metrics.reject(code)
 
     def _authorised(self, tenant: str | None, auth: str | None) -> bool:
         scheme, _, key = (auth or "").strip().partition(" ")
@@ -669,11 +730,27 @@ class SinkServer:
         tenant = h.get("X-Tenant-ID")
         if not self._authorised(tenant, h.get("Authorization")):
             raise _Reject(401, "unauthorized", "missing or unknown key for this tenant")
+        # The queue bound comes before the body: a refused batch costs no memory.
+        if not self._pending.acquire(blocking=False):
+            raise _Reject(503, "queue_full", f"{self.max_pending} batches are being stored; retry later",
+                          retry_after=1)
+        try:
+            return self._receive(req, n, tenant)
+        finally:
+            self._pending.release()
+
+    def _receive(self, req: _Handler, n: int, tenant: str) -> tuple[int, dict]:
+        from ingress import wire
+        from ingress.sink_store.clickhouse import BadBatch, ClickHouseStore
+        from ingress.sink_store.metrics import store_put
+
+        h = req.headers
         body = req.read_body(n)
+        batch = None
         try:
             info = wire.peek(body, limits=self.decode_limits)
-            if self.verify_batches:
-                wire.decode(body, self.decode_limits)
+            if self.verify_batches or isinstance(self.store, ClickHouseStore):
+                batch = wire.decode(body, self.decode_limits)
         except DecodeMemoryError as e:  # the sink's trouble, not the batch's: retry later
             raise _Reject(503, "storage_unavailable", f"cannot decode the batch now: {e}") from None
         except wire.DecodeLimitError as e:
@@ -689,11 +766,19 @@ class SinkServer:
         if idem is not None and idem.strip().lower() != b_id.hex():
             raise _Reject(400, "idempotency_key_mismatch",
                           f"Idempotency-Key {idem!r} is not the batch id {b_id.hex()}")
+        t0 = time.monotonic()
         try:
-            stored = self.store.put(tenant, b_id, body, b_count, b_host)
+            stored = store_put(self.store, tenant, b_id, body, b_count, b_host, batch, "http")
+        except BadBatch as e:
+            raise _Reject(400, "bad_batch", f"the store cannot take this batch: {e}") from None
         except (OSError, IngressError) as e:
             log.error("sink: cannot store batch %s of %s: %s", b_id.hex(), tenant, e)
-            raise _Reject(503, "storage_unavailable", "the batch could not be stored; retry later") from None
+            raise _Reject(503, "storage_unavailable", "the batch could not be stored; retry later",
+                          retry_after=1) from None
+        if stored:
+            self.metrics.stored(tenant, "http", b_count, time.monotonic() - t0)
+        else:
+            self.metrics.duplicate(tenant, "http")
         return 200, {"status": "stored" if stored else "duplicate", "batch_id": b_id.hex(),
                      "tenant": tenant, "samples": b_count}
 
@@ -738,20 +823,73 @@ def serve(listen: str, data_dir: str | os.PathLike, keys: str | os.PathLike | di
     return SinkServer(listen, data_dir, keys, **kw).start()
 
 
+def parse_duration_s(text: str, what: str) -> int:
+    """``30d``, ``12h``, ``90m``, ``3600s`` -> whole seconds (at least 1); ConfigError naming ``what``."""
+    m = re.fullmatch(r"([0-9]{1,9})(s|m|h|d)", text.strip()) if isinstance(text, str) else None
+    if not m or int(m.group(1)) == 0:
+        raise ConfigError(f"{what}: {text!r} is not a duration (a whole number and s, m, h or d, e.g. 30d)")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def retention_from_args(args: argparse.Namespace) -> tuple[int | None, dict[str, int]]:
+    """``--retention D`` and ``--tenant-retention T=D`` (repeated) -> (default s, {tenant: s})."""
+    default = parse_duration_s(args.retention, "--retention") if getattr(args, "retention", None) else None
+    per: dict[str, int] = {}
+    for item in getattr(args, "tenant_retention", None) or ():
+        tenant, sep, d = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--tenant-retention: {item[:100]!r} is not TENANT=DURATION")
+        if not names.is_tenant_id(tenant):
+            raise ConfigError(f"--tenant-retention: {tenant[:100]!r} is not a valid tenant id "
+                              f"({names.text(names.TENANT_ID_RE)})")
+        per[tenant] = parse_duration_s(d, f"--tenant-retention {tenant}")
+    return default, per
+
+
+def store_url_from_args(args: argparse.Namespace) -> str:
+    from ingress.sink_store import DEFAULT_STORE
+
+    data_dir = getattr(args, "data_dir", None)
+    store = getattr(args, "store", None)
+    if data_dir and store:
+        raise ConfigError("sink: give --store or --data-dir, not both")
+    if data_dir:
+        return f"file://{data_dir}"
+    return store or DEFAULT_STORE
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the sink in the foreground until SIGINT/SIGTERM; 0 on a clean stop, 2 on a bad setting."""
+    sink = None
     try:
         limits = {k: getattr(args, k) for k in ("max_connections", "header_timeout", "idle_timeout",
-                                                "body_timeout") if getattr(args, k, None) is not None}
-        sink = SinkServer(args.listen, args.data_dir, args.keys, tls_cert=args.tls_cert,
+                                                "body_timeout", "max_pending") if getattr(args, k, None) is not None}
+        kafka = getattr(args, "from_kafka", None)
+        if kafka and not getattr(args, "topic", None):
+            raise ConfigError("sink --from-kafka: --topic TOPIC (or ^REGEX) is required")
+        if getattr(args, "topic", None) and not kafka:
+            raise ConfigError("sink --topic: only with --from-kafka BROKERS")
+        if not args.keys and not kafka:
+            raise ConfigError("sink: --keys FILE is required to take batches over HTTP "
+                              "(or give --from-kafka to read Kafka only)")
+        retention, per_tenant = retention_from_args(args)
+        sink = SinkServer(args.listen, None, args.keys, tls_cert=args.tls_cert,
                           tls_key=args.tls_key, client_ca=args.client_ca,
-                          decode_limits=getattr(args, "decode_limits", None), **limits).start()
+                          decode_limits=getattr(args, "decode_limits", None), store=store_url_from_args(args),
+                          retention_s=retention, tenant_retention=per_tenant, **limits)
+        if kafka:
+            sink.start_kafka(kafka, args.topic, args.group)
+        sink.start()
     except ConfigError as e:
+        if sink is not None:
+            sink.stop()
         print(f"ingress sink: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()
     prev = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    print(f"ingress sink: listening on {sink.url} ({len(sink.keys)} tenants)", file=sys.stderr, flush=True)
+    where = f" and kafka {kafka} topic {args.topic} group {args.group}" if kafka else ""
+    print(f"ingress sink: listening on {sink.url}{where} ({len(sink.keys)} tenants)",
+          file=sys.stderr, flush=True)
     try:
         stop.wait()
     finally:
