@@ -66,7 +66,9 @@ def test_whole_agent_vs_naive_psutil_loop(benchmark, idle_processes, listener, t
     warm, window = (5.0, 10.0) if bench_short else (10.0, 40.0)
     duration = warm + window + 3.0
     cfg = tmp_path / "agent.toml"
+    # The control API runs as it does by default (its cost is part of the agent's), on a free port.
     cfg.write_text(f'[agent]\ndata_dir = "{tmp_path / "data"}"\ninterval = "1s"\n'
+                   + '[control]\nlisten = "127.0.0.1:0"\n'
                    + tenant("acme", listener) + tenant("globex", listener)
                    + '\n[[outputs]]\ntype = "file"\n')
     result = {}
