@@ -184,7 +184,7 @@ def test_output_keys_are_declared_by_their_plugin_only():
         p = OUTPUTS[name]
         assert p.type == name
         assert all(o.section == "outputs" for o in p.options)
-    with pytest.raises(ConfigError, match=r"outputs\[0\]\.url: not a key of a kafka output \(http only\)"):
+    with pytest.raises(ConfigError, match=r"outputs\[0\]\.url: not a key of a kafka output \(http/otlp/remote_write only\)"):
         loads('[[tenants]]\nid = "a"\n[[outputs]]\ntype = "kafka"\nbrokers = "h:1"\nurl = "http://x"\n')
 
 

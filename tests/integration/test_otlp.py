@@ -107,15 +107,27 @@ def test_custom_tenant_header_and_no_compression(http_server):
 
 
 @pytest.mark.parametrize("status, retryable", [(429, True), (502, True), (503, True), (504, True),
-                                               (500, False), (400, False), (401, False), (404, False),
+                                               (500, False), (400, False), (404, False),
                                                (408, False), (413, False)])
 def test_retry_classes_follow_the_otlp_specification(http_server, status, retryable):
     http_server.replies(Reply(status, b"nope", {"Retry-After": "2"}))
     out = OtlpOutput("o", http_server.url)
     err = send(out, batch("acme", *columns(5, 1)))
     assert isinstance(err, RetryableError if retryable else PermanentError) and err.status == status
+    assert not getattr(err, "credential_refused", False)
     if retryable:
         assert err.retry_after == 2.0
+    out.close()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_credential_holds_the_pair_not_a_dead_letter(http_server, status):
+    """As for the http output: 401/403 are neither retried blindly nor dead-lettered (issue 10)."""
+    http_server.replies(Reply(status, b"bad token"))
+    out = OtlpOutput("o", http_server.url)
+    err = send(out, batch("acme", *columns(5, 1)))
+    assert getattr(err, "credential_refused", False) and err.status == status
+    assert not isinstance(err, PermanentError)
     out.close()
 
 

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ingress.collect.base import proc_root, sys_root
+from ingress.collect.base import proc_root
 
 log = logging.getLogger("ingress.collect")
 
@@ -109,15 +109,11 @@ def read_cgroup_throttling(proc: str | None = None, cgroup_fs: str | None = None
     cgroup v2, no CPU controller or no quota (``cpu.max`` starts with ``max``):
     without a quota there is nothing to be throttled by.
     """
-    try:
-        with open(os.path.join(proc or proc_root(), "self", "cgroup"), "rb") as f:
-            lines = f.read().splitlines()
-    except OSError:
+    from ingress.cgroup import own_cgroup_dir
+
+    base = own_cgroup_dir(proc, cgroup_fs)
+    if base is None:
         return None
-    rel = next((ln[3:].decode("utf-8", "replace") for ln in lines if ln.startswith(b"0::")), None)
-    if rel is None:
-        return None
-    base = os.path.join(cgroup_fs or os.path.join(sys_root(), "fs", "cgroup"), rel.lstrip("/"))
     try:
         with open(os.path.join(base, "cpu.max"), "rb") as f:
             if f.read().split()[:1] in ([b"max"], []):

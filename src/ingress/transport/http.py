@@ -57,7 +57,7 @@ from ingress.errors import ConfigError, CredentialRefusedError, PermanentError, 
 from ingress.logs import get_logger
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.logs import register_secret
-from ingress.options import REQUIRED, Bool, Duration, Headers, Option, PathKind, Url
+from ingress.options import REQUIRED, Bool, Duration, Headers, Option, PathKind, Str, Url
 from ingress.transport.plugin import OutputPlugin, construct
 
 log = get_logger("ingress.transport.http")
@@ -607,19 +607,23 @@ def _check(at, path: tuple, o: dict, agent) -> None:
         raise at.error(path + (missing,), "cert_file and key_file go together")
 
 
-def _build(o, ctx):
+def _common_args(o, ctx, credential) -> dict:
+    """Constructor arguments every HTTP-based output takes, from its settings."""
     def s(p):
         return None if p is None else str(p)
 
+    return dict(name=o.name, url=o.url, credential=credential,
+                tenants=None if o.tenants is None else frozenset(o.tenants), timeout_s=o.timeout_s,
+                verify=o.verify, ca_file=s(o.ca_file), cert_file=s(o.cert_file), key_file=s(o.key_file))
+
+
+def _build(o, ctx):
     opt: dict = {"headers": dict(o.headers)} if o.headers else {}
     if o.format != "batch":
         opt["format"] = o.format
     if o.gzip:
         opt["gzip"] = True
-    return construct(HttpOutput, ctx, dict(
-        name=o.name, url=o.url, credential=ctx.credential,
-        tenants=None if o.tenants is None else frozenset(o.tenants), timeout_s=o.timeout_s,
-        verify=o.verify, ca_file=s(o.ca_file), cert_file=s(o.cert_file), key_file=s(o.key_file)), opt)
+    return construct(HttpOutput, ctx, _common_args(o, ctx, ctx.credential), opt)
 
 
 _O = "outputs"
@@ -646,3 +650,31 @@ PLUGIN = OutputPlugin(
                "Format `json` only: send the NDJSON body gzip-compressed (`Content-Encoding: gzip`)."),
     ),
     check=_check, build=_build, needs_credential=True)
+
+
+def protocol_plugin(type: str, cls: type, what: str, url_help: str, options: tuple = (),
+                    args: Callable[[object], dict] = lambda o: {}) -> OutputPlugin:
+    """The declaration of an output that speaks another protocol over this output's
+    connections (otlp, remote_write): the http keys but ``gzip``, a ``url`` of its
+    own, ``tenant_header``, its ``options``; ``format`` does not apply; a tenant's
+    credential is optional (none configured: no ``Authorization``)."""
+    def check(at, path: tuple, o: dict, agent) -> None:
+        if o["format"] != "batch":
+            raise at.error(path + ("format",), f"{type} outputs send {what}; format does not apply")
+        if o["tenant_header"] and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", o["tenant_header"]):
+            raise at.error(path + ("tenant_header",), f"{o['tenant_header']!r} is not a valid header name")
+        _check(at, path, o, agent)
+
+    def build(o, ctx):
+        opt: dict = {"headers": dict(o.headers)} if o.headers else {}
+        return construct(cls, ctx, dict(_common_args(o, ctx, ctx.optional_credential()),
+                                        tenant_header=o.tenant_header, **args(o)), opt)
+
+    return OutputPlugin(
+        type=type,
+        options=(Option(_O, "url", Url(), REQUIRED, url_help),
+                 *(opt for opt in PLUGIN.options if opt.key not in ("url", "gzip")),
+                 Option(_O, "tenant_header", Str(empty=True), "X-Scope-OrgID",
+                        "Header carrying the tenant id on every request; `\"\"` sends none."),
+                 *options),
+        check=check, build=build)

@@ -39,14 +39,13 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ingress.errors import ConfigError, PermanentError, TransportError, WireError
-from ingress.options import REQUIRED, Enum, Option, Str, Url
+from ingress.options import Enum, Option
 from ingress.transport.base import OutgoingBatch
 from ingress.transport.http import (HttpCredentialRefused, HttpOutput, HttpPermanentError, HttpRetryableError, _first_line, gzip_body,
                                     parse_retry_after)
-from ingress.transport.http import PLUGIN as HTTP_PLUGIN
-from ingress.transport.http import _check as http_check
+from ingress.transport.http import protocol_plugin
 from ingress.transport.metricinfo import info
-from ingress.transport.plugin import OutputPlugin, construct
+from ingress.transport.protobuf import field, fields, varint
 
 log = logging.getLogger("ingress.transport.otlp")
 
@@ -58,49 +57,36 @@ SCOPE_NAME = "ingress"
 GZIP_LEVEL = 1
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, data: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(data)) + data
-
-
 def key_value(key: str, value: str) -> bytes:
     """``KeyValue{key = 1, value = 2: AnyValue{string_value = 1}}`` (the message, no tag)."""
-    return _field(0x0A, key.encode()) + _field(0x12, _field(0x0A, value.encode()))
+    return field(0x0A, key.encode()) + field(0x12, field(0x0A, value.encode()))
 
 
 def resource_field(host: str, tenant: str) -> bytes:
     """``ResourceMetrics.resource`` (field 1) with ``host.name`` and ``tenant.id``."""
-    attrs = _field(0x0A, key_value("host.name", host)) + _field(0x0A, key_value("tenant.id", tenant))
-    return _field(0x0A, attrs)
+    attrs = field(0x0A, key_value("host.name", host)) + field(0x0A, key_value("tenant.id", tenant))
+    return field(0x0A, attrs)
 
 
 def scope_field(version: str) -> bytes:
     """``ScopeMetrics.scope`` (field 1): ``InstrumentationScope{name, version}``."""
-    return _field(0x0A, _field(0x0A, SCOPE_NAME.encode()) + _field(0x12, version.encode()))
+    return field(0x0A, field(0x0A, SCOPE_NAME.encode()) + field(0x12, version.encode()))
 
 
 def metric_head(name: str) -> tuple[bytes, int]:
     """(``Metric`` name/description/unit fields, kind 0 gauge or 1 sum) from the declarations."""
     mi = info(name)
-    head = _field(0x0A, name.encode())
+    head = field(0x0A, name.encode())
     if mi.description:
-        head += _field(0x12, mi.description.encode())
+        head += field(0x12, mi.description.encode())
     if mi.unit:
-        head += _field(0x1A, mi.unit.encode())
+        head += field(0x1A, mi.unit.encode())
     return head, (1 if mi.kind == "counter" else 0)
 
 
 def series_attributes(tags: Mapping[str, str]) -> bytes:
     """``NumberDataPoint.attributes`` entries (field 7), one string attribute per tag, key order."""
-    return b"".join(_field(0x3A, key_value(k, v)) for k, v in tags.items())
+    return b"".join(field(0x3A, key_value(k, v)) for k, v in tags.items())
 
 
 class _TenantCache:
@@ -170,58 +156,6 @@ def partial_success(body: bytes) -> tuple[int, str] | None:
     A body that is not such a message (empty, JSON, garbage) gives None.
     """
 
-    def fields(buf: bytes):
-        i, n = 0, len(buf)
-        while i < n:
-            key = shift = 0
-            while True:
-                if i >= n or shift > 63:
-                    raise ValueError
-                c = buf[i]
-                i += 1
-                key |= (c & 0x7F) << shift
-                shift += 7
-                if c < 0x80:
-                    break
-            num, wt = key >> 3, key & 7
-            if wt == 0:
-                v = shift = 0
-                while True:
-                    if i >= n or shift > 63:
-                        raise ValueError
-                    c = buf[i]
-                    i += 1
-                    v |= (c & 0x7F) << shift
-                    shift += 7
-                    if c < 0x80:
-                        break
-                yield num, v
-            elif wt == 2:
-                ln = shift = 0
-                while True:
-                    if i >= n or shift > 63:
-                        raise ValueError
-                    c = buf[i]
-                    i += 1
-                    ln |= (c & 0x7F) << shift
-                    shift += 7
-                    if c < 0x80:
-                        break
-                if i + ln > n:
-                    raise ValueError
-                yield num, buf[i:i + ln]
-                i += ln
-            elif wt == 1:
-                i += 8
-                if i > n:
-                    raise ValueError
-            elif wt == 5:
-                i += 4
-                if i > n:
-                    raise ValueError
-            else:
-                raise ValueError
-
     try:
         for num, v in fields(body):
             if num == 1 and isinstance(v, bytes):
@@ -282,6 +216,9 @@ class OtlpOutput(HttpOutput):
         self.tenant_header = tenant_header or ""
         self.compression = compression
         super().__init__(name, url, credential, tenants, **http)
+        # A credential is optional per tenant here: delivery does not hold a tenant
+        # that has none (it sends no Authorization); an unreadable one still fails the send.
+        self.needs_credential = False
         self._caches: dict[str, _TenantCache] = {}
         self.rejected_points = 0
         self.partial_successes = 0
@@ -324,34 +261,9 @@ class OtlpOutput(HttpOutput):
 
 # --------------------------------------------------------------------------- plugin declaration
 
-def _build(o, ctx):
-    def s(p):
-        return None if p is None else str(p)
-
-    opt: dict = {"headers": dict(o.headers)} if o.headers else {}
-    return construct(OtlpOutput, ctx, dict(
-        name=o.name, url=o.url, credential=ctx.optional_credential(),
-        tenants=None if o.tenants is None else frozenset(o.tenants), timeout_s=o.timeout_s,
-        verify=o.verify, ca_file=s(o.ca_file), cert_file=s(o.cert_file), key_file=s(o.key_file),
-        tenant_header=o.tenant_header, compression=o.compression), opt)
-
-
-def _check(at, path: tuple, o: dict, agent) -> None:
-    if o["format"] != "batch":
-        raise at.error(path + ("format",), "otlp outputs send OTLP protobuf; format does not apply")
-    if o["tenant_header"] and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", o["tenant_header"]):
-        raise at.error(path + ("tenant_header",), f"{o['tenant_header']!r} is not a valid header name")
-    http_check(at, path, o, agent)
-
-
-_O = "outputs"
-PLUGIN = OutputPlugin(
-    type="otlp",
-    options=(
-        Option(_O, "url", Url(), REQUIRED, "The OTLP/HTTP metrics endpoint, e.g. `http://127.0.0.1:4318/v1/metrics`; `{tenant}` expands to the tenant id. A tenant's credential, when it configures one, goes as a bearer token."),
-        *(opt for opt in HTTP_PLUGIN.options if opt.key not in ("url", "gzip")),
-        Option(_O, "tenant_header", Str(empty=True), "X-Scope-OrgID",
-               "Header carrying the tenant id on every request; `\"\"` sends none."),
-        Option(_O, "compression", Enum("gzip", "none"), "gzip", "Request body compression (gzip level 1)."),
-    ),
-    check=_check, build=_build)
+PLUGIN = protocol_plugin(
+    "otlp", OtlpOutput, "OTLP protobuf",
+    "The OTLP/HTTP metrics endpoint, e.g. `http://127.0.0.1:4318/v1/metrics`; `{tenant}` expands to the "
+    "tenant id. A tenant's credential, when it configures one, goes as a bearer token.",
+    options=(Option("outputs", "compression", Enum("gzip", "none"), "gzip", "Request body compression (gzip level 1)."),),
+    args=lambda o: {"compression": o.compression})

@@ -33,13 +33,12 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ingress.errors import ConfigError, PermanentError, TransportError, WireError
-from ingress.options import REQUIRED, Enum, Option, Str, Url
+from ingress.options import Option, Str
 from ingress.transport.base import OutgoingBatch
 from ingress.transport.http import HttpCredentialRefused, HttpOutput, HttpPermanentError, HttpRetryableError, _first_line, parse_retry_after
-from ingress.transport.http import PLUGIN as HTTP_PLUGIN
-from ingress.transport.http import _check as http_check
+from ingress.transport.http import protocol_plugin
 from ingress.transport.metricinfo import info
-from ingress.transport.plugin import OutputPlugin, construct
+from ingress.transport.protobuf import field
 
 CONTENT_TYPE = "application/x-protobuf"
 VERSION_HEADER = ("X-Prometheus-Remote-Write-Version", "0.1.0")
@@ -141,22 +140,9 @@ def series_labels(name: str, tags: Mapping[str, str], host: str, tenant: str | N
     return sorted(labels.items(), key=lambda kv: kv[0].encode())
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, data: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(data)) + data
-
-
 def encode_labels(labels: list[tuple[str, str]]) -> bytes:
     """``TimeSeries.labels`` entries (field 1, each a ``Label{name=1, value=2}``)."""
-    return b"".join(_field(0x0A, _field(0x0A, k.encode()) + _field(0x12, v.encode())) for k, v in labels)
+    return b"".join(field(0x0A, field(0x0A, k.encode()) + field(0x12, v.encode())) for k, v in labels)
 
 
 class _SeriesCache:
@@ -251,6 +237,9 @@ class RemoteWriteOutput(HttpOutput):
         self.tenant_header = tenant_header or ""
         self.tenant_label = tenant_label or None
         super().__init__(name, url, credential, tenants, **http)
+        # A credential is optional per tenant here: delivery does not hold a tenant
+        # that has none (it sends no Authorization); an unreadable one still fails the send.
+        self.needs_credential = False
         self._caches: dict[str, _SeriesCache] = {}
         self.samples_sent = 0
 
@@ -281,35 +270,10 @@ class RemoteWriteOutput(HttpOutput):
 
 # --------------------------------------------------------------------------- plugin declaration
 
-def _build(o, ctx):
-    def s(p):
-        return None if p is None else str(p)
-
-    opt: dict = {"headers": dict(o.headers)} if o.headers else {}
-    return construct(RemoteWriteOutput, ctx, dict(
-        name=o.name, url=o.url, credential=ctx.optional_credential(),
-        tenants=None if o.tenants is None else frozenset(o.tenants), timeout_s=o.timeout_s,
-        verify=o.verify, ca_file=s(o.ca_file), cert_file=s(o.cert_file), key_file=s(o.key_file),
-        tenant_header=o.tenant_header, tenant_label=o.tenant_label or None), opt)
-
-
-def _check(at, path: tuple, o: dict, agent) -> None:
-    if o["format"] != "batch":
-        raise at.error(path + ("format",), "remote_write outputs send remote-write protobuf + snappy; format does not apply")
-    if o["tenant_header"] and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", o["tenant_header"]):
-        raise at.error(path + ("tenant_header",), f"{o['tenant_header']!r} is not a valid header name")
-    http_check(at, path, o, agent)
-
-
-_O = "outputs"
-PLUGIN = OutputPlugin(
-    type="remote_write",
-    options=(
-        Option(_O, "url", Url(), REQUIRED, "The receiver's remote-write endpoint, e.g. `http://127.0.0.1:9090/api/v1/write`; `{tenant}` expands to the tenant id. A tenant's credential, when it configures one, goes as a bearer token."),
-        *(opt for opt in HTTP_PLUGIN.options if opt.key not in ("url", "gzip")),
-        Option(_O, "tenant_header", Str(empty=True), "X-Scope-OrgID",
-               "Header carrying the tenant id on every request; `\"\"` sends none."),
-        Option(_O, "tenant_label", Str(empty=True), "",
-               "When set (e.g. `\"tenant\"`), a label with the tenant id on every series."),
-    ),
-    check=_check, build=_build)
+PLUGIN = protocol_plugin(
+    "remote_write", RemoteWriteOutput, "remote-write protobuf + snappy",
+    "The receiver's remote-write endpoint, e.g. `http://127.0.0.1:9090/api/v1/write`; `{tenant}` expands "
+    "to the tenant id. A tenant's credential, when it configures one, goes as a bearer token.",
+    options=(Option("outputs", "tenant_label", Str(empty=True), "",
+                    "When set (e.g. `\"tenant\"`), a label with the tenant id on every series."),),
+    args=lambda o: {"tenant_label": o.tenant_label or None})
