@@ -115,6 +115,9 @@ class Agent:
                  registry: Registry | None = None, rings: Rings | None = None,
                  encoder: Encoder | None = None) -> None:
         self.settings = settings
+        from ingress.collect.base import set_roots
+
+        set_roots(settings.agent.procfs, settings.agent.sysfs)  # agent.procfs / agent.sysfs
         self.tenants = TenantSet(settings.tenants)
         enabled = self.tenants.enabled
         n = max(1, len(enabled))  # the buffer wants at least one slot
@@ -148,6 +151,10 @@ class Agent:
         self._summary = False  # only local outputs: a summary line per interval (set at start)
         self.control: Any = None  # the control API (ingress.control), while started
         self._last_summary: dict[str, tuple[int, int]] = {}
+        from ingress.containment import Containment
+
+        # cgroup limits, the memory guard, systemd notify (ingress.containment)
+        self.containment = Containment(self)
 
     # -- self metrics ---------------------------------------------------------------------
 
@@ -213,6 +220,7 @@ class Agent:
         """
         from ingress.transport import OUTPUTS
 
+        self.settings = self.containment.adopt(self.settings)  # tighter cgroup limits win
         s, a = self.settings, self.settings.agent
         try:
             plugins = [OUTPUTS[o.type] for o in s.outputs]
@@ -251,7 +259,10 @@ class Agent:
         _freeze_heap()
         log.info("started", tenants=[t.id for t in self.tenants.enabled],
                  collectors=sorted(self.pipeline.bindings), outputs=[o.name for o in self.outputs],
-                 data_dir=str(a.data_dir), host=a.hostname, control=self.control.url)
+                 data_dir=str(a.data_dir), host=a.hostname, control=self.control.url,
+                 limits=self.containment.limits_note, **({"hardening": self.containment.hardening}
+                                                         if self.containment.hardening else {}))
+        self.containment.started()  # READY=1 to systemd
 
     def _hold(self, held: Mapping[str, str]) -> None:
         """Leave the held tenants out of collection and delivery; refuse to run with none left."""
@@ -315,11 +326,15 @@ class Agent:
         next_flush = time.monotonic() + a.batch.max_delay_s
         next_evict = time.monotonic() + EVICT_EVERY_S
         next_summary = time.monotonic() + a.interval_s
+        next_second = time.monotonic()
         wanted = self.pipeline.flush_wanted
         while not self._stop.is_set():
             now = time.monotonic()
             if end is not None and now >= end:
                 break
+            if now >= next_second:
+                self.containment.every_second()  # memory guard, systemd watchdog
+                next_second = now + 1.0
             if now >= next_evict:
                 self.pipeline.evict(time.time_ns())
                 next_evict = now + EVICT_EVERY_S
@@ -389,6 +404,8 @@ class Agent:
 
     def _shutdown(self, timeout: float, flush: bool) -> None:
         deadline = time.monotonic() + timeout
+        if self._started:
+            self.containment.stopping()  # STOPPING=1 to systemd
 
         def left() -> float:
             return max(0.0, deadline - time.monotonic())

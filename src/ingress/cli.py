@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -259,12 +260,18 @@ def _settings(path: str | None):
 # --------------------------------------------------------------------------- commands
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ingress import logs
+    from ingress import hardening, logs
     from ingress.agent import Agent
     from ingress.transport.jsonfmt import sample_json
 
+    # Before anything is opened: umask 077, no core dumps, no new privileges.
+    hardened = hardening.harden() if not args.once else None
     settings = _settings(args.config)
-    logs.configure(settings.agent.log_format, settings.agent.log_level)
+    a = settings.agent
+    if args.once:
+        logs.configure(a.log_format, a.log_level)
+    else:
+        logs.configure(a.log_format, a.log_level, file=a.log_file, max_bytes=a.log_max_mb << 20, keep=a.log_keep)
     logs.install_excepthook()
     agent = Agent(settings)
     if args.once:
@@ -273,6 +280,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             out.write(sample_json(*row) + "\n")
         out.flush()
         return 0
+    log = logs.get_logger("ingress.cli")
+    agent.containment.hardening = hardened or {}  # reported in the `started` line
 
     def on_signal(signum: int, _frame: Any) -> None:
         agent.request_stop()
@@ -281,6 +290,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         agent.start()
         try:
+            # The spool, the control port and the outputs are open: privilege is no longer needed.
+            if a.user is not None or a.group is not None:
+                _drop_privileges(a, log)
             agent.run(duration=args.duration)
         finally:
             agent.stop()
@@ -289,6 +301,39 @@ def cmd_run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
     return 0
 
+
+def _drop_privileges(a: Any, log: Any) -> None:
+    """Switch to ``agent.user`` / ``agent.group``; the data directory becomes theirs first."""
+    import grp
+    import pwd
+
+    from ingress import hardening
+
+    try:
+        pw = None
+        if a.user is not None:
+            try:
+                pw = pwd.getpwuid(int(a.user)) if a.user.isdigit() else pwd.getpwnam(a.user)
+            except KeyError:
+                raise KeyError(f"agent.user: no user {a.user!r}") from None
+        gid = -1 if pw is None else pw.pw_gid
+        if a.group is not None:
+            try:
+                gid = (grp.getgrgid(int(a.group)) if a.group.isdigit() else grp.getgrnam(a.group)).gr_gid
+            except KeyError:
+                raise KeyError(f"agent.group: no group {a.group!r}") from None
+        if os.geteuid() == 0:
+            uid = -1 if pw is None else pw.pw_uid
+            # The spool keeps creating segments after the switch: its tree must belong to the new user.
+            for root, dirs, files in os.walk(a.data_dir):
+                for name in [root, *(os.path.join(root, f) for f in dirs + files)]:
+                    os.chown(name, uid, gid, follow_symlinks=False)
+        done = hardening.drop_privileges(a.user, a.group)
+    except KeyError as e:
+        raise IngressError(str(e.args[0]) if e.args else "agent.user: unknown") from None
+    except PermissionError as e:
+        raise IngressError(f"agent.user: {e}") from None
+    log.info("privileges dropped", user=a.user, group=a.group, now=done)
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from ingress.agent import build_collectors, plan_collectors

@@ -16,6 +16,7 @@ The value kinds (durations, URLs, ...) are in :mod:`ingress.options`.
 from __future__ import annotations
 
 import difflib
+import re
 import socket
 import tomllib  # noqa: F401 - tests reach it as config.tomllib
 from importlib import resources
@@ -49,6 +50,7 @@ OUTPUT_NAME_RE = names.OUTPUT_NAME_RE
 TAG_KEY_RE = names.TAG_KEY_RE
 MAX_DEPTH = 32  # arrays and tables nested deeper than this are refused (no config needs 5)
 MIB = 1024 * 1024
+_ABS_PATH_RE = re.compile(r"/[^\x00]*")
 
 
 # --------------------------------------------------------------------------- the agent-wide table
@@ -112,11 +114,29 @@ OPTIONS: tuple[Option, ...] = (
            "Format of the agent's own log lines on stderr."),
     Option("agent", "log_level", Enum("debug", "info", "warning", "error"), "info",
            "Least severe level that is logged."),
+    Option("agent", "log_file", PathKind(), None,
+           "Write the agent's own log to this file instead of stderr, rotated by size "
+           "(`FILE.1` ... `FILE.<log_keep>`). Default: stderr (journald keeps it under systemd)."),
+    Option("agent", "log_max_mb", Int(1, 1024), 10, "Size at which `log_file` is rotated, MiB."),
+    Option("agent", "log_keep", Int(0, 100), 5, "Rotated log files kept besides `log_file`."),
+    Option("agent", "user", Str(doc="user name or uid"), None,
+           "After the spool, the control port and the outputs are open, `ingress run` switches to "
+           "this user (needs to start as root). See docs/security.md for what reading other users' "
+           "processes then needs."),
+    Option("agent", "group", Str(doc="group name or gid"), None,
+           "The group to switch to with `user` (default: that user's primary group)."),
+    Option("agent", "procfs", Str(_ABS_PATH_RE, "absolute path", doc="path"), "/proc",
+           "Where the host's /proc is: in a container, the host's /proc mounted read-only "
+           "(e.g. `/host/proc`, with the host PID namespace)."),
+    Option("agent", "sysfs", Str(_ABS_PATH_RE, "absolute path", doc="path"), "/sys",
+           "Where the host's /sys is: in a container, e.g. `/host/sys`."),
     # [agent.limits]
-    Option("agent.limits", "memory_mb", Int(16), 256, "The agent's own RSS cap, MiB."),
+    Option("agent.limits", "memory_mb", Int(16), 256,
+           "The agent's own RSS cap, MiB. Nearing it the agent sheds load in steps (docs/operations.md); "
+           "a tighter cgroup v2 `memory.max` is adopted instead."),
     Option("agent.limits", "cpu_percent", Float(0.0, 100.0 * 1024, above=True), 5.0,
            "The agent's own CPU budget, percent of one core; the scheduler stretches "
-           "intervals to stay under it."),
+           "intervals to stay under it. A tighter cgroup v2 `cpu.max` quota is adopted instead."),
     Option("agent.limits", "disk_write_mb_s", Float(0.0, above=True), 20.0,
            "Spool write throttle, MiB/s."),
     Option("agent.limits", "ring_mb", Int(1), 32,
@@ -383,7 +403,9 @@ def _build_agent(ctx: _Ctx, a: dict) -> AgentSettings:
         interval_s=interval, shutdown_timeout_s=a["shutdown_timeout_s"],
         log_format=a["log_format"], log_level=a["log_level"],
         limits=Limits(**a["limits"]), collect=collect,
-        spool=AgentSpoolSettings(**a["spool"]), batch=BatchSettings(**a["batch"]))
+        spool=AgentSpoolSettings(**a["spool"]), batch=BatchSettings(**a["batch"]),
+        user=a["user"], group=a["group"], procfs=a["procfs"], sysfs=a["sysfs"],
+        log_file=a["log_file"], log_max_mb=a["log_max_mb"], log_keep=a["log_keep"])
 
 
 def _check_interval(ctx: _Ctx, path: tuple, s: float, c: CollectSettings) -> None:

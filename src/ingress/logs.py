@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import re
 import threading
@@ -244,17 +245,45 @@ class StructuredFormatter(logging.Formatter):
 _handler: logging.Handler | None = None
 
 
-def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+def _rotating_file(path: str, max_bytes: int, keep: int) -> logging.Handler:
+    """Size-based rotation (``FILE.1`` newest ... ``FILE.<keep>``); with ``keep = 0`` the file starts over."""
+    import logging.handlers  # only with agent.log_file: not on the default start path
+
+    class RotatingFile(logging.handlers.RotatingFileHandler):
+        def doRollover(self) -> None:
+            if self.backupCount > 0:
+                super().doRollover()
+                return
+            if self.stream:
+                self.stream.close()
+            self.stream = open(self.baseFilename, "w", encoding=self.encoding)  # noqa: SIM115
+
+    return RotatingFile(path, maxBytes=max(1, int(max_bytes)), backupCount=max(0, int(keep)), encoding="utf-8")
+
+
+def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = None, *,
+              file: str | os.PathLike | None = None, max_bytes: int = 10 << 20, keep: int = 5) -> None:
     """Send the ``ingress`` loggers to ``stream`` (stderr) in ``fmt`` at ``level``.
+
+    With ``file`` (``agent.log_file``) the lines go to that file instead,
+    rotated when it would pass ``max_bytes`` (``agent.log_max_mb``), keeping
+    ``keep`` old files (``agent.log_keep``). Opening it may raise ``OSError``.
 
     Calling it again replaces the previous configuration (``run`` calls it once
     the settings are known; ``--once`` keeps stdout for samples only).
     """
     global _handler
     root = logging.getLogger(ROOT)
+    new: logging.Handler
+    if file is not None:
+        new = _rotating_file(os.fspath(file), max_bytes, keep)
+    else:
+        new = logging.StreamHandler(stream if stream is not None else sys.stderr)
     if _handler is not None:
         root.removeHandler(_handler)
-    _handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+        if isinstance(_handler, logging.FileHandler):
+            _handler.close()
+    _handler = new
     _handler.addFilter(_REDACTING)
     _handler.setFormatter(StructuredFormatter(fmt))
     root.addHandler(_handler)

@@ -58,6 +58,13 @@ class AgentSettings:
     collect: CollectSettings
     spool: AgentSpoolSettings
     batch: BatchSettings
+    user: str | None = None
+    group: str | None = None
+    procfs: str = "/proc"
+    sysfs: str = "/sys"
+    log_file: Path | None = None
+    log_max_mb: int = 10
+    log_keep: int = 5
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,7 @@ cdef class RingSet:
     cdef Py_ssize_t _n
     cdef Py_ssize_t _total
     cdef int64_t* _cap
+    cdef int64_t* _limit
     cdef int64_t* _off
     cdef int64_t* _head
     cdef int64_t* _size
@@ -253,6 +254,7 @@ cdef class RingSet:
         self._n = n_tenants
         self._drop_newest = policy == "drop_newest"
         self._cap = <int64_t*> PyMem_Calloc(n_tenants, sizeof(int64_t))
+        self._limit = <int64_t*> PyMem_Calloc(n_tenants, sizeof(int64_t))
         self._off = <int64_t*> PyMem_Calloc(n_tenants, sizeof(int64_t))
         self._head = <int64_t*> PyMem_Calloc(n_tenants, sizeof(int64_t))
         self._size = <int64_t*> PyMem_Calloc(n_tenants, sizeof(int64_t))
@@ -260,13 +262,14 @@ cdef class RingSet:
         self._pushed = <uint64_t*> PyMem_Calloc(n_tenants, sizeof(uint64_t))
         self._drained = <uint64_t*> PyMem_Calloc(n_tenants, sizeof(uint64_t))
         self._locks = <PyThread_type_lock*> PyMem_Calloc(n_tenants, sizeof(PyThread_type_lock))
-        if (self._cap == NULL or self._off == NULL or self._head == NULL or self._size == NULL
+        if (self._cap == NULL or self._limit == NULL or self._off == NULL or self._head == NULL or self._size == NULL
                 or self._dropped == NULL or self._pushed == NULL or self._drained == NULL
                 or self._locks == NULL):
             raise MemoryError()
         off = 0
         for t in range(n_tenants):
             self._cap[t] = caps[t]
+            self._limit[t] = caps[t]
             self._off[t] = off
             off += caps[t]
         self._total = off
@@ -289,6 +292,7 @@ cdef class RingSet:
         PyMem_Free(self._locks)
         PyMem_Free(self._pool)
         PyMem_Free(self._cap)
+        PyMem_Free(self._limit)
         PyMem_Free(self._off)
         PyMem_Free(self._head)
         PyMem_Free(self._size)
@@ -306,29 +310,35 @@ cdef class RingSet:
     cdef int64_t _push_locked(self, Py_ssize_t t, Py_ssize_t n,
                               const uint32_t* s, const int64_t* ts, Py_ssize_t ts_step,
                               const double* v, const uint8_t* k, Py_ssize_t k_step) noexcept nogil:
+        # `cap` is the ring's size (positions wrap at it); `lim` (<= cap) is how many
+        # samples it may hold now: the soft limit the memory guard lowers.
         cdef int64_t cap = self._cap[t]
+        cdef int64_t lim = self._limit[t]
         cdef int64_t head = self._head[t]
         cdef int64_t size = self._size[t]
         cdef int64_t dropped = 0
-        cdef int64_t over, tail, first
+        cdef int64_t over, tail, first, room
         cdef Sample* ring = self._pool + self._off[t]
         cdef uint16_t tenant = <uint16_t> t
         if self._drop_newest:
-            if n > cap - size:
-                dropped = n - (cap - size)
-                n = cap - size
-        elif n >= cap:
-            # Only the newest `cap` samples of this block survive; the ring restarts.
-            dropped = size + (n - cap)
-            s += n - cap
-            ts += (n - cap) * ts_step
-            v += n - cap
-            k += (n - cap) * k_step
-            n = cap
+            room = lim - size
+            if room < 0:
+                room = 0
+            if n > room:
+                dropped = n - room
+                n = room
+        elif n >= lim:
+            # Only the newest `lim` samples of this block survive; the ring restarts.
+            dropped = size + (n - lim)
+            s += n - lim
+            ts += (n - lim) * ts_step
+            v += n - lim
+            k += (n - lim) * k_step
+            n = lim
             head = 0
             size = 0
         else:
-            over = size + n - cap
+            over = size + n - lim
             if over > 0:
                 dropped = over
                 head += over
@@ -562,6 +572,28 @@ cdef class RingSet:
         """Samples waiting in tenant ``t``'s ring."""
         self._check_tenant(t)
         return self._size[t]
+
+    def set_limit(self, Py_ssize_t t, int64_t n):
+        """Let tenant ``t``'s ring hold at most ``n`` samples (clamped to 1..capacity).
+
+        A soft limit: the ring keeps its slots; pushes past the limit drop by
+        the policy (counted in ``dropped``). Samples already held above a
+        lowered limit stay until drained. Returns the limit in force.
+        """
+        self._check_tenant(t)
+        if n < 1:
+            n = 1
+        if n > self._cap[t]:
+            n = self._cap[t]
+        _lock(self._locks[t])
+        self._limit[t] = n
+        PyThread_release_lock(self._locks[t])
+        return n
+
+    def limit(self, Py_ssize_t t):
+        """Samples tenant ``t``'s ring may hold now (its capacity unless lowered)."""
+        self._check_tenant(t)
+        return self._limit[t]
 
     def capacity(self, Py_ssize_t t):
         """Slots in tenant ``t``'s ring (fixed at construction)."""

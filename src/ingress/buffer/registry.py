@@ -124,6 +124,10 @@ class SeriesRegistry:
         self._log_interval = float(log_interval_s)
         self._lock = threading.Lock()
         self._epoch = 0
+        # Set by the memory guard near the agent's cap: every new series is refused
+        # (counted in `refused` of its tenant and in `refused_memory`); known ones go on.
+        self.refusing_new = False
+        self.refused_memory = 0
 
     # -- interning --------------------------------------------------------------------
 
@@ -167,6 +171,10 @@ class SeriesRegistry:
             sid = st.ids.get(key)
             if sid is not None:
                 return sid
+            if self.refusing_new:  # the memory guard's last step: known series only
+                st.refused += 1
+                self.refused_memory += 1
+                return -1
             if st.live >= st.cap:
                 st.refused += 1
                 st.refused_since_log += 1

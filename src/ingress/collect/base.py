@@ -71,14 +71,25 @@ class OptionSpec:
     kind: Kind | None = None
 
 
+_ROOTS = {"proc": "/proc", "sys": "/sys"}
+
+
+def set_roots(procfs: str = "/proc", sysfs: str = "/sys") -> None:
+    """Point the collectors at another /proc and /sys (``agent.procfs`` / ``agent.sysfs``)."""
+    _ROOTS["proc"], _ROOTS["sys"] = procfs, sysfs
+
+
 def proc_root() -> str:
-    """The /proc root; tests point ``INGRESS_PROCFS`` at golden fixtures."""
-    return os.environ.get("INGRESS_PROCFS", "/proc")
+    """The /proc root: ``agent.procfs`` (default ``/proc``).
+
+    ``INGRESS_PROCFS`` (a test hook: golden fixtures) overrides it.
+    """
+    return os.environ.get("INGRESS_PROCFS") or _ROOTS["proc"]
 
 
 def sys_root() -> str:
-    """The /sys root; tests point ``INGRESS_SYSFS`` at golden fixtures."""
-    return os.environ.get("INGRESS_SYSFS", "/sys")
+    """The /sys root: ``agent.sysfs`` (default ``/sys``); ``INGRESS_SYSFS`` overrides it."""
+    return os.environ.get("INGRESS_SYSFS") or _ROOTS["sys"]
 
 
 class SeriesTable:

@@ -103,6 +103,9 @@ _GROUP = ("processes.group.count", "processes.group.cpu.utilization", "processes
           "processes.group.threads")
 
 
+_DENIED = (errno.EACCES, errno.EPERM)
+
+
 def _skip_reason(e: int) -> int:
     if e in (errno.ENOENT, errno.ESRCH):
         return 0
@@ -230,6 +233,7 @@ class ProcessesCollector(Collector):
         self._sel_sig: tuple | None = None
         self._sel_ids = np.empty((0, _NF + _NS), np.uint32)
         self._io_prev: dict[int, tuple[int, float, float]] = {}
+        self._io_denied_said = False  # the CAP_SYS_PTRACE line, once
         self._meta: OrderedDict[int, tuple[str, dict[int, bool]]] = OrderedDict()  # cmdline, per-view match
         self._users: dict[int, str] = {}
         self._g_names = np.empty(0, "S64")
@@ -455,6 +459,12 @@ class ProcessesCollector(Collector):
         self._iof.read_keyed(spids, io, err)
         good = err == 0
         self._count_skips(err[~good])
+        if not self._io_denied_said and bool(np.isin(err, _DENIED).any()):
+            self._io_denied_said = True  # once per collector: the reason does not change
+            log.warning("processes: /proc/PID/io of processes of other users is not readable (%d denied this pass); "
+                        "their processes.io.* series are left out. Reading them needs CAP_SYS_PTRACE "
+                        "(or running as root); see docs/security.md", int(np.isin(err, _DENIED).sum()),
+                        extra={"reason": "io denied", "capability": "CAP_SYS_PTRACE"})
         vals[good, 1] = io[good, 2]
         vals[good, 2] = io[good, 3]
         for i in np.flatnonzero(good).tolist():

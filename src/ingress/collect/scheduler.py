@@ -387,6 +387,8 @@ class Scheduler:
         self._last_sample: PressureSample | None = None
         self._verdict = HOLD
         self._thread: threading.Thread | None = None
+        self._paused: frozenset[str] = frozenset()
+        self.paused_passes = 0  # passes skipped because their collector was paused
 
     # ------------------------------------------------------------------ decisions
 
@@ -414,6 +416,9 @@ class Scheduler:
                     # on from there rather than firing a burst of catch-up passes.
                     nominal += slot.interval_ns * ((now_ns - nominal) // slot.interval_ns)
                 self._advance(slot, nominal)
+                if slot.name in self._paused:
+                    self.paused_passes += 1
+                    continue
                 if slot.busy:
                     slot.overruns += 1
                     if not slot.overrunning:
@@ -705,6 +710,42 @@ class Scheduler:
         """``{name: seconds}`` of each collector's last completed pass."""
         with self._lock:
             return {n: s.last_s for n, s in self._slots.items() if s.last_s is not None}
+
+    def lowest_priority(self) -> list[str]:
+        """The collectors of the lowest priority class (what :meth:`pause` sheds first)."""
+        with self._lock:
+            if not self._priorities:
+                return []
+            low = min(self._priorities.values())
+            return sorted(n for n, p in self._priorities.items() if p == low)
+
+    def pause(self, names: Iterable[str]) -> None:
+        """Skip the passes of ``names`` until :meth:`resume` (the memory guard sheds them).
+
+        Their schedule goes on, so a resumed collector fires at its next grid
+        point; a pass already running finishes.
+        """
+        names = frozenset(names)
+        unknown = sorted(names - set(self._slots))
+        if unknown:
+            raise ValueError(f"pause: {unknown[0]!r} is not one of the collectors {sorted(self._slots)}")
+        with self._lock:
+            self._paused = self._paused | names
+        log.warning("collectors paused: %s", ", ".join(sorted(names)),
+                    extra={"collectors": sorted(names), "reason": "memory near its cap"})
+
+    def resume(self, names: Iterable[str] | None = None) -> None:
+        """Run the paused collectors (``names``, default all) again."""
+        with self._lock:
+            back = self._paused if names is None else self._paused & frozenset(names)
+            self._paused = self._paused - back
+        if back:
+            log.info("collectors resumed: %s", ", ".join(sorted(back)), extra={"collectors": sorted(back)})
+
+    def paused(self) -> list[str]:
+        """Collectors paused now."""
+        with self._lock:
+            return sorted(self._paused)
 
     def stretch_level(self) -> int:
         """How many stretch steps are in force (0: every collector at its base)."""

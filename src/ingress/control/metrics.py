@@ -251,6 +251,20 @@ class AgentCollector:
         yield self._single_g("ingress_process_resident_memory_bytes", "The agent's resident memory", rss_bytes())
         yield self._single_g("ingress_process_memory_limit_bytes", "agent.limits.memory_mb",
                              v.settings.agent.limits.memory_mb * (1 << 20))
+        shed_of = getattr(v, "memory_shedding", None)
+        shed = shed_of() if shed_of is not None else {"level": 0, "engaged": {}}
+        yield self._single_g("ingress_memory_shed_level", "Memory guard steps engaged now (0: none)", shed["level"])
+        steps = self._c("ingress_memory_shed_steps", "Times each memory guard step was engaged, by step",
+                        ["reason"])
+        for k, n in shed["engaged"].items():
+            steps.add_metric([k], n)
+        yield steps
+        reg = getattr(v.agent, "registry", None)
+        yield self._single_c("ingress_series_refused_memory", "New series refused while memory was near its cap",
+                             getattr(reg, "refused_memory", 0))
+        paused = getattr(getattr(v.agent, "scheduler", None), "paused_passes", 0)
+        yield self._single_c("ingress_collector_paused_passes", "Collector passes skipped while memory was near "
+                             "its cap", paused)
         yield self._single_g("ingress_process_open_fds", "The agent's open file descriptors", _open_fds())
         yield self._single_g("ingress_process_threads", "The agent's threads", threads)
         yield self._single_g("ingress_process_start_time_seconds", "Start time, seconds since the epoch",

@@ -149,7 +149,19 @@ class AgentView:
         if rss > cap:
             reasons.append({"reason": "memory_over_cap",
                             "message": f"resident memory {rss} bytes is over agent.limits.memory_mb ({cap} bytes)"})
+        shed = self.memory_shedding()
+        if shed["active"]:
+            reasons.append({"reason": "memory_shedding", "steps": shed["active"],
+                            "message": f"resident memory {shed['rss']} bytes is near its {shed['cap']}-byte cap; "
+                                       f"shedding load: {', '.join(shed['active'])}"})
         return reasons
+
+    def memory_shedding(self) -> dict:
+        """The memory guard's state (ingress.containment): level, steps active, counts."""
+        c = getattr(self.agent, "containment", None)
+        if c is None:
+            return {"level": 0, "active": [], "engaged": {}, "rss": 0, "cap": 0}
+        return c.status()
 
     # ------------------------------------------------------------------ tenant status
     def tenant_status(self, tid: str, delivery: dict | None = None, spool: dict | None = None,

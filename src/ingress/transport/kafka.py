@@ -273,6 +273,8 @@ class KafkaOutput(Output):
                 raise ConfigError(f"outputs.{name}.options.{k}: {problem}")
         self.memory_budget_mb = memory_budget_mb
         self._budget = budget_options(memory_budget_mb)
+        self.queue_cap: int | None = None  # lowered by limit_queue()
+        self.queue_capped = 0
         self._factory = producer_factory
         self._producer: Any = None
         self._lock = threading.Lock()
@@ -370,6 +372,17 @@ class KafkaOutput(Output):
         if was is not None:
             log.warning(f"kafka output {self.name}: brokers {self.brokers} reachable again", output=self.name)
 
+    def limit_queue(self, fraction: float | None) -> None:
+        """Hold librdkafka's local queue at ``fraction`` of its message bound (None: lift).
+
+        librdkafka's own bounds are fixed when the producer is built; this lower
+        one is checked before each produce, so a batch past it stays in the spool.
+        """
+        if fraction is None:
+            self.queue_cap = None
+        else:
+            self.queue_cap = max(1, int(self._budget["queue.buffering.max.messages"] * fraction))
+
     def topic_for(self, tenant: str) -> str:
         return self.topic.replace("{tenant}", tenant)
 
@@ -406,6 +419,13 @@ class KafkaOutput(Output):
         key = batch.tenant.encode()
         tracker = _Tracker(self, batch, done)
         error: BaseException | None = None
+        cap = self.queue_cap
+        if cap is not None and len(producer) >= cap:
+            # The memory guard lowered the local queue: the batch waits in the spool.
+            self.queue_capped += 1
+            done(batch, RetryableError(f"kafka output {self.name}: local queue held at {cap} messages "
+                                       f"while the agent's memory is near its cap; batch kept in the spool"))
+            return
         for v in values:
             with tracker.lock:
                 tracker.pending += 1

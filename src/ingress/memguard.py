@@ -1,0 +1,163 @@
+"""The memory cap that holds: watch the agent's own RSS and shed load in steps.
+
+Once a second the agent's main loop calls :meth:`MemGuard.tick`, which reads
+``/proc/self/statm`` (one small read, no allocation worth the name) and
+compares the resident set with the cap (``agent.limits.memory_mb``, or a
+tighter cgroup ``memory.max`` the agent adopted at start). Nearing the cap it
+engages the steps of a ladder, each at its share of the cap:
+
+=====  ===================  ==================================================
+share  step                 what the agent does (callbacks it provides)
+=====  ===================  ==================================================
+75 %   ``flush``            move every ring into the spool, every second
+80 %   ``shrink_rings``     lower every tenant's ring to a quarter of its
+                            slots (the ring drops by its policy, counted)
+85 %   ``pause_collectors`` pause the collectors of the lowest priority class
+90 %   ``cap_queues``       lower the outputs' in-memory queues (librdkafka):
+                            batches wait in the spool instead
+95 %   ``refuse_series``    refuse new series (counted per tenant)
+=====  ===================  ==================================================
+
+A step is released when the RSS falls ``HYSTERESIS`` (5 % of the cap) below
+the share it engaged at, last engaged first. Every engagement is counted per
+step; the level changes are logged once each (not once a second).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from ingress.logs import get_logger
+
+__all__ = ["MemGuard", "Step", "STEPS", "HYSTERESIS", "read_rss"]
+
+log = get_logger("ingress.memguard")
+
+HYSTERESIS = 0.05
+#: (name, share of the cap at which it engages), in order.
+STEPS: tuple[tuple[str, float], ...] = (
+    ("flush", 0.75),
+    ("shrink_rings", 0.80),
+    ("pause_collectors", 0.85),
+    ("cap_queues", 0.90),
+    ("refuse_series", 0.95),
+)
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def read_rss(path: str = "/proc/self/statm") -> int:
+    """Resident bytes of this process (0 when unreadable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            raw = os.read(fd, 128)
+        finally:
+            os.close(fd)
+        return int(raw.split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass
+class Step:
+    """One step of the ladder: ``engage()`` on the way up, ``release()`` on the way down.
+
+    ``repeat``: ``engage`` is called again at every tick while the step holds
+    (the flush: new samples keep arriving).
+    """
+
+    name: str
+    share: float
+    engage: Callable[[], object]
+    release: Callable[[], object] = lambda: None
+    repeat: bool = False
+    engaged: int = 0  # times this step was engaged (counter)
+    active: bool = False
+
+
+class MemGuard:
+    """Sheds load as the RSS nears ``cap_bytes``; resumes as it falls.
+
+    Parameters
+    ----------
+    cap_bytes
+        The cap. 0 or less disables every step.
+    actions
+        ``{step name: (engage, release)}`` for the names in :data:`STEPS`;
+        a name left out does nothing at its share.
+    rss
+        Reads the resident bytes (default :func:`read_rss`); tests pass fakes.
+    """
+
+    def __init__(self, cap_bytes: int, actions: Mapping[str, tuple[Callable[[], object], Callable[[], object]]],
+                 rss: Callable[[], int] = read_rss, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cap = int(cap_bytes)
+        self.steps = [Step(name, share, *actions.get(name, (lambda: None, lambda: None)), repeat=name == "flush")
+                      for name, share in STEPS]
+        self._rss = rss
+        self._clock = clock
+        self.level = 0  # steps engaged now
+        self.last_rss = 0
+        self.peak_rss = 0
+        self.over_since: float | None = None  # first tick at level > 0
+        self.last_recovery_s: float | None = None  # level > 0 -> 0, seconds
+
+    @property
+    def active(self) -> list[str]:
+        return [s.name for s in self.steps if s.active]
+
+    def counts(self) -> dict[str, int]:
+        """``{step: times engaged}``."""
+        return {s.name: s.engaged for s in self.steps}
+
+    def tick(self) -> int:
+        """Read the RSS once, engage or release steps; returns the level."""
+        rss = self._rss()
+        self.last_rss = rss
+        self.peak_rss = max(self.peak_rss, rss)
+        if self.cap <= 0 or rss <= 0:
+            return self.level
+        share = rss / self.cap
+        old = self.level
+        level = old
+        while level < len(self.steps) and share >= self.steps[level].share:
+            level += 1
+        while level > 0 and share < self.steps[level - 1].share - HYSTERESIS and level <= old:
+            level -= 1
+        for i in range(old, level):  # up: engage in order
+            s = self.steps[i]
+            s.active = True
+            s.engaged += 1
+            self._call(s, s.engage)
+        for i in range(old - 1, level - 1, -1):  # down: release last engaged first
+            s = self.steps[i]
+            s.active = False
+            self._call(s, s.release)
+        for s in self.steps[:min(old, level)]:
+            if s.repeat:
+                self._call(s, s.engage)
+        self.level = level
+        if level != old:
+            now = self._clock()
+            if old == 0:
+                self.over_since = now
+            if level == 0 and self.over_since is not None:
+                self.last_recovery_s = now - self.over_since
+                self.over_since = None
+            fields = dict(rss_mb=round(rss / (1 << 20), 1), cap_mb=round(self.cap / (1 << 20), 1),
+                          share=round(share, 3), level=level, steps=self.active)
+            if level > old:
+                log.warning("memory near its cap: shedding load", step=self.steps[level - 1].name, **fields)
+            else:
+                log.info("memory eased: load shedding released" if level else "memory back under its cap: "
+                         "every shed step released", step=self.steps[old - 1].name, **fields)
+        return level
+
+    def _call(self, s: Step, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception as e:  # a failing action must not stop the main loop
+            log.every(("memguard action failed", s.name), 60.0).error(
+                "memory guard step failed", step=s.name, error=f"{type(e).__name__}: {e}")
