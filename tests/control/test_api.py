@@ -223,9 +223,21 @@ def test_agent_keeps_collecting_under_slow_loris_and_a_connection_flood(agent_fa
     def collected() -> float:
         from prometheus_client.parser import text_string_to_metric_families
 
-        body = get(a.url, "/metrics", timeout=60)[2].decode()
-        f = next(f for f in text_string_to_metric_families(body) if f.name == "ingress_samples_collected")
-        return sum(s.value for s in f.samples)
+        # Under the flood the bounded queue may answer 503 (overloaded): that is the
+        # server protecting itself, so ask again until a scrape is served.
+        for _ in range(600):
+            try:
+                status, _h, body = get(a.url, "/metrics", timeout=60)
+            except (OSError, http.client.HTTPException):  # refused or reset while overloaded
+                time.sleep(0.1)
+                continue
+            if status == 200:
+                f = next(f for f in text_string_to_metric_families(body.decode())
+                         if f.name == "ingress_samples_collected")
+                return sum(s.value for s in f.samples)
+            assert status == 503, status
+            time.sleep(0.1)
+        raise AssertionError("no /metrics scrape was served in 60 s of retries")
 
     before = collected()
     stop = threading.Event()
