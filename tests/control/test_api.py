@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import http.client
 import socket
 import subprocess
 import sys
