@@ -357,7 +357,11 @@ def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
     for t in new.tenants:
         outs = _served(new, t.id)
         if t.id not in spool.tenants:
-            reason = spool.add_tenant(t.id, _policy(t), outs)
+            try:
+                reason = spool.add_tenant(t.id, _policy(t), outs)
+            except (IngressError, OSError, ValueError) as e:  # held, like a tenant open cannot load
+                reason = _one_line(str(e))
+                log.error(f"tenant {t.id!r} is held: {reason}", tenant=t.id)
             if reason is not None:
                 held[t.id] = reason
             else:
@@ -416,6 +420,8 @@ def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
         if o.name in tenants_only:
             cfg = by_name[o.name]
             o.tenants = None if cfg.tenants is None else frozenset(cfg.tenants)
+        if hasattr(d, "host"):
+            d.host = new.agent.hostname
         set_tenants = getattr(d, "set_tenants", None)
         if set_tenants is not None:
             _quietly(lambda: set_tenants(deliver_for, timeout=timeout))
