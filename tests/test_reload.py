@@ -124,3 +124,23 @@ def test_a_refused_reload_changes_nothing_and_says_one_line(agent, tmp_path, m):
         a.reload()  # back to the start for the next example (a no-op when nothing changed)
     assert a.scheduler is not None and a.spool is not None and a.deliveries
     assert os.path.isdir(tmp_path / "data" / "spool" / "acme")
+
+
+def test_a_held_tenant_fixed_meanwhile_runs_after_a_reload(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(cfg_text(tmp_path))
+    blocker = tmp_path / "data" / "spool" / "globex" / "counters.json"
+    blocker.mkdir(parents=True)  # a directory where the spool keeps a file: globex is held
+    a = Agent(load(cfg))
+    a.start()
+    try:
+        served = lambda: {t.id for b in a.pipeline.bindings.values() for t in b.tenants}  # noqa: E731
+        assert "globex" in a.held_tenants and served() == {"acme"}
+        blocker.rmdir()
+        r = a.reload()  # the same file: only the held tenant is tried again
+        assert r["tenants"] == {"added": [], "removed": [], "changed": {}} and r["collection"]
+        assert a.held_tenants == {} and "globex" in a.spool.tenants
+        assert served() == {"acme", "globex"}
+        assert ("globex", "file-0") in a.deliveries[0].pairs()
+    finally:
+        a.stop()

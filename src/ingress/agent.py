@@ -274,7 +274,8 @@ class Agent:
     def _log_held(self) -> None:
         for tid, reason in self.held_tenants.items():
             log.every(("tenant held", tid), HELD_LOG_EVERY_S).error(
-                "tenant held: not collected, not sent, its spool left as it is; fix the reason and restart",
+                "tenant held: not collected, not sent, its spool left as it is; fix the reason and restart "
+                "or reload",
                 tenant=tid, reason=reason)
 
     def _tenant_checker(self) -> Any:

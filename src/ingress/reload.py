@@ -293,8 +293,10 @@ def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
     from ingress.tenants import TenantSet
 
     old = agent.settings
+    if agent.held_tenants and any(t in {x.id for x in new.tenants} for t in agent.held_tenants):
+        changes["collection"] = True  # a held tenant is tried again; if it opens, it is collected
     result = dict(changes, pause_ms=0.0)
-    if unchanged(changes):
+    if unchanged(changes) and not changes["collection"]:
         return result
     new_tenants = TenantSet(new.tenants)
     # ---- prepare: nothing running is touched until every step here passed
