@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -155,6 +156,11 @@ class Agent:
 
         # cgroup limits, the memory guard, systemd notify (ingress.containment)
         self.containment = Containment(self)
+        # Live reload (ingress.reload): requests queued by SIGHUP or POST /v1/reload, run by `run`.
+        self._checker: Any = None  # the tenant checker every Delivery shares
+        self._reloads: deque[_ReloadTicket] = deque()
+        self.draining: dict[str, Any] = {}  # removed tenants still drained: {id: their last TenantSettings}
+        self.orphans_purged: dict[str, tuple[int, int]] = {}  # {tenant: (batches, samples)} purged
 
     # -- self metrics ---------------------------------------------------------------------
 
@@ -279,7 +285,8 @@ class Agent:
     def _log_held(self) -> None:
         for tid, reason in self.held_tenants.items():
             log.every(("tenant held", tid), HELD_LOG_EVERY_S).error(
-                "tenant held: not collected, not sent, its spool left as it is; fix the reason and restart",
+                "tenant held: not collected, not sent, its spool left as it is; fix the reason and restart "
+                "or reload",
                 tenant=tid, reason=reason)
 
     def _tenant_checker(self) -> Any:
@@ -287,9 +294,10 @@ class Agent:
 
         # Credentials are resolved by ingress.tenants at every use (a key file can
         # be rotated); the checker counts failures per tenant and category.
-        return TenantChecker({t.id: TenantRule(enabled=t.enabled,
-                                               credential=t.credential if t.has_credential else None)
-                              for t in self.tenants})
+        self._checker = TenantChecker({t.id: TenantRule(enabled=t.enabled,
+                                                        credential=t.credential if t.has_credential else None)
+                                       for t in self.tenants})
+        return self._checker
 
     def _default_delivery(self, checker: Any) -> Callable[[OutputStage], DeliveryStage]:
         from ingress.transport.breaker import CircuitBreaker
@@ -319,6 +327,42 @@ class Agent:
         """Ask :meth:`run` to return (signal handlers call this)."""
         self._stop.set()
 
+    # -- live reload (the switching itself is ingress.reload) --------------------------------
+
+    def request_reload(self, actor: str = "agent", remote: str | None = None,
+                       trigger: str = "SIGHUP") -> _ReloadTicket:
+        """Queue a reload for :meth:`run`'s thread (safe in a signal handler); wait on the ticket."""
+        ticket = _ReloadTicket(actor, remote, trigger)
+        self._reloads.append(ticket)
+        return ticket
+
+    def reload(self, actor: str = "agent", remote: str | None = None, trigger: str = "SIGHUP") -> dict:
+        """Load the configuration file again and switch to it (see :func:`ingress.reload.reload`).
+
+        Call from the thread that runs :meth:`run` (or before it runs). Raises
+        :class:`ingress.reload.ReloadError` with one line when the running
+        configuration is kept.
+        """
+        from ingress import reload as reload_mod
+
+        return reload_mod.reload(self, actor=actor, remote=remote, trigger=trigger)
+
+    def _checker_for_reload(self) -> Any:
+        return self._checker if self._checker is not None else self._tenant_checker()
+
+    def _run_reloads(self) -> None:
+        while self._reloads:
+            ticket = self._reloads.popleft()
+            try:
+                ticket.result = self.reload(ticket.actor, ticket.remote, ticket.trigger)
+            except IngressError as e:
+                ticket.error = str(e)
+            except Exception as e:  # noqa: BLE001 - a bug in the switch must not end the agent
+                log.exception("reload failed", error=str(e))
+                ticket.error = f"internal error: {e}"
+            finally:
+                ticket.done.set()
+
     def run(self, duration: float | None = None) -> None:
         """Flush, evict and report until :meth:`request_stop` or ``duration`` seconds."""
         a = self.settings.agent
@@ -327,9 +371,16 @@ class Agent:
         next_evict = time.monotonic() + EVICT_EVERY_S
         next_summary = time.monotonic() + a.interval_s
         next_second = time.monotonic()
-        wanted = self.pipeline.flush_wanted
+        next_sweep = time.monotonic()
         while not self._stop.is_set():
+            if self._reloads:
+                self._run_reloads()
+                a = self.settings.agent
+            wanted = self.pipeline.flush_wanted  # a reload may have swapped the pipeline
             now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + max(1.0, min(EVICT_EVERY_S, a.spool.orphan_retention_s / 4))
+                self._sweep_orphans()
             if end is not None and now >= end:
                 break
             if now >= next_second:
@@ -353,6 +404,18 @@ class Agent:
                 continue
         log.info("stopping", reason="duration elapsed" if end is not None and not self._stop.is_set()
                  else "signal")
+        for ticket in list(self._reloads):  # asked for while stopping: answered, not run
+            ticket.error = "the agent is stopping"
+            ticket.done.set()
+        self._reloads.clear()
+
+    def _sweep_orphans(self) -> None:
+        try:
+            from ingress.reload import sweep_orphans
+
+            sweep_orphans(self)
+        except Exception as e:  # noqa: BLE001 - tried again at the next sweep
+            log.exception("orphan sweep failed", error=str(e))
 
     def flush(self) -> int:
         """Move everything buffered into the spool; returns batches written."""
@@ -436,3 +499,13 @@ class Agent:
             self._started = False
             log.info("stopped", **{"samples": {k: v.collected for k, v in self.pipeline.stats.items()},
                                    "spooled": {k: v.spooled for k, v in self.pipeline.stats.items()}})
+
+
+class _ReloadTicket:
+    """One queued reload: who asked, then its result (a change summary) or its one-line error."""
+
+    def __init__(self, actor: str, remote: str | None, trigger: str) -> None:
+        self.actor, self.remote, self.trigger = actor, remote, trigger
+        self.done = threading.Event()
+        self.result: dict | None = None
+        self.error: str | None = None

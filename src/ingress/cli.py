@@ -286,7 +286,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         agent.request_stop()
 
+    def on_hup(signum: int, _frame: Any) -> None:
+        agent.request_reload(trigger="SIGHUP")  # run() reloads on its own thread
+
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     try:
         agent.start()
         try:

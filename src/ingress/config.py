@@ -158,6 +158,9 @@ OPTIONS: tuple[Option, ...] = (
            "`\"batch\"`: every batch is fsynced before it counts as accepted; a duration: "
            "fsync at most that often (faster, loses up to that much on power loss)."),
     Option("agent.spool", "segment_mb", Int(1, 1024), 8, "Size at which a spool segment file is closed, MiB."),
+    Option("agent.spool", "orphan_retention", Duration(positive=True), "168h",
+           "How long the spool of a tenant removed from the configuration is kept for outputs "
+           "that no longer exist for it; then it is purged (counted, audited)."),
     # [agent.batch]
     Option("agent.batch", "max_samples", Int(1, 10_000_000), 50000, "Most samples in one batch."),
     Option("agent.batch", "max_bytes", Int(1024), MIB,

@@ -95,8 +95,8 @@ class Containment:
 
     # -- hooks ------------------------------------------------------------------------
 
-    def adopt(self, settings: Any) -> Any:
-        """Effective settings: the cgroup's limits where tighter; builds the memory guard."""
+    def effective(self, settings: Any) -> Any:
+        """``settings`` with the cgroup's limits where tighter (a reload compares these)."""
         try:
             cg = self._cgroup()
         except Exception as e:  # never fatal: run on the configured limits
@@ -106,6 +106,11 @@ class Containment:
             settings, self.limits_note = adopt_limits(settings, cg)
         else:
             _, self.limits_note = adopt_limits(settings, _NoLimits())
+        return settings
+
+    def adopt(self, settings: Any) -> Any:
+        """Effective settings: the cgroup's limits where tighter; builds the memory guard."""
+        settings = self.effective(settings)
         self.guard = MemGuard(settings.agent.limits.memory_mb * MIB, self._actions(), rss=self._rss,
                               clock=self._clock)
         return settings

@@ -37,6 +37,7 @@ class CollectSettings:
 class AgentSpoolSettings:
     fsync: str | float  # "batch" or seconds between fsyncs
     segment_mb: int
+    orphan_retention_s: float = 7 * 86400.0  # a removed tenant's spool that no output takes
 
 
 @dataclass(frozen=True)

@@ -79,12 +79,12 @@ reset = "1s"
     _, acme = create_key(a.cfg, "acme")
     _, admin = create_key(a.cfg, "acme", "--scope", "admin")
     a.start()
-    seen: dict[tuple[str, str], list] = {}
+    seen: dict[tuple[str, str, str], list] = {}
 
-    def call(path: str, doc_path: str, key=None):
-        status, headers, body = get(a.url, path, key)
+    def call(path: str, doc_path: str, key=None, method: str = "GET"):
+        status, headers, body = get(a.url, path, key, method=method)
         assert headers["x-request-id"] and headers["connection"] == "close"
-        seen.setdefault((doc_path, str(status)), []).append((headers, body))
+        seen.setdefault((doc_path, method.lower(), str(status)), []).append((headers, body))
         return status
 
     wait_for(lambda: call("/readyz", "/readyz") == 200 and backend.posts, what="ready")
@@ -95,6 +95,16 @@ reset = "1s"
     call("/v1/tenants/acme", "/v1/tenants/{id}", acme)
     call("/v1/tenants/globex", "/v1/tenants/{id}", acme)
     call("/v1/tenants/nope", "/v1/tenants/{id}", admin)
+    good = a.cfg.read_text()
+    a.cfg.write_text(good + '\n[[tenants]]\nid = "initech"\ncollectors = ["memory"]\n')
+    assert call("/v1/reload", "/v1/reload", admin, "POST") == 200
+    a.cfg.write_text(good)
+    assert call("/v1/reload", "/v1/reload", admin, "POST") == 200
+    call("/v1/reload", "/v1/reload", acme, "POST")
+    a.cfg.write_text(good + "\n[agent.nope]\n")
+    assert call("/v1/reload", "/v1/reload", admin, "POST") == 422
+    a.cfg.write_text(good)
+    call("/v1/reload", "/v1/reload", None, "POST")
     backend.down()
     wait_for(lambda: call("/readyz", "/readyz") == 503, what="not ready")
     call("/v1/tenants/globex", "/v1/tenants/{id}", admin)  # with a last error and an open breaker
@@ -104,19 +114,21 @@ reset = "1s"
     call("/v1/tenants", "/v1/tenants", admin)  # now 429
     call("/v1/tenants/acme", "/v1/tenants/{id}", acme)
     call("/v1/tenants/acme", "/v1/tenants/{id}", None)  # 429 too: the address is blocked
+    call("/v1/reload", "/v1/reload", admin, "POST")
     # every documented status was produced and matches
     for path, item in DOC["paths"].items():
-        for status, spec in item["get"]["responses"].items():
-            if status == "default":
-                continue
-            hits = seen.get((path, status))
-            assert hits, f"{path} {status} never produced"
-            ctype, media = next(iter(spec["content"].items()))
-            for headers, body in hits:
-                assert headers["content-type"] == ctype
-                if ctype == "application/json":
-                    check(json.loads(body), media["schema"])
+        for method, op in item.items():
+            for status, spec in op["responses"].items():
+                if status == "default":
+                    continue
+                hits = seen.get((path, method, status))
+                assert hits, f"{method} {path} {status} never produced"
+                ctype, media = next(iter(spec["content"].items()))
+                for headers, body in hits:
+                    assert headers["content-type"] == ctype
+                    if ctype == "application/json":
+                        check(json.loads(body), media["schema"])
     # and nothing undocumented was answered (other than the error documents)
-    for (path, status) in seen:
-        assert status in DOC["paths"][path]["get"]["responses"], (path, status)
+    for (path, method, status) in seen:
+        assert status in DOC["paths"][path][method]["responses"], (path, method, status)
     assert get(a.url, "/v2/anything")[0] == 404 and get(a.url, "/healthz/x")[0] == 404

@@ -363,3 +363,60 @@ def test_tenant_check_error_from_an_output_holds_the_batch(tmp_path):
         assert wait_for(lambda: not sp.unacked("acme", "o1"))
     finally:
         d.stop(5)
+
+
+# -- set_tenants (configuration reload) -----------------------------------------------
+
+
+def test_set_tenants_adds_and_retires_pairs_without_touching_the_others(tmp_path):
+    out = ScriptedOutput("o1")
+    sp = FakeSpool(["o1"])
+    fill(sp, "acme", 5)
+    d = mk(sp, [out], tmp_path, tenants=("acme", "globex"))
+    try:
+        assert wait_for(lambda: not sp.unacked("acme", "o1"))
+        acme_worker = d._pairs[("acme", "o1")].thread
+        added, removed = d.set_tenants(["acme", "initech"], timeout=5)
+        assert added == [("initech", "o1")] and removed == [("globex", "o1")]
+        assert sorted(d.pairs()) == [("acme", "o1"), ("initech", "o1")]
+        assert d._pairs[("acme", "o1")].thread is acme_worker and acme_worker.is_alive()
+        fill(sp, "initech", 3)
+        fill(sp, "globex", 2)  # no pair any more: stays in the spool
+        fill(sp, "acme", 2)
+        d.notify()
+        assert wait_for(lambda: not sp.unacked("initech", "o1") and not sp.unacked("acme", "o1"))
+        time.sleep(0.2)
+        assert len(sp.unacked("globex", "o1")) == 2
+    finally:
+        assert d.stop(5) == 0
+
+
+def test_set_tenants_lets_a_retired_pair_finish_what_is_in_flight(tmp_path):
+    out = ScriptedOutput("o1", behave=lambda b: "hang")
+    sp = FakeSpool(["o1"])
+    fill(sp, "globex", 3)
+    d = mk(sp, [out], tmp_path, tenants=("acme", "globex"), window=2)
+    try:
+        assert wait_for(lambda: len(out.hung) == 2)
+        done = threading.Event()
+        threading.Thread(target=lambda: (d.set_tenants(["acme"], timeout=10), done.set()), daemon=True).start()
+        time.sleep(0.2)
+        assert not done.is_set()  # waits for the two in flight
+        out.behave = lambda b: None
+        out.release()
+        assert done.wait(10)
+        assert len(sp.unacked("globex", "o1")) == 1  # the third was never sent: still spooled
+        assert len(out.calls) == 2  # and nothing was sent twice
+    finally:
+        d.stop(1)
+
+
+def test_set_tenants_follows_the_outputs_serves(tmp_path):
+    out = ScriptedOutput("o1", tenants=frozenset({"acme", "globex"}))
+    d = mk(FakeSpool(["o1"]), [out], tmp_path, tenants=("acme", "globex"))
+    try:
+        out.tenants = frozenset({"acme"})
+        added, removed = d.set_tenants(["acme", "globex"], timeout=1)
+        assert added == [] and removed == [("globex", "o1")]
+    finally:
+        d.stop(1)

@@ -11,7 +11,8 @@ from ingress.control.status import AgentView
 __all__ = ["ControlApp", "ROUTES"]
 
 # Every path the server answers (the OpenAPI test checks the document against this).
-ROUTES = ("/healthz", "/readyz", "/metrics", "/v1/tenants", "/v1/tenants/{id}")
+ROUTES = ("/healthz", "/readyz", "/metrics", "/v1/tenants", "/v1/tenants/{id}", "/v1/reload")
+RELOAD_WAIT_S = 120.0  # how long POST /v1/reload waits for the agent's main thread to switch
 _TENANT = re.compile(r"^/v1/tenants/([^/]{1,256})$")
 
 
@@ -26,6 +27,8 @@ class ControlApp:
     def __call__(self, req: Request) -> Response:
         path = req.path
         known = path in ("/healthz", "/readyz", "/metrics", "/v1/tenants") or _TENANT.match(path) is not None
+        if path == "/v1/reload":
+            return self._reload(req)
         if not known:
             return error_response(404, "not_found", "no such endpoint")
         if req.method not in ("GET", "HEAD"):
@@ -60,3 +63,33 @@ class ControlApp:
         self.auth.allowed()
         return json_response(200, self.view.tenant_status(tid))
 
+
+    def _reload(self, req: Request) -> Response:
+        """``POST /v1/reload`` (admin key): load the configuration file again and switch to it."""
+        if req.method != "POST":
+            return error_response(405, "method_not_allowed", "only POST is served", Allow="POST")
+        who = self.auth.authenticate(req)
+        if isinstance(who, Response):
+            return who
+        if not who.admin:
+            return self.auth.forbid(req, who, None)
+        self.auth.allowed()
+        agent = self.view.agent
+        request = getattr(agent, "request_reload", None)
+        if request is None or not getattr(agent, "_started", False):
+            return error_response(503, "not_running", "the agent is starting or stopping; try again")
+        ticket = request(actor=f"key:{who.key_id}", remote=req.remote, trigger="api")
+        if not ticket.done.wait(RELOAD_WAIT_S):
+            return error_response(503, "reload_pending", "the reload is still running; see the agent's log")
+        if ticket.error is not None:
+            if ticket.error == "the agent is stopping":
+                return error_response(503, "not_running", ticket.error)
+            if ticket.error.startswith("internal error"):
+                return error_response(500, "internal", ticket.error)
+            return error_response(422, "invalid_config", ticket.error)
+        return json_response(200, {"status": "reloaded", "changes": _public(ticket.result or {})})
+
+
+def _public(result: dict) -> dict:
+    keys = ("tenants", "outputs", "agent", "collection", "pause_ms")
+    return {k: result[k] for k in keys if k in result}

@@ -1,6 +1,7 @@
 """The control API's HTTP server: one acceptor thread, a fixed pool of workers.
 
-Deliberately small HTTP/1.1 (docs/control-api.md, "Limits"): ``GET`` requests,
+Deliberately small HTTP/1.1 (docs/control-api.md, "Limits"): ``GET`` requests (and
+``POST /v1/reload``, whose body is read and ignored),
 no keep-alive (every response says ``Connection: close``), no chunked bodies.
 What keeps a hostile or broken client from hurting the agent:
 

@@ -38,9 +38,20 @@ class AgentView:
 
     def __init__(self, agent: Any) -> None:
         self.agent = agent
-        self.settings = agent.settings
-        self.tenant_settings = {t.id: t for t in self.settings.tenants}
         self.started_at = time.time()
+
+    @property
+    def settings(self) -> Any:
+        """The agent's settings now (a reload replaces them)."""
+        return self.agent.settings
+
+    @property
+    def tenant_settings(self) -> dict[str, Any]:
+        s = self.agent.settings
+        if getattr(self, "_ts_of", None) is not s:
+            self._ts_cache = {t.id: t for t in s.tenants}
+            self._ts_of = s
+        return self._ts_cache
 
     # ------------------------------------------------------------------ sources
     def tenant_ids(self) -> list[str]:

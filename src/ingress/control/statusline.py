@@ -54,7 +54,8 @@ class StatusLine:
         stats = self.agent.pipeline.stats
         tenants: dict[str, dict] = {}
         outputs: dict[str, dict[str, str]] = {}
-        for tid in v.tenant_ids():
+        draining = [t for t in getattr(self.agent, "draining", None) or () if t not in v.tenant_ids()]
+        for tid in v.tenant_ids() + draining:  # removed tenants still drained by a reload's choice
             pst = stats.get(tid)
             sp = spool.get(tid, {})
             per = delivery.get(tid, {})

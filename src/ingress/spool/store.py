@@ -16,6 +16,7 @@ opens with its part of the design and of the on-disk rules:
 :mod:`ingress.spool.reader`         pending, ack, stats
 :mod:`ingress.spool.retention`      quota, retention, crash-safe segment deletion
 :mod:`ingress.spool.recovery`       what open does with what a crash left
+:mod:`ingress.spool.reconfigure`    tenants added, re-policied, re-routed, dropped while open
 :mod:`ingress.spool.counters`       ``counters.json`` and damaged state files
 :mod:`ingress.spool.index`          the in-memory index every call works on
 :mod:`ingress.spool.segment`        segment and record format, the scan
@@ -49,6 +50,7 @@ from ingress.security.crypto import KeyStore, TenantCipher
 from ingress.spool.appender import _Appender
 from ingress.spool.index import RecordRef, SpoolFull, SpoolRecord, TenantPolicy, _Tenant
 from ingress.spool.reader import _Reader
+from ingress.spool.reconfigure import _Reconfigure
 from ingress.spool.recovery import _Recovery
 from ingress.spool.retention import _Retention
 from ingress.tokenbucket import TokenBucket
@@ -58,7 +60,7 @@ __all__ = ["RecordRef", "Spool", "SpoolFull", "SpoolRecord", "TenantPolicy", "st
 log = get_logger("ingress.spool")
 
 
-class Spool(_Appender, _Reader, _Retention, _Recovery):
+class Spool(_Appender, _Reader, _Retention, _Recovery, _Reconfigure):
     """Per-tenant, append-only, crash-safe store of encoded batches.
 
     Parameters
@@ -110,6 +112,7 @@ class Spool(_Appender, _Reader, _Retention, _Recovery):
         self._on_drop = on_drop
         self.dir = self.data_dir / "spool"
         self._readonly = _readonly
+        self._segment_bytes = segment_bytes
         self._clock = clock
         self._closed = False
         self._full = False

@@ -165,6 +165,8 @@ class _Pair:
         self.stats_lock = threading.Lock()
         self.log_limiter = RateLimiter(d.clock)  # retry lines: one a minute per pair, by its clock
         self.closed = False
+        self.retiring = False  # set by Delivery.set_tenants: finish what is in flight, then end
+        self.retire_deadline = 0.0
         self.thread = threading.Thread(target=self.run, name=f"deliver-{tenant}-{output.name}", daemon=True)
 
     # -- callbacks from outputs (any thread) ----------------------------------
@@ -200,8 +202,8 @@ class _Pair:
                         log.exception("delivery: completing a batch failed",
                                       tenant=self.tenant, output=self.output.name)
                         self._note_error(f"internal: {first_line(e)}")
-                if d._stopping.is_set():
-                    remaining = d._stop_deadline - d.clock()
+                if d._stopping.is_set() or self.retiring:
+                    remaining = (d._stop_deadline if d._stopping.is_set() else self.retire_deadline) - d.clock()
                     if not self.inflight or remaining <= 0:
                         break
                     self._wait(min(remaining, 0.1))
@@ -620,12 +622,12 @@ class Delivery:
                 t = threading.Thread(target=self._poll_loop, args=(o,), name=f"poll-{o.name}", daemon=True)
                 self._pollers.append(t)
                 t.start()
-        for p in self._pairs.values():
+        for p in list(self._pairs.values()):
             p.thread.start()
 
     def _poll_loop(self, o: Output) -> None:
         while not self._stopping.is_set() or any(
-            p.thread.is_alive() for (t, n), p in self._pairs.items() if n == o.name
+            p.thread.is_alive() for (t, n), p in list(self._pairs.items()) if n == o.name
         ):
             try:
                 o.poll(0.1)
@@ -635,7 +637,7 @@ class Delivery:
 
     def notify(self, tenant: str | None = None) -> None:
         """Wake the workers of ``tenant`` (all when None): new batches are in the spool."""
-        for (t, _), p in self._pairs.items():
+        for (t, _), p in list(self._pairs.items()):
             if tenant is None or t == tenant:
                 p.notify()
 
@@ -649,17 +651,55 @@ class Delivery:
         self._stopping.set()
         self.notify()
         end = time.monotonic() + timeout + 1.0
-        for p in self._pairs.values():
+        for p in list(self._pairs.values()):
             if p.thread.is_alive():
                 p.thread.join(max(0.0, end - time.monotonic()))
         for t in self._pollers:
             t.join(max(0.0, end - time.monotonic()))
         left = 0
-        for p in self._pairs.values():
+        for p in list(self._pairs.values()):
             with p.cond:
                 p.closed = True
                 left += sum(1 for f in p.inflight.values() if not f.reported)
         return left
+
+    def set_tenants(self, tenants: Iterable[str], timeout: float = 10.0) -> tuple[list, list]:
+        """Deliver for ``tenants`` from now on (a configuration reload); returns (added, removed) pairs.
+
+        A pair whose tenant is no longer listed (or whose output no longer
+        ``serves()`` it) finishes the batches it has in
+        flight (up to ``timeout`` s), then its worker ends; whatever it had not
+        sent stays in the spool. Workers of new pairs start at once when this
+        Delivery is running. The pairs of the other tenants are not touched.
+        """
+        wanted = list(dict.fromkeys(tenants))
+        keep = set(wanted)
+        by_name = {o.name: o for o in self.outputs}
+        removed = [k for k in list(self._pairs) if k[0] not in keep or not by_name[k[1]].serves(k[0])]
+        end = self.clock() + timeout
+        for k in removed:
+            p = self._pairs[k]
+            p.retire_deadline = end
+            p.retiring = True
+            p.notify()
+        wall_end = time.monotonic() + timeout + 1.0
+        for k in removed:
+            p = self._pairs.pop(k)
+            if p.thread.is_alive():
+                p.thread.join(max(0.0, wall_end - time.monotonic()))
+            with p.cond:
+                p.closed = True
+        added = []
+        for t in wanted:
+            for o in self.outputs:
+                if o.serves(t) and (t, o.name) not in self._pairs:
+                    p = _Pair(self, t, o)
+                    self._pairs[(t, o.name)] = p
+                    added.append((t, o.name))
+                    if self._started and not self._stopping.is_set():
+                        p.thread.start()
+        self.tenants = wanted
+        return added, removed
 
     def pairs(self) -> list[tuple[str, str]]:
         """The (tenant, output name) pairs being delivered."""
@@ -673,18 +713,18 @@ class Delivery:
         dead_letters, in_flight, last_error, last_error_at, tenant_check_failures,
         latency_p50_s, latency_p99_s (close -> ack), breaker, blocked, state."""
         out: dict[str, dict[str, dict]] = {}
-        for (t, n), p in self._pairs.items():
+        for (t, n), p in list(self._pairs.items()):
             out.setdefault(t, {})[n] = p.snapshot()
         return out
 
     def failing(self) -> set[tuple[str, str]]:
         """The (tenant, output name) pairs that cannot deliver now: breaker not closed, or blocked."""
-        return {k for k, p in self._pairs.items() if p.breaker.state != CLOSED or p.blocked}
+        return {k for k, p in list(self._pairs.items()) if p.breaker.state != CLOSED or p.blocked}
 
     def problems(self) -> list[str]:
         """Reasons an output is not usable right now (for /readyz); empty when all is well."""
         reasons = []
-        for (t, n), p in self._pairs.items():
+        for (t, n), p in list(self._pairs.items()):
             st = p.breaker.state
             if st != CLOSED and p.refused is not None:
                 reasons.append(f"output {n}: tenant {t}: {CREDENTIAL_REFUSED} (HTTP {p.refused}): "
