@@ -45,6 +45,9 @@ interval = "1s"
 [agent.batch]
 max_delay = "200ms"
 
+[control]
+listen = "127.0.0.1:0"
+
 [[tenants]]
 id = "acme"
 collectors = ["cpu", "memory"]
@@ -196,6 +199,9 @@ def test_start_up_error_is_one_line(tmp_path):
     cfg = write_config(tmp_path, f"""\
 [agent]
 data_dir = "{tmp_path / 'data'}"
+[control]
+listen = "127.0.0.1:0"
+
 [[tenants]]
 id = "acme"
 api_key_env = "INGRESS_TEST_UNSET_KEY"
@@ -228,6 +234,9 @@ data_dir = "{tmp_path / 'data'}"
 interval = "1s"
 [agent.batch]
 max_delay = "200ms"
+
+[control]
+listen = "127.0.0.1:0"
 
 [[tenants]]
 id = "acme"

@@ -38,6 +38,9 @@ min_interval = "100ms"
 [agent.batch]
 max_delay = "100ms"
 
+[control]
+listen = "127.0.0.1:0"
+
 [[tenants]]
 id = "acme"
 collectors = ["memory"]
@@ -102,7 +105,7 @@ def test_every_tenant_held_exits_1_with_one_line(tmp_path):
     _spool_beta(data, True)
     os.unlink(data / "keys" / "beta.key")
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'[agent]\ndata_dir = "{data}"\n[[tenants]]\nid = "beta"\ncollectors = ["memory"]\n'
+    cfg.write_text(f'[agent]\ndata_dir = "{data}"\n[control]\nlisten = "127.0.0.1:0"\n[[tenants]]\nid = "beta"\ncollectors = ["memory"]\n'
                    f'[tenants.spool]\nencrypt = true\n[[outputs]]\ntype = "file"\n')
     p = subprocess.run([sys.executable, "-m", "ingress", "run", "-c", str(cfg), "--duration", "1"],
                        capture_output=True, timeout=60)

@@ -49,7 +49,7 @@ reset = "30s"
     agent.__dict__["_statusline"] = statusline.StatusLine(agent, interval_s=0.3)
     caplog.set_level(logging.INFO, logger="ingress.status")
     try:
-        agent.run(duration=2.0)
+        agent.run(duration=4.0)  # room for two passes of each collector on a loaded machine
     finally:
         agent.stop()
     lines = [r for r in caplog.records if r.name == "ingress.status" and r.getMessage() == "status"]

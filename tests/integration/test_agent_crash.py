@@ -68,6 +68,9 @@ min_interval = "100ms"
 [agent.batch]
 max_delay = "100ms"
 
+[control]
+listen = "127.0.0.1:0"
+
 [[tenants]]
 id = "acme"
 collectors = ["cpu", "memory"]

@@ -49,6 +49,9 @@ backoff_max = "200ms"
 [outputs.breaker]
 failures = 50
 reset = "100ms"
+
+[control]
+listen = "127.0.0.1:0"
 """)
     return cfg
 
