@@ -266,8 +266,9 @@ class Agent:
         log.info("started", tenants=[t.id for t in self.tenants.enabled],
                  collectors=sorted(self.pipeline.bindings), outputs=[o.name for o in self.outputs],
                  data_dir=str(a.data_dir), host=a.hostname, control=self.control.url,
-                 limits=self.containment.limits_note, **({"hardening": self.containment.hardening}
-                                                         if self.containment.hardening else {}))
+                 limits=self.containment.limits_note,
+                 destinations=list(a.allow_destinations) if a.allow_destinations else "any",
+                 **({"hardening": self.containment.hardening} if self.containment.hardening else {}))
         self.containment.started()  # READY=1 to systemd
 
     def _hold(self, held: Mapping[str, str]) -> None:

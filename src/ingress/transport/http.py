@@ -617,6 +617,12 @@ def _common_args(o, ctx, credential) -> dict:
                 verify=o.verify, ca_file=s(o.ca_file), cert_file=s(o.cert_file), key_file=s(o.key_file))
 
 
+def _url_destinations(o) -> list[tuple[str, str]]:
+    from ingress.destinations import url_destination
+
+    return [("url", url_destination(o.url))]
+
+
 def _build(o, ctx):
     opt: dict = {"headers": dict(o.headers)} if o.headers else {}
     if o.format != "batch":
@@ -649,7 +655,7 @@ PLUGIN = OutputPlugin(
         Option(_O, "gzip", Bool(), False,
                "Format `json` only: send the NDJSON body gzip-compressed (`Content-Encoding: gzip`)."),
     ),
-    check=_check, build=_build, needs_credential=True)
+    check=_check, build=_build, needs_credential=True, destinations=_url_destinations)
 
 
 def protocol_plugin(type: str, cls: type, what: str, url_help: str, options: tuple = (),
@@ -677,4 +683,4 @@ def protocol_plugin(type: str, cls: type, what: str, url_help: str, options: tup
                  Option(_O, "tenant_header", Str(empty=True), "X-Scope-OrgID",
                         "Header carrying the tenant id on every request; `\"\"` sends none."),
                  *options),
-        check=check, build=build)
+        check=check, build=build, destinations=_url_destinations)

@@ -525,4 +525,5 @@ PLUGIN = OutputPlugin(
                "Format `json` only: one message per sample (`\"sample\"`), or one message per batch "
                "holding its samples as newline-delimited JSON (`\"batch\"`)."),
     ),
-    check=_check, build=_build)
+    check=_check, build=_build,
+    destinations=lambda o: [("brokers", b.strip()) for b in o.brokers.split(",") if b.strip()])
