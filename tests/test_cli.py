@@ -220,6 +220,7 @@ def test_run_delivers_to_the_reference_sink_with_each_tenants_credential(tmp_pat
     keys = tmp_path / "keys.toml"
     keys.write_text('[tenants]\nacme = "acme-key"\nglobex = "globex-key"\n')
     (tmp_path / "globex.key").write_text("globex-key\n")
+    (tmp_path / "globex.key").chmod(0o600)  # a key file readable by others is refused
     sink = SinkServer("127.0.0.1:0", tmp_path / "sink", keys).start()
     try:
         cfg = write_config(tmp_path, f"""\

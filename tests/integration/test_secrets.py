@@ -127,6 +127,7 @@ def test_two_line_key_file_is_refused_at_start_without_the_value(tmp_path, http_
     secret = "file-secret-aaaa\nfile-secret-bbbb\n"
     kf = tmp_path / "acme.key"
     kf.write_text(secret)
+    kf.chmod(0o600)
     cfg = write_config(tmp_path, http_server.url + "/in", f'api_key_file = "{kf}"')
     p = ingress("run", "-c", cfg, "--duration", "2")
     assert p.returncode == 1, p.stderr
@@ -139,6 +140,7 @@ def test_two_line_key_file_is_refused_at_start_without_the_value(tmp_path, http_
 def test_key_file_rotated_to_two_lines_while_running_is_held_without_the_value(tmp_path, http_server):
     kf = tmp_path / "acme.key"
     kf.write_text("good-secret-0001\n")
+    kf.chmod(0o600)
     cfg = write_config(tmp_path, http_server.url + "/in", f'api_key_file = "{kf}"')
     proc = subprocess.Popen([sys.executable, "-m", "ingress", "run", "-c", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -150,6 +152,7 @@ def test_key_file_rotated_to_two_lines_while_running_is_held_without_the_value(t
         assert http_server.requests, "the agent never sent"
         tmp = kf.with_suffix(".tmp")
         tmp.write_text(bad)
+        tmp.chmod(0o600)
         tmp.replace(kf)
         with http_server.lock:
             n = len(http_server.requests)

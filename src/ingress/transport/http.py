@@ -50,6 +50,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from types import MappingProxyType
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -57,6 +58,7 @@ from ingress.errors import ConfigError, CredentialRefusedError, PermanentError, 
 from ingress.logs import get_logger
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.logs import register_secret
+from ingress.names import header_value_problem
 from ingress.options import REQUIRED, Bool, Duration, Headers, Option, PathKind, Str, Url
 from ingress.transport.plugin import OutputPlugin, construct
 
@@ -592,11 +594,23 @@ _SECRET_HEADER = re.compile(r"(?i).*(auth|key|token|secret|passw|cookie|session|
 
 
 def _check(at, path: tuple, o: dict, agent) -> None:
-    for k, v in o["headers"].items():
+    from ingress.secretref import SecretRef, resolve
+
+    headers = dict(o["headers"])
+    for k, v in headers.items():
         if k.lower() in RESERVED_HEADERS:
             raise at.error(path + ("headers", k), "set by ingress; cannot be overridden")
-        if _SECRET_HEADER.fullmatch(k):
+        if isinstance(v, SecretRef):  # read now: start-up, check-config and every reload
+            try:
+                headers[k] = ref = resolve(v, f"outputs.{o['name']}.headers.{k}")
+            except ValueError as e:
+                raise at.error(path + ("headers", k), str(e)) from None
+            problem = header_value_problem(ref.value)
+            if problem:
+                raise at.error(path + ("headers", k), f"the value of {ref.where()} {problem}")
+        elif _SECRET_HEADER.fullmatch(k):
             register_secret(v, f"outputs.{o['name']}.headers.{k}")
+    o["headers"] = MappingProxyType(headers)
     password = urlsplit(o["url"]).password
     if password:
         register_secret(password, f"outputs.{o['name']}.url")
@@ -617,6 +631,12 @@ def _common_args(o, ctx, credential) -> dict:
                 verify=o.verify, ca_file=s(o.ca_file), cert_file=s(o.cert_file), key_file=s(o.key_file))
 
 
+def _plain_headers(o) -> dict[str, str]:
+    from ingress.secretref import plain
+
+    return {k: plain(v) for k, v in o.headers.items()}
+
+
 def _url_destinations(o) -> list[tuple[str, str]]:
     from ingress.destinations import url_destination
 
@@ -624,7 +644,7 @@ def _url_destinations(o) -> list[tuple[str, str]]:
 
 
 def _build(o, ctx):
-    opt: dict = {"headers": dict(o.headers)} if o.headers else {}
+    opt: dict = {"headers": _plain_headers(o)} if o.headers else {}
     if o.format != "batch":
         opt["format"] = o.format
     if o.gzip:
@@ -672,7 +692,7 @@ def protocol_plugin(type: str, cls: type, what: str, url_help: str, options: tup
         _check(at, path, o, agent)
 
     def build(o, ctx):
-        opt: dict = {"headers": dict(o.headers)} if o.headers else {}
+        opt: dict = {"headers": _plain_headers(o)} if o.headers else {}
         return construct(cls, ctx, dict(_common_args(o, ctx, ctx.optional_credential()),
                                         tenant_header=o.tenant_header, **args(o)), opt)
 

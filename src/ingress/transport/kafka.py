@@ -51,11 +51,12 @@ import logging
 import re
 import threading
 import time
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from ingress import names
 from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError, WireError
-from ingress.logs import get_logger
+from ingress.logs import get_logger, register_secret
 from ingress.options import REQUIRED, Brokers, Enum, Option, Scalars, Str
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.transport.jsonfmt import FORMATS, SCHEMA_BATCH, SCHEMA_JSON, sample_lines
@@ -498,19 +499,39 @@ class KafkaOutput(Output):
 
 # --------------------------------------------------------------------------- plugin declaration
 
+# librdkafka settings that hold a secret: registered (never logged) even when written in the TOML.
+_SECRET_OPTION = re.compile(r"(?i).*(password|secret|ssl\.key\.pem).*")
+
+
 def _check(at, path: tuple, o: dict, agent) -> None:
+    from ingress.secretref import SecretRef, resolve
+
     problem = topic_problem(o["topic"])
     if problem:
         raise at.error(path + ("topic",), problem)
-    for k, v in o["options"].items():
+    options = dict(o["options"])
+    for k, v in options.items():
+        label = f"outputs.{o['name']}.options.{k}"
+        if isinstance(v, SecretRef):  # read now: start-up, check-config and every reload
+            try:
+                options[k] = v = resolve(v, label)
+            except ValueError as e:
+                raise at.error(path + ("options", k), str(e)) from None
+            v = v.value
+        elif isinstance(v, str) and _SECRET_OPTION.fullmatch(k):
+            register_secret(v, label)
         problem = option_problem(k, v)
         if problem:
             raise at.error(path + ("options", k), problem)
+    o["options"] = MappingProxyType(options)
 
 
 def _build(o, ctx):
+    from ingress.secretref import plain
+
     return KafkaOutput(o.name, o.brokers, o.topic, None if o.tenants is None else frozenset(o.tenants),
-                       format=o.format, options=dict(o.options), json_messages=o.json_messages)
+                       format=o.format, options={k: plain(v) for k, v in o.options.items()},
+                       json_messages=o.json_messages)
 
 
 PLUGIN = OutputPlugin(
