@@ -376,6 +376,18 @@ class HttpOutput(Output):
         if urlsplit(self.url).scheme == "https":
             self.ssl_context()
 
+    def connect_probe(self, timeout: float | None = None) -> None:
+        """``check-config --connect``: a TCP connection (and the TLS handshake for https)
+        to the URL's host within ``timeout`` (default: the output's); raises on failure."""
+        tenant = next(iter(sorted(self.tenants))) if self.tenants else "tenant"
+        scheme, host, port, _ = self.target(tenant)
+        deadline = time.monotonic() + (self.timeout_s if timeout is None else timeout)
+        try:
+            conn = self._connect(scheme, host, port, deadline)
+        except (OSError, ssl.SSLError) as e:
+            raise OSError(f"{host}:{port}: {e.strerror or e if isinstance(e, OSError) else e}") from None
+        conn.close()
+
     def target(self, tenant: str) -> tuple[str, str, int, str]:
         """(scheme, host, port, path with query) of ``tenant``'s URL."""
         p = urlsplit(self.url.replace("{tenant}", tenant))

@@ -333,7 +333,9 @@ class KafkaOutput(Output):
                 except Exception:  # noqa: BLE001
                     continue
         where = f"outputs.{self.name}.options" + (f".{key}" if key else "")
-        return ConfigError(f"{where}: {text}")
+        err = ConfigError(f"{where}: {text}")
+        err.option_key, err.detail = key, text  # for check-config's FILE:LINE line
+        return err
 
     def start(self) -> None:
         """Build the producer; an unknown or invalid librdkafka option is a ConfigError naming it."""
@@ -349,6 +351,10 @@ class KafkaOutput(Output):
         except _kafka().KafkaException as e:
             raise RetryableError(f"kafka output {self.name}: brokers {self.brokers} unreachable: "
                                  f"{e.args[0].str() if e.args else e}") from None
+
+    def connect_probe(self, timeout: float = 5.0) -> None:
+        """``check-config --connect``: the brokers answer a metadata request (``list_topics``)."""
+        self.probe(timeout)
 
     def _on_error(self, err: Any) -> None:
         self.last_error = f"{err.name()}: {err.str()}"
@@ -526,6 +532,21 @@ def _check(at, path: tuple, o: dict, agent) -> None:
     o["options"] = MappingProxyType(options)
 
 
+def _validate(o, where) -> None:
+    """librdkafka checks every option (a misspelled key, a bad value): a producer is built with
+    the output's configuration and dropped at once (no error callback: nothing is reported)."""
+    out = _build(o, None)
+    conf = out.config()
+    conf.pop("error_cb", None)
+    try:
+        p = _kafka().Producer(conf)
+    except _kafka().KafkaException as e:
+        err = out._config_error(e)
+        key = err.option_key
+        raise ConfigError(f"{where(('options', key) if key else ('options',))}: {err.detail}") from None
+    del p
+
+
 def _build(o, ctx):
     from ingress.secretref import plain
 
@@ -546,5 +567,5 @@ PLUGIN = OutputPlugin(
                "Format `json` only: one message per sample (`\"sample\"`), or one message per batch "
                "holding its samples as newline-delimited JSON (`\"batch\"`)."),
     ),
-    check=_check, build=_build,
+    check=_check, build=_build, validate=_validate,
     destinations=lambda o: [("brokers", b.strip()) for b in o.brokers.split(",") if b.strip()])

@@ -68,6 +68,9 @@ class OutputPlugin:
     destinations
         ``settings -> [(key, "host:port"), ...]``: where it connects, checked against
         ``agent.allow_destinations`` when the configuration is loaded.
+    validate
+        ``(settings, where)``: what only the client library can tell (``check-config``
+        runs it); raises ConfigError, ``where(keys)`` giving ``FILE:LINE: outputs[i].keys``.
     local
         It writes on this host only; while only local outputs run, the agent logs a
         summary line per interval.
@@ -80,6 +83,7 @@ class OutputPlugin:
     needs_credential: bool = False
     local: bool = False
     destinations: Callable[[OutputSettings], list[tuple[str, str]]] | None = None
+    validate: Callable[[OutputSettings, Callable[[tuple], str]], None] | None = None
 
 
 def construct(cls: type, ctx: BuildContext, args: dict, optional: dict) -> Any:
