@@ -463,6 +463,10 @@ class Agent:
         failing backend gets no extra wait (its batches stay in the spool for
         the next start), and it does not cut short another tenant's drain.
         """
+        pairs = self._draining()
+        if pairs and time.monotonic() < deadline:
+            log.info("draining", pairs=[f"{t}/{o}" for t, o in pairs],
+                     timeout_s=round(deadline - time.monotonic(), 3))
         while time.monotonic() < deadline and self._draining():
             time.sleep(0.05)
 

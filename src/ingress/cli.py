@@ -285,7 +285,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = logs.get_logger("ingress.cli")
     agent.containment.hardening = hardened or {}  # reported in the `started` line
 
+    stopping: list[int] = []
+
     def on_signal(signum: int, _frame: Any) -> None:
+        if stopping:  # a second SIGTERM/SIGINT during the graceful stop: exit now
+            _exit_now(signum, log)
+        stopping.append(signum)
         agent.request_stop()
 
     def on_hup(signum: int, _frame: Any) -> None:
@@ -301,11 +306,30 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _drop_privileges(a, log)
             agent.run(duration=args.duration)
         finally:
+            stopping.append(0)  # the graceful stop (signal or --duration): a signal now exits at once
             agent.stop()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     return 0
+
+
+def _exit_now(signum: int, log: Any) -> None:
+    """Leave at once, as a kill would: no drain, no closing. The spool stays consistent
+    because it is built to survive a killed process (every accepted batch is on disk,
+    a torn tail is truncated at the next open, delivery cursors are replaced atomically),
+    so what was not acknowledged is sent after the next start. Exit status 128 + signal."""
+    import logging
+
+    name = signal.Signals(signum).name
+    log.warning(f"{name} again during the graceful stop: exiting at once; what was not delivered "
+                "stays in the spool for the next start", signal=name)
+    for h in logging.getLogger("ingress").handlers:
+        try:
+            h.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    os._exit(128 + signum)
 
 
 def _drop_privileges(a: Any, log: Any) -> None:
