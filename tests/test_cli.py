@@ -130,6 +130,7 @@ def test_run_duration_spools_delivers_decodes_and_reports(tmp_path):
     events = [json.loads(x) for x in p.stderr.decode().splitlines()]
     msgs = [e["msg"] for e in events]
     assert msgs[0] == "started" and msgs[-1] == "stopped" and "collected" in msgs
+    assert events[0]["destinations"] == "any"  # agent.allow_destinations not set: no restriction
     summary = next(e for e in events if e["msg"] == "collected")
     assert set(summary["samples"]) == {"acme", "globex"}
     data = tmp_path / "data"
