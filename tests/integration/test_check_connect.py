@@ -1,11 +1,9 @@
 """`ingress check-config --connect` probes every output once: real Tansu, real HTTP, a closed port."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
