@@ -133,6 +133,7 @@ def test_run_duration_spools_delivers_decodes_and_reports(tmp_path):
     events = [json.loads(x) for x in p.stderr.decode().splitlines()]
     msgs = [e["msg"] for e in events]
     assert msgs[0] == "started" and msgs[-1] == "stopped" and "collected" in msgs
+    assert events[0]["destinations"] == "any"  # agent.allow_destinations not set: no restriction
     summary = next(e for e in events if e["msg"] == "collected")
     assert set(summary["samples"]) == {"acme", "globex"}
     data = tmp_path / "data"
@@ -226,6 +227,7 @@ def test_run_delivers_to_the_reference_sink_with_each_tenants_credential(tmp_pat
     keys = tmp_path / "keys.toml"
     keys.write_text('[tenants]\nacme = "acme-key"\nglobex = "globex-key"\n')
     (tmp_path / "globex.key").write_text("globex-key\n")
+    (tmp_path / "globex.key").chmod(0o600)  # a key file readable by others is refused
     sink = SinkServer("127.0.0.1:0", tmp_path / "sink", keys).start()
     try:
         cfg = write_config(tmp_path, f"""\

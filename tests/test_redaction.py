@@ -136,6 +136,7 @@ def test_env_credential_must_be_one_printable_line(tmp_path, monkeypatch, value,
 def test_key_file_with_two_lines_is_refused_naming_the_file(tmp_path):
     kf = tmp_path / "acme.key"
     kf.write_text("file-secret-aaaa\nfile-secret-bbbb\n")
+    kf.chmod(0o600)
     t = tenant(tmp_path, api_key_file=str(kf))
     with pytest.raises(TenantCheckError) as e:
         t.credential()
@@ -147,6 +148,7 @@ def test_key_file_with_two_lines_is_refused_naming_the_file(tmp_path):
 def test_one_line_key_file_with_its_newline_is_fine(tmp_path):
     kf = tmp_path / "acme.key"
     kf.write_text("file-secret-aaaa\r\n")
+    kf.chmod(0o600)
     assert tenant(tmp_path, api_key_file=str(kf)).credential() == "file-secret-aaaa"
     assert logs.redact("Bearer file-secret-aaaa") == f"Bearer {logs.REDACTED}"
 

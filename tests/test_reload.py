@@ -144,3 +144,23 @@ def test_a_held_tenant_fixed_meanwhile_runs_after_a_reload(tmp_path):
         assert ("globex", "file-0") in a.deliveries[0].pairs()
     finally:
         a.stop()
+
+
+def test_a_reload_to_a_refused_destination_is_refused_and_audited(agent, tmp_path):
+    import json
+
+    a, cfg = agent
+    good = cfg_text(tmp_path)
+    cfg.write_text(good.replace("[agent]\n", '[agent]\nallow_destinations = ["*.corp:9092"]\n', 1)
+                   + '[[outputs]]\ntype = "kafka"\nbrokers = "10.9.9.9:9092"\ntenants = ["acme"]\n')
+    before = (a.settings, list(a.outputs))
+    try:
+        with pytest.raises(ReloadError, match=r"outputs\[1\]\.brokers: output 'kafka-1': destination "
+                                              r"'10\.9\.9\.9:9092' is not in agent\.allow_destinations"):
+            a.reload()
+        assert (a.settings, list(a.outputs)) == before
+    finally:
+        cfg.write_text(good)
+    events = [json.loads(x) for x in (tmp_path / "data" / "audit.log").read_text().splitlines()]
+    refused = [e for e in events if e["action"] == "security.destination_refused"]
+    assert refused and refused[-1]["destination"] == "10.9.9.9:9092"

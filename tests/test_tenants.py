@@ -71,6 +71,7 @@ def test_credential_from_file_is_read_at_every_use(tmp_path):
     with pytest.raises(TenantCheckError, match=f"credential_missing: key file {key} does not exist"):
         ts.check_credentials(["a"])
     key.write_text("one\n")
+    key.chmod(0o600)
     assert ts.credential("a") == "one"
     key.write_text("two")  # rotated
     assert ts.credential("a") == "two"

@@ -266,8 +266,9 @@ class Agent:
         log.info("started", tenants=[t.id for t in self.tenants.enabled],
                  collectors=sorted(self.pipeline.bindings), outputs=[o.name for o in self.outputs],
                  data_dir=str(a.data_dir), host=a.hostname, control=self.control.url,
-                 limits=self.containment.limits_note, **({"hardening": self.containment.hardening}
-                                                         if self.containment.hardening else {}))
+                 limits=self.containment.limits_note,
+                 destinations=list(a.allow_destinations) if a.allow_destinations else "any",
+                 **({"hardening": self.containment.hardening} if self.containment.hardening else {}))
         self.containment.started()  # READY=1 to systemd
 
     def _hold(self, held: Mapping[str, str]) -> None:
@@ -462,6 +463,10 @@ class Agent:
         failing backend gets no extra wait (its batches stay in the spool for
         the next start), and it does not cut short another tenant's drain.
         """
+        pairs = self._draining()
+        if pairs and time.monotonic() < deadline:
+            log.info("draining", pairs=[f"{t}/{o}" for t, o in pairs],
+                     timeout_s=round(deadline - time.monotonic(), 3))
         while time.monotonic() < deadline and self._draining():
             time.sleep(0.05)
 

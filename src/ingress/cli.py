@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-config", help="validate a configuration file; prints ok")
     c.add_argument("-c", "--config", metavar="FILE", help="configuration (default: the embedded one)")
+    c.add_argument("--connect", action="store_true",
+                   help="also probe every output once; one line per output; exit 1 unless all are reachable")
     c.set_defaults(func=cmd_check_config)
 
     d = sub.add_parser("decode", help="decode a batch or a file of batches to JSON lines or a table",
@@ -283,7 +285,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = logs.get_logger("ingress.cli")
     agent.containment.hardening = hardened or {}  # reported in the `started` line
 
+    stopping: list[int] = []
+
     def on_signal(signum: int, _frame: Any) -> None:
+        if stopping:  # a second SIGTERM/SIGINT during the graceful stop: exit now
+            _exit_now(signum, log)
+        stopping.append(signum)
         agent.request_stop()
 
     def on_hup(signum: int, _frame: Any) -> None:
@@ -299,11 +306,30 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _drop_privileges(a, log)
             agent.run(duration=args.duration)
         finally:
+            stopping.append(0)  # the graceful stop (signal or --duration): a signal now exits at once
             agent.stop()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     return 0
+
+
+def _exit_now(signum: int, log: Any) -> None:
+    """Leave at once, as a kill would: no drain, no closing. The spool stays consistent
+    because it is built to survive a killed process (every accepted batch is on disk,
+    a torn tail is truncated at the next open, delivery cursors are replaced atomically),
+    so what was not acknowledged is sent after the next start. Exit status 128 + signal."""
+    import logging
+
+    name = signal.Signals(signum).name
+    log.warning(f"{name} again during the graceful stop: exiting at once; what was not delivered "
+                "stays in the spool for the next start", signal=name)
+    for h in logging.getLogger("ingress").handlers:
+        try:
+            h.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    os._exit(128 + signum)
 
 
 def _drop_privileges(a: Any, log: Any) -> None:
@@ -349,8 +375,50 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from ingress.control import validate as validate_control
 
     validate_control(settings)  # [control]: TLS off loopback, allow-list CIDRs
+    from ingress.config import locate
+    from ingress.transport import OUTPUTS
+
+    for i, o in enumerate(settings.outputs):  # what only the client library can tell (librdkafka keys)
+        validate = OUTPUTS[o.type].validate
+        if validate is not None:
+            validate(o, lambda keys, i=i: locate(settings, ("outputs", i, *keys)))
     print("ok")
-    return 0
+    if not args.connect:
+        return 0
+    return 0 if _probe_outputs(settings) else 1
+
+
+def _probe_outputs(settings) -> bool:
+    """``check-config --connect``: each output probed once, one line each; whether all answered."""
+    from ingress.logs import redact
+    from ingress.transport.plugin import build_outputs
+
+    import logging
+
+    # The outputs' own log lines (a Kafka client reporting its brokers down) would repeat the
+    # probe lines on stderr: each output's answer is its one line below.
+    logging.getLogger("ingress").setLevel(logging.CRITICAL)
+    outs = build_outputs(settings, lambda tenant: "")  # probes send nothing, so no credential
+    ok = True
+    for i, out in enumerate(outs):
+        label = f"outputs[{i}] {out.name}"
+        probe = getattr(out, "connect_probe", None)
+        if probe is None:
+            print(f"{label}: not probed ({settings.outputs[i].type} outputs have no probe)", flush=True)
+            continue
+        try:
+            probe()
+            print(f"{label}: reachable", flush=True)
+        except Exception as e:  # noqa: BLE001 - any failure is this output's answer
+            ok = False
+            why = " ".join((str(e) or type(e).__name__).split())
+            print(f"{label}: unreachable: {redact(why)}", flush=True)
+        finally:
+            try:
+                out.close()
+            except Exception:  # noqa: BLE001
+                pass
+    return ok
 
 
 def _decode_records(name: str, data: bytes, path: Path | None) -> tuple[list[bytes], str | None]:

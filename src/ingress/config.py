@@ -66,6 +66,22 @@ class _OutputType(Kind):
         return Enum(*_outputs().names()).convert(v)
 
 
+class _Destination(Str):
+    """One ``agent.allow_destinations`` entry: ``host:port`` pattern or CIDR (:mod:`ingress.destinations`)."""
+
+    def __init__(self) -> None:
+        super().__init__(doc="host:port pattern or CIDR")
+
+    def convert(self, v: Any) -> str:
+        from ingress import destinations
+
+        s = super().convert(v)
+        problem = destinations.pattern_problem(s)
+        if problem:
+            raise _Bad(problem)
+        return s
+
+
 def _outputs():
     from ingress.transport import OUTPUTS
 
@@ -110,6 +126,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("agent", "shutdown_timeout", Duration(), "10s",
            "How long a graceful stop may wait for outputs to acknowledge in-flight "
            "batches; what is not acknowledged stays in the spool."),
+    Option("agent", "allow_destinations", StrList(_Destination(), doc="list of host:port patterns and CIDRs"), [],
+           "Where outputs (Kafka brokers, the host:port of an HTTP-style `url`) and health checks "
+           "(`url`, `tcp`) may connect: `HOST:PORT` patterns (HOST an fnmatch glob such as `*.corp`, "
+           "PORT a number or `*`) and CIDRs (matching IP literals, any port). Any other destination is "
+           "refused when the configuration is loaded (start, reload, `check-config`). "
+           "Empty: any destination."),
     Option("agent", "log_format", Enum("json", "logfmt"), "json",
            "Format of the agent's own log lines on stderr."),
     Option("agent", "log_level", Enum("debug", "info", "warning", "error"), "info",
@@ -408,7 +430,8 @@ def _build_agent(ctx: _Ctx, a: dict) -> AgentSettings:
         limits=Limits(**a["limits"]), collect=collect,
         spool=AgentSpoolSettings(**a["spool"]), batch=BatchSettings(**a["batch"]),
         user=a["user"], group=a["group"], procfs=a["procfs"], sysfs=a["sysfs"],
-        log_file=a["log_file"], log_max_mb=a["log_max_mb"], log_keep=a["log_keep"])
+        log_file=a["log_file"], log_max_mb=a["log_max_mb"], log_keep=a["log_keep"],
+        allow_destinations=a["allow_destinations"])
 
 
 def _check_interval(ctx: _Ctx, path: tuple, s: float, c: CollectSettings) -> None:
@@ -531,10 +554,42 @@ def _cross_check(ctx: _Ctx, s: Settings) -> None:
                     where = ("outputs", i, "tenants", o.tenants.index(tid)) if o.tenants else ("outputs", i)
                     raise ctx.error(where, f"{o.type} output {o.name!r} serves tenant {tid!r}, which has "
                                            "no api_key_env or api_key_file")
+    _check_destinations(ctx, s)
     for i, t in enumerate(s.tenants):
         if not any(o.serves(t.id) for o in s.outputs):
             raise ctx.error(("tenants", i, "id"), f"tenant {t.id!r} is served by no output; "
                                                   "its samples would never leave the host")
+
+
+def _check_destinations(ctx: _Ctx, s: Settings) -> None:
+    """Every output's and health check's destination must be allowed by agent.allow_destinations."""
+    from ingress import destinations
+
+    allow = [destinations.parse(p) for p in s.agent.allow_destinations]
+    if not allow:
+        return
+
+    def refuse(path: tuple, what: str, dest: str) -> None:
+        destinations.refused(what, dest)
+        raise ctx.error(path, f"{what}: destination {dest!r} is not in agent.allow_destinations")
+
+    for i, o in enumerate(s.outputs):
+        plugin = _outputs()[o.type]
+        if plugin.destinations is None:
+            continue
+        for key, dest in plugin.destinations(o):
+            if not destinations.allowed(allow, dest):
+                refuse(("outputs", i, key), f"output {o.name!r}", dest)
+    for i, t in enumerate(s.tenants):
+        for j, h in enumerate(t.collector_tables.get("health", ())):
+            if h.get("url") is not None:
+                key, dest = "url", destinations.url_destination(h["url"])
+            elif h.get("tcp") is not None:
+                key, dest = "tcp", h["tcp"]
+            else:
+                continue
+            if not destinations.allowed(allow, dest):
+                refuse(("tenants", i, "health", j, key), f"tenant {t.id!r} health check {h.get('name')!r}", dest)
 
 
 def load(path: str | Path) -> Settings:

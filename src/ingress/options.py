@@ -396,20 +396,35 @@ def url_problem(s: str) -> str | None:
     return None
 
 
-class StrMap(Kind):
-    def __init__(self, key: re.Pattern, doc: str = "table of strings", what: str = "name") -> None:
-        self.key, self.doc, self.what = key, doc, what
+def _secret_ref(x: Any, k: str) -> Any:
+    """A ``{ env = ... }`` / ``{ file = ... }`` table -> an unresolved SecretRef (:mod:`ingress.secretref`)."""
+    from ingress.secretref import parse_ref
 
-    def convert(self, v: Any) -> Mapping[str, str]:
+    try:
+        return parse_ref(x)
+    except ValueError as e:
+        raise _Bad(str(e), (k,)) from None
+
+
+class StrMap(Kind):
+    def __init__(self, key: re.Pattern, doc: str = "table of strings", what: str = "name",
+                 secrets: bool = False) -> None:
+        self.key, self.doc, self.what, self.secrets = key, doc, what, secrets
+
+    def convert(self, v: Any) -> Mapping[str, Any]:
         if not isinstance(v, dict):
             raise _Bad(f"expected a table, got {_typename(v)} {_toml_repr(v)}")
+        out = dict(v)
         for k, x in v.items():
             if not names.fullmatch(self.key, k):
                 raise _Bad(f"{_show(k)} is not a valid {self.what} (expected {names.text(self.key)})", (k,))
+            if self.secrets and isinstance(x, dict):
+                out[k] = _secret_ref(x, k)
+                continue
             if not isinstance(x, str):
                 raise _Bad(f"expected a string, got {_typename(x)} {_toml_repr(x)}", (k,))
             self.check_value(k, x)
-        return MappingProxyType(dict(v))
+        return MappingProxyType(out)
 
     def check_value(self, key: str, value: str) -> None:
         pass
@@ -419,7 +434,8 @@ class Headers(StrMap):
     """HTTP header fields: token names; one-line, Latin-1 values (never quoted in errors)."""
 
     def __init__(self) -> None:
-        super().__init__(names.HEADER_NAME_RE, doc="table of strings", what="header name")
+        super().__init__(names.HEADER_NAME_RE, doc="table of strings or secret references",
+                         what="header name", secrets=True)
 
     def check_value(self, key: str, value: str) -> None:
         problem = names.header_value_problem(value)
@@ -428,15 +444,21 @@ class Headers(StrMap):
 
 
 class Scalars(Kind):
+    """A table of strings, numbers and booleans; a value may be a secret reference
+    (``{ env = "NAME" }`` or ``{ file = "/path" }``, resolved by the output's check)."""
+
     doc = "table"
 
     def convert(self, v: Any) -> Mapping[str, Any]:
         if not isinstance(v, dict):
             raise _Bad(f"expected a table, got {_typename(v)} {_toml_repr(v)}")
+        out = dict(v)
         for k, x in v.items():
-            if not isinstance(x, (str, int, float, bool)):
-                raise _Bad(f"expected a string, number or boolean, got {_typename(x)}", (k,))
-        return MappingProxyType(dict(v))
+            if isinstance(x, dict):
+                out[k] = _secret_ref(x, k)
+            elif not isinstance(x, (str, int, float, bool)):
+                raise _Bad(f"expected a string, number, boolean or secret reference, got {_typename(x)}", (k,))
+        return MappingProxyType(out)
 
 
 # --------------------------------------------------------------------------- rows

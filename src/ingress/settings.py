@@ -66,6 +66,7 @@ class AgentSettings:
     log_file: Path | None = None
     log_max_mb: int = 10
     log_keep: int = 5
+    allow_destinations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,11 @@ def credential_problem(value: str) -> str | None:
 
 
 def _read_key_file(tenant: str, path: Path) -> str:
+    from ingress.secretref import file_mode_problem
+
+    problem = file_mode_problem(path)
+    if problem:  # checked at every read: a key file rotated with a loose mode is refused too
+        raise TenantCheckError("credential_unreadable", tenant, f"key file {problem}")
     try:
         return path.read_text("utf-8")
     except FileNotFoundError:

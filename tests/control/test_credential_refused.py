@@ -70,6 +70,7 @@ def test_refused_credential_holds_the_pair_until_the_key_file_is_rotated(agent_f
     keyfile = tmp_path / "acme.key"
     keyfile.write_text("old-key\n")
     keyfile.chmod(0o600)
+    keyfile.chmod(0o600)
     outputs = f"""
 [[outputs]]
 type = "http"

@@ -256,6 +256,7 @@ def test_ingress_run_from_a_configuration_file_to_prometheus(prometheus, tmp_pat
     import time
 
     (tmp_path / "acme.key").write_text("acme-secret\n")
+    (tmp_path / "acme.key").chmod(0o600)
     os.chmod(tmp_path / "acme.key", 0o600)
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f"""

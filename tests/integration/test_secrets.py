@@ -130,6 +130,7 @@ def test_two_line_key_file_is_refused_at_start_without_the_value(tmp_path, http_
     secret = "file-secret-aaaa\nfile-secret-bbbb\n"
     kf = tmp_path / "acme.key"
     kf.write_text(secret)
+    kf.chmod(0o600)
     cfg = write_config(tmp_path, http_server.url + "/in", f'api_key_file = "{kf}"')
     p = ingress("run", "-c", cfg, "--duration", "2")
     assert p.returncode == 1, p.stderr
@@ -142,6 +143,7 @@ def test_two_line_key_file_is_refused_at_start_without_the_value(tmp_path, http_
 def test_key_file_rotated_to_two_lines_while_running_is_held_without_the_value(tmp_path, http_server):
     kf = tmp_path / "acme.key"
     kf.write_text("good-secret-0001\n")
+    kf.chmod(0o600)
     cfg = write_config(tmp_path, http_server.url + "/in", f'api_key_file = "{kf}"')
     proc = subprocess.Popen([sys.executable, "-m", "ingress", "run", "-c", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -153,6 +155,7 @@ def test_key_file_rotated_to_two_lines_while_running_is_held_without_the_value(t
         assert http_server.requests, "the agent never sent"
         tmp = kf.with_suffix(".tmp")
         tmp.write_text(bad)
+        tmp.chmod(0o600)
         tmp.replace(kf)
         with http_server.lock:
             n = len(http_server.requests)
@@ -180,3 +183,37 @@ def test_header_value_ending_in_newline_is_refused_by_check_config_and_run(tmp_p
                                          "feed (LF); a header value is one line without control characters"]
         assert_hidden(secret, everything_visible(cfg, tmp_path / "data", p.stderr))
     assert not http_server.requests
+
+
+def test_header_secret_from_a_file_is_sent_and_never_visible_even_when_echoed(tmp_path, http_server):
+    secret = "file-header-secret-" + os.urandom(6).hex()
+    tf = tmp_path / "token"
+    tf.write_text(secret + "\n")
+    tf.chmod(0o600)
+
+    def echo(req):  # the first answers echo the header back in an error body
+        with http_server.lock:
+            n = len(http_server.requests)
+        if n <= 3:
+            return Reply(500, f'{{"error": {{"code": "no", "message": "token {req.headers.get("x-api-token")} bad"}}}}'
+                         .encode())
+        return Reply(200)
+
+    http_server.behave = echo
+    cfg = write_config(tmp_path, http_server.url + "/in", 'api_key_env = "ACME_INGEST_KEY"',
+                       f'[outputs.headers]\nX-Api-Token = {{ file = "{tf}" }}\n')
+    cfg.write_text(cfg.read_text().replace("[agent]\n", '[agent]\nlog_level = "debug"\n', 1))
+    p = ingress("run", "-c", cfg, "--duration", "3", env_extra={"ACME_INGEST_KEY": "k-aaaa"})
+    assert p.returncode == 0, p.stderr
+    with http_server.lock:
+        sent = {r.headers.get("x-api-token") for r in http_server.requests}
+    assert sent == {secret}  # resolved from the file, final newline dropped
+    assert "[redacted]" in p.stderr
+    assert_hidden(secret, everything_visible(cfg, tmp_path / "data", p.stderr))
+    assert secret not in cfg.read_text()  # only the reference is in the TOML
+
+    tf.chmod(0o644)  # readable by others: refused, with the fix, never the value
+    p = ingress("check-config", "-c", cfg)
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert f"chmod 600 {tf}" in p.stderr and "outputs[0].headers.X-Api-Token" in p.stderr
+    assert_hidden(secret, p.stderr + p.stdout)

@@ -294,6 +294,17 @@ class FileOutput(Output):
         self._closed = False
 
     # -- files -----------------------------------------------------------
+    def connect_probe(self, timeout: float | None = None) -> None:
+        """``check-config --connect``: the directory (or, not created yet, the nearest
+        existing parent, where it would be created) is a directory this process may write in."""
+        d = self.base
+        while not d.exists() and d != d.parent:
+            d = d.parent
+        if not d.is_dir():
+            raise OSError(f"{d} is not a directory")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(f"directory {d} is not writable")
+
     def file_path(self, tenant: str, seq: int) -> Path:
         """Path of file number ``seq`` of ``tenant``."""
         return self.base / tenant / f"{self.name}-{seq:06d}{self._ext}"

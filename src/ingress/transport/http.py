@@ -50,6 +50,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from types import MappingProxyType
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -57,6 +58,7 @@ from ingress.errors import ConfigError, CredentialRefusedError, PermanentError, 
 from ingress.logs import get_logger
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.logs import register_secret
+from ingress.names import header_value_problem
 from ingress.options import REQUIRED, Bool, Duration, Headers, Option, PathKind, Str, Url
 from ingress.transport.plugin import OutputPlugin, construct
 
@@ -374,6 +376,18 @@ class HttpOutput(Output):
         if urlsplit(self.url).scheme == "https":
             self.ssl_context()
 
+    def connect_probe(self, timeout: float | None = None) -> None:
+        """``check-config --connect``: a TCP connection (and the TLS handshake for https)
+        to the URL's host within ``timeout`` (default: the output's); raises on failure."""
+        tenant = next(iter(sorted(self.tenants))) if self.tenants else "tenant"
+        scheme, host, port, _ = self.target(tenant)
+        deadline = time.monotonic() + (self.timeout_s if timeout is None else timeout)
+        try:
+            conn = self._connect(scheme, host, port, deadline)
+        except (OSError, ssl.SSLError) as e:
+            raise OSError(f"{host}:{port}: {e.strerror or e if isinstance(e, OSError) else e}") from None
+        conn.close()
+
     def target(self, tenant: str) -> tuple[str, str, int, str]:
         """(scheme, host, port, path with query) of ``tenant``'s URL."""
         p = urlsplit(self.url.replace("{tenant}", tenant))
@@ -592,11 +606,23 @@ _SECRET_HEADER = re.compile(r"(?i).*(auth|key|token|secret|passw|cookie|session|
 
 
 def _check(at, path: tuple, o: dict, agent) -> None:
-    for k, v in o["headers"].items():
+    from ingress.secretref import SecretRef, resolve
+
+    headers = dict(o["headers"])
+    for k, v in headers.items():
         if k.lower() in RESERVED_HEADERS:
             raise at.error(path + ("headers", k), "set by ingress; cannot be overridden")
-        if _SECRET_HEADER.fullmatch(k):
+        if isinstance(v, SecretRef):  # read now: start-up, check-config and every reload
+            try:
+                headers[k] = ref = resolve(v, f"outputs.{o['name']}.headers.{k}")
+            except ValueError as e:
+                raise at.error(path + ("headers", k), str(e)) from None
+            problem = header_value_problem(ref.value)
+            if problem:
+                raise at.error(path + ("headers", k), f"the value of {ref.where()} {problem}")
+        elif _SECRET_HEADER.fullmatch(k):
             register_secret(v, f"outputs.{o['name']}.headers.{k}")
+    o["headers"] = MappingProxyType(headers)
     password = urlsplit(o["url"]).password
     if password:
         register_secret(password, f"outputs.{o['name']}.url")
@@ -617,8 +643,20 @@ def _common_args(o, ctx, credential) -> dict:
                 verify=o.verify, ca_file=s(o.ca_file), cert_file=s(o.cert_file), key_file=s(o.key_file))
 
 
+def _plain_headers(o) -> dict[str, str]:
+    from ingress.secretref import plain
+
+    return {k: plain(v) for k, v in o.headers.items()}
+
+
+def _url_destinations(o) -> list[tuple[str, str]]:
+    from ingress.destinations import url_destination
+
+    return [("url", url_destination(o.url))]
+
+
 def _build(o, ctx):
-    opt: dict = {"headers": dict(o.headers)} if o.headers else {}
+    opt: dict = {"headers": _plain_headers(o)} if o.headers else {}
     if o.format != "batch":
         opt["format"] = o.format
     if o.gzip:
@@ -649,7 +687,7 @@ PLUGIN = OutputPlugin(
         Option(_O, "gzip", Bool(), False,
                "Format `json` only: send the NDJSON body gzip-compressed (`Content-Encoding: gzip`)."),
     ),
-    check=_check, build=_build, needs_credential=True)
+    check=_check, build=_build, needs_credential=True, destinations=_url_destinations)
 
 
 def protocol_plugin(type: str, cls: type, what: str, url_help: str, options: tuple = (),
@@ -666,7 +704,7 @@ def protocol_plugin(type: str, cls: type, what: str, url_help: str, options: tup
         _check(at, path, o, agent)
 
     def build(o, ctx):
-        opt: dict = {"headers": dict(o.headers)} if o.headers else {}
+        opt: dict = {"headers": _plain_headers(o)} if o.headers else {}
         return construct(cls, ctx, dict(_common_args(o, ctx, ctx.optional_credential()),
                                         tenant_header=o.tenant_header, **args(o)), opt)
 
@@ -677,4 +715,4 @@ def protocol_plugin(type: str, cls: type, what: str, url_help: str, options: tup
                  Option(_O, "tenant_header", Str(empty=True), "X-Scope-OrgID",
                         "Header carrying the tenant id on every request; `\"\"` sends none."),
                  *options),
-        check=check, build=build)
+        check=check, build=build, destinations=_url_destinations)

@@ -51,11 +51,12 @@ import logging
 import re
 import threading
 import time
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from ingress import names
 from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError, WireError
-from ingress.logs import get_logger
+from ingress.logs import get_logger, register_secret
 from ingress.options import REQUIRED, Brokers, Enum, Option, Scalars, Str
 from ingress.transport.base import Done, OutgoingBatch, Output
 from ingress.transport.jsonfmt import FORMATS, SCHEMA_BATCH, SCHEMA_JSON, sample_lines
@@ -332,7 +333,9 @@ class KafkaOutput(Output):
                 except Exception:  # noqa: BLE001
                     continue
         where = f"outputs.{self.name}.options" + (f".{key}" if key else "")
-        return ConfigError(f"{where}: {text}")
+        err = ConfigError(f"{where}: {text}")
+        err.option_key, err.detail = key, text  # for check-config's FILE:LINE line
+        return err
 
     def start(self) -> None:
         """Build the producer; an unknown or invalid librdkafka option is a ConfigError naming it."""
@@ -348,6 +351,10 @@ class KafkaOutput(Output):
         except _kafka().KafkaException as e:
             raise RetryableError(f"kafka output {self.name}: brokers {self.brokers} unreachable: "
                                  f"{e.args[0].str() if e.args else e}") from None
+
+    def connect_probe(self, timeout: float = 5.0) -> None:
+        """``check-config --connect``: the brokers answer a metadata request (``list_topics``)."""
+        self.probe(timeout)
 
     def _on_error(self, err: Any) -> None:
         self.last_error = f"{err.name()}: {err.str()}"
@@ -498,19 +505,54 @@ class KafkaOutput(Output):
 
 # --------------------------------------------------------------------------- plugin declaration
 
+# librdkafka settings that hold a secret: registered (never logged) even when written in the TOML.
+_SECRET_OPTION = re.compile(r"(?i).*(password|secret|ssl\.key\.pem).*")
+
+
 def _check(at, path: tuple, o: dict, agent) -> None:
+    from ingress.secretref import SecretRef, resolve
+
     problem = topic_problem(o["topic"])
     if problem:
         raise at.error(path + ("topic",), problem)
-    for k, v in o["options"].items():
+    options = dict(o["options"])
+    for k, v in options.items():
+        label = f"outputs.{o['name']}.options.{k}"
+        if isinstance(v, SecretRef):  # read now: start-up, check-config and every reload
+            try:
+                options[k] = v = resolve(v, label)
+            except ValueError as e:
+                raise at.error(path + ("options", k), str(e)) from None
+            v = v.value
+        elif isinstance(v, str) and _SECRET_OPTION.fullmatch(k):
+            register_secret(v, label)
         problem = option_problem(k, v)
         if problem:
             raise at.error(path + ("options", k), problem)
+    o["options"] = MappingProxyType(options)
+
+
+def _validate(o, where) -> None:
+    """librdkafka checks every option (a misspelled key, a bad value): a producer is built with
+    the output's configuration and dropped at once (no error callback: nothing is reported)."""
+    out = _build(o, None)
+    conf = out.config()
+    conf.pop("error_cb", None)
+    try:
+        p = _kafka().Producer(conf)
+    except _kafka().KafkaException as e:
+        err = out._config_error(e)
+        key = err.option_key
+        raise ConfigError(f"{where(('options', key) if key else ('options',))}: {err.detail}") from None
+    del p
 
 
 def _build(o, ctx):
+    from ingress.secretref import plain
+
     return KafkaOutput(o.name, o.brokers, o.topic, None if o.tenants is None else frozenset(o.tenants),
-                       format=o.format, options=dict(o.options), json_messages=o.json_messages)
+                       format=o.format, options={k: plain(v) for k, v in o.options.items()},
+                       json_messages=o.json_messages)
 
 
 PLUGIN = OutputPlugin(
@@ -525,4 +567,5 @@ PLUGIN = OutputPlugin(
                "Format `json` only: one message per sample (`\"sample\"`), or one message per batch "
                "holding its samples as newline-delimited JSON (`\"batch\"`)."),
     ),
-    check=_check, build=_build)
+    check=_check, build=_build, validate=_validate,
+    destinations=lambda o: [("brokers", b.strip()) for b in o.brokers.split(",") if b.strip()])

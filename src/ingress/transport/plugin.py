@@ -65,6 +65,12 @@ class OutputPlugin:
         ``values`` holds every key of the table by field (it may fill computed defaults in).
     needs_credential
         Every tenant it serves must have ``api_key_env`` or ``api_key_file``.
+    destinations
+        ``settings -> [(key, "host:port"), ...]``: where it connects, checked against
+        ``agent.allow_destinations`` when the configuration is loaded.
+    validate
+        ``(settings, where)``: what only the client library can tell (``check-config``
+        runs it); raises ConfigError, ``where(keys)`` giving ``FILE:LINE: outputs[i].keys``.
     local
         It writes on this host only; while only local outputs run, the agent logs a
         summary line per interval.
@@ -76,6 +82,8 @@ class OutputPlugin:
     check: Callable[[ErrorAt, tuple, dict, AgentSettings], None] | None = None
     needs_credential: bool = False
     local: bool = False
+    destinations: Callable[[OutputSettings], list[tuple[str, str]]] | None = None
+    validate: Callable[[OutputSettings, Callable[[tuple], str]], None] | None = None
 
 
 def construct(cls: type, ctx: BuildContext, args: dict, optional: dict) -> Any:
