@@ -127,7 +127,7 @@ class Containment:
     def every_second(self) -> None:
         if self.guard is not None:
             self.guard.tick()
-        self.config_watch.check(self.agent.settings, self._clock())
+        self.config_watch.check(getattr(self.agent, "settings", None), self._clock())
         w = self.notifier.watchdog_s
         if w:
             now = self._clock()
