@@ -206,15 +206,25 @@ class HttpCredentialRefused(CredentialRefusedError):
         self.first_line = first_line
 
 
-def classify(status: int, body: bytes, retry_after: str | None) -> TransportError | None:
-    """None for 2xx, else the error that status means (see the module table)."""
+def _http_retryable(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def classify(status: int, body: bytes, retry_after: str | None,
+             retryable: Callable[[int], bool] = _http_retryable) -> TransportError | None:
+    """None for 2xx, else the error that status means (see the module table).
+
+    ``retryable`` is the protocol's rule for which other statuses are retried
+    (the otlp and remote_write outputs pass their specifications' own); 401 and
+    403 hold the pair for every HTTP-based output.
+    """
     if 200 <= status < 300:
         return None
     line = _first_line(body)
     msg = f"HTTP {status}" + (f": {line}" if line else "")
     if status in (401, 403):
         return HttpCredentialRefused(msg, status, line)
-    if status in (408, 429) or status >= 500:
+    if retryable(status):
         return HttpRetryableError(msg, status, parse_retry_after(retry_after), line)
     return HttpPermanentError(msg, status, line)
 
