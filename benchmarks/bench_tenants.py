@@ -42,6 +42,9 @@ shutdown_timeout = "60s"
 memory_mb = 2048
 cpu_percent = 400.0
 
+[agent.collect]
+max_interval = "1s"  # pinned: no stretching under host CPU pressure, so passes are comparable
+
 [control]
 listen = "127.0.0.1:0"
 """]
