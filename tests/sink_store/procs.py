@@ -27,14 +27,27 @@ _FAST_GROUP = (
     "from ingress.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
-def start_sink(store, *extra, port=0, fast_group=True):
-    """``ingress sink --listen 127.0.0.1:PORT --store STORE EXTRA...``; (process, port) once it listens."""
+def _popen_sink(store, extra, port, fast_group):
     head = ["-c", _FAST_GROUP] if fast_group and "--from-kafka" in extra else ["-m", "ingress"]
-    p = subprocess.Popen([sys.executable, *head, "sink", "--listen", f"127.0.0.1:{port}", "--store", str(store),
-                          *extra], stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, *head, "sink", "--listen", f"127.0.0.1:{port}", "--store", str(store),
+                             *extra], stderr=subprocess.PIPE, text=True)
+
+
+def _listening(p):
     line = p.stderr.readline()
     assert "listening on http://127.0.0.1:" in line, line + p.stderr.read()
     return p, int(line.split("http://127.0.0.1:")[1].split("/")[0])
+
+
+def start_sink(store, *extra, port=0, fast_group=True):
+    """``ingress sink --listen 127.0.0.1:PORT --store STORE EXTRA...``; (process, port) once it listens."""
+    return _listening(_popen_sink(store, extra, port, fast_group))
+
+
+def start_sinks(*specs, fast_group=True):
+    """Several sinks started at once (their chDB imports overlap); ``specs``: (store, extra, port)."""
+    procs = [_popen_sink(store, extra, port, fast_group) for store, extra, port in specs]
+    return [_listening(p) for p in procs]
 
 
 def metric(port, name):

@@ -38,7 +38,7 @@ from ingress import wire
 from ingress.transport.file import read_batches
 
 from integration.conftest import Tansu, TopicReader, free_port
-from sink_store.procs import dump_store, kill, metric, start_sink, stop, stored, wait_consumed, wait_for
+from sink_store.procs import dump_store, kill, metric, start_sinks, stop, stored, wait_consumed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ shutdown_timeout = "30s"
 min_interval = "100ms"
 
 [agent.batch]
-max_delay = "200ms"
+max_delay = "1s"  # fewer, larger batches: the embedded store's cost is per batch
 
 [control]
 listen = "127.0.0.1:{control_port}"
@@ -141,8 +141,8 @@ def test_faults_and_tenant_switching_keep_spooled_equal_to_stored(tmp_path):
     kafka_args = ("--from-kafka", broker.bootstrap, "--topic", f"^{topic}\\..*", "--group", group)
     sinks, agent = [], None
 
-    def start_sinks():
-        return [start_sink(store_h, "--keys", str(keys), port=http_port), start_sink(store_k, *kafka_args)]
+    def both_sinks():
+        return start_sinks((store_h, ("--keys", str(keys)), http_port), (store_k, kafka_args, 0))
 
     def start_agent(name):
         with open(tmp_path / name, "ab") as log:
@@ -176,22 +176,22 @@ def test_faults_and_tenant_switching_keep_spooled_equal_to_stored(tmp_path):
         for f in fs.values():
             f.result(30)
         del admin, fs
-        sinks = start_sinks()
+        sinks = both_sinks()
         agent_log = "run1.log"
         agent = start_agent(agent_log)
         wait_for(lambda: alive("start") and all(stored(p) > 0 for _, p in sinks), 90, "first rows in both sinks")
 
         # 2. Both sinks die mid-stream; the agent keeps collecting (HTTP retries, Kafka buffers).
         kill(p for p, _ in sinks)
-        wait_for(spooled_grows(9), 30, "batches spooled while the sinks are down")
-        sinks = start_sinks()
+        wait_for(spooled_grows(6), 30, "batches spooled while the sinks are down")
+        sinks = both_sinks()
         wait_for(lambda: alive("sinks back") and all(stored(p) > 0 for _, p in sinks), 90, "sinks back")
 
         # 3. The broker stops answering; HTTP delivery goes on, the agent keeps collecting.
         broker.pause()
         try:
             wait_for(grows(sinks[0][1], 30), 30, "HTTP delivery while the broker is paused")
-            wait_for(spooled_grows(15), 30, "batches spooled while the broker is paused")
+            wait_for(spooled_grows(9), 30, "batches spooled while the broker is paused")
         finally:
             broker.resume()
         wait_for(grows(sinks[1][1], 30), 90, "Kafka delivery after the broker resumed")

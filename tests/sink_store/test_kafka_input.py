@@ -18,7 +18,7 @@ from ingress.sink_store.kafka_input import KafkaInput, _Refuse
 
 from integration.conftest import Tansu
 from sink_store.conftest import make_batch
-from sink_store.procs import dump_store, kill, metric, start_sink, stop, stored, wait_consumed, wait_for
+from sink_store.procs import dump_store, kill, metric, start_sink, start_sinks, stop, stored, wait_consumed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def test_two_sinks_share_the_partitions_refuse_mismatches_and_survive_a_kill(tmp
 
         topic, group = f"^{base}\\..*", f"g-{base}"
         args = ("--from-kafka", broker.bootstrap, "--topic", topic, "--group", group)
-        procs = [start_sink(tmp_path / "s1", *args), start_sink(tmp_path / "s2", *args)]
+        procs = start_sinks((tmp_path / "s1", args, 0), (tmp_path / "s2", args, 0))
         total = sum(sent.values())
         wait_for(lambda: sum(stored(port) for _, port in procs) >= total // 3, 120, "a third stored")
         # SIGKILL one sink mid-stream and restart it; keep producing meanwhile.
