@@ -297,11 +297,11 @@ def test_faults_and_tenant_switching_keep_spooled_equal_to_stored(tmp_path):
         assert rows == {t: sum(n for n, _ in w.values()) for t, w in witness.items()}, (store.name, rows)
 
         # The reload, from the time it applied (one interval of slack for a cycle already running).
-        names = {(x["tenant"], x["name"].split(".")[0]): x for x in got["names"]}
-        span = {}
-        for (t, kind), x in names.items():
-            lo, hi = span.get((t, kind), (x["t0"], x["t1"]))
-            span[(t, kind)] = (min(lo, x["t0"]), max(hi, x["t1"]))
+        span = {}  # (tenant, collector): first and last ts over its metric names
+        for x in got["names"]:
+            k = (x["tenant"], x["name"].split(".")[0])
+            lo, hi = span.get(k, (x["t0"], x["t1"]))
+            span[k] = (min(lo, x["t0"]), max(hi, x["t1"]))
         assert span[("globex", "memory")][1] <= applied_ns + INTERVAL_NS, store.name  # removed: nothing after
         assert span[("hooli", "cpu")][0] >= hup_ns, store.name  # added: nothing before
         assert span[("initech", "cpu")][1] <= applied_ns + INTERVAL_NS, store.name  # changed: old names stop
