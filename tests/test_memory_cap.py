@@ -1,16 +1,19 @@
-"""The memory cap holds: a real `ingress run` flooded with new series stays near
+"""The memory cap under a flood: a real `ingress run` flooded with new series stays near
 `agent.limits.memory_mb`, sheds load (counted, shown in /metrics and /readyz)
 and keeps running. Behaviour only; benchmarks/bench_memory_cap.py measures.
 
 The margin. The guard reads the agent's RSS once a second (docs/operations.md,
 "Resource caps"); it cannot act on growth it has not read. The last read below
 the final step (95 % of 64 MB = 60.8 MB) can be followed by one second of
-flood before the next read engages every step at once. One second of this
-flood (20,000 new series) grows an unguarded agent by 5 to 10 MB (measured:
-34 -> 116 MB in 10 s with the cap at 1024 MB), so the peak may reach about
-60.8 + 10 = 70.8 MB: the test allows the cap plus MARGIN_MB = 8 MB (72 MB).
-Without the guard the same flood passes 72 MB within about 5 s, so the
-assertion tells the two apart.
+flood before the next read engages every step at once. MARGIN_MB = 8 MB (cap
++ 8 = 72 MB) is one such second of this flood (20,000 new series) as first
+estimated (5 to 10 MB). Measured since: up to 15 MB in one of the first
+seconds (an unguarded agent: 34 -> 64 -> 116 MB at 0, 2 and 10 s), and peaks
+of 63.3, 65.1 and 69.8 MB with the guard, so the cap itself is passed and a
+read just under a step followed by a full pass could pass 72 MB too. The
+margin is kept, not widened, to show that (docs/benchmarks.md). Without the
+guard the same flood passes 72 MB within about 4 s, so the assertion tells
+the two apart.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import pytest
 
 from memflood import CAP_MB, FloodAgent
 
-MARGIN_MB = 8.0  # one guard tick of this flood's growth above the 95 % step; see the docstring
+MARGIN_MB = 8.0  # one guard tick of growth above the 95 % step, as estimated; see the docstring
 SERIES_PER_PASS = 20000
 
 
