@@ -195,6 +195,8 @@ data_dir = "{data}"
 hostname = "h1"
 [agent.batch]
 max_samples = {max_samples}
+[agent.limits]
+memory_mb = 65536  # in process: the memory guard would read the test runner's RSS
 [control]
 listen = "127.0.0.1:0"
 

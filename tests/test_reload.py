@@ -20,6 +20,8 @@ BASE = """
 [agent]
 data_dir = "{data}"
 interval = "1s"
+[agent.limits]
+memory_mb = 65536  # in process: the memory guard would read the test runner's RSS
 [control]
 listen = "127.0.0.1:0"
 [[tenants]]

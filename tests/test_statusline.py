@@ -23,6 +23,8 @@ data_dir = "{tmp_path / 'data'}"
 interval = "1s"
 [agent.batch]
 max_delay = "200ms"
+[agent.limits]
+memory_mb = 65536  # in process: the memory guard would read the test runner's RSS (chDB and all)
 [control]
 listen = "127.0.0.1:0"
 [[tenants]]

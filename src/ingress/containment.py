@@ -92,6 +92,9 @@ class Containment:
         self.guard: MemGuard | None = None
         self._next_watchdog = 0.0
         self._queues_capped: list[Any] = []
+        from ingress.security.events import ConfigWatch
+
+        self.config_watch = ConfigWatch()  # the config file changing on disk: a security event
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -124,6 +127,7 @@ class Containment:
     def every_second(self) -> None:
         if self.guard is not None:
             self.guard.tick()
+        self.config_watch.check(getattr(self.agent, "settings", None), self._clock())
         w = self.notifier.watchdog_s
         if w:
             now = self._clock()

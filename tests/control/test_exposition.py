@@ -91,6 +91,8 @@ def test_the_agents_collector_renders_byte_identical_and_parses(tmp_path):
 [agent]
 data_dir = "{tmp_path / 'data'}"
 interval = "1s"
+[agent.limits]
+memory_mb = 65536  # in process: the memory guard would read the test runner's RSS
 [control]
 listen = "127.0.0.1:0"
 [[tenants]]

@@ -120,19 +120,32 @@ class Check:
         import http.client
         import ssl
 
+        from ingress.proxy import proxy_for
+
         u = urlsplit(self.target)
         path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        port = u.port or (443 if u.scheme == "https" else 80)
+        px = proxy_for(u.scheme, u.hostname, port)  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY
+        headers = {"User-Agent": "ingress-health/1", "Connection": "close"}
         if u.scheme == "https":
             ctx = ssl.create_default_context()
             if self.insecure:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                u.hostname, u.port, timeout=self.timeout, context=ctx)
+            if px:  # tunnel with CONNECT; TLS still ends at (and verifies) the target
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                    px[0], px[1], timeout=self.timeout, context=ctx)
+                conn.set_tunnel(u.hostname, port, headers=px[2])
+            else:
+                conn = http.client.HTTPSConnection(u.hostname, port, timeout=self.timeout, context=ctx)
+        elif px:  # plain http through a proxy: the absolute URL on the request line
+            conn = http.client.HTTPConnection(px[0], px[1], timeout=self.timeout)
+            path = f"http://{u.hostname}:{port}{path}"
+            headers.update(px[2])
         else:
-            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=self.timeout)
+            conn = http.client.HTTPConnection(u.hostname, port, timeout=self.timeout)
         try:
-            conn.request("GET", path, headers={"User-Agent": "ingress-health/1", "Connection": "close"})
+            conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
             resp.read(_BODY_LIMIT)  # a check costs at most this much body
             return resp.status

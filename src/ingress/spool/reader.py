@@ -125,6 +125,10 @@ class _Reader:
                                h.first_ts_ns, h.append_ns)
         log.error(f"{seg.path}@{off}: tenant {t.id!r}: {problem}; record skipped", tenant=t.id,
                   path=str(seg.path), offset=off)
+        from ingress.security.events import event
+
+        event("security.tamper_suspected", f"spool record failed its check: {problem}", tenant=t.id,
+              path=str(seg.path), offset=off)
         with t.mlock:
             if t.by_seq.get(seg.seq) is seg and not seg.full(i):
                 t.corrupt += 1

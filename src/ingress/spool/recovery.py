@@ -158,6 +158,11 @@ class _Recovery:
                 before = "" if fresh == res.corrupt_regions else f" ({res.corrupt_regions - fresh} counted before)"
                 log.warning(f"{path}: skipped {res.corrupt_regions} corrupt region(s){before}; the other "
                             "records stay usable", tenant=tid, path=str(path), regions=res.corrupt_regions)
+                if fresh:
+                    from ingress.security.events import event
+
+                    event("security.tamper_suspected", f"{fresh} spool region(s) failed their checksum",
+                          tenant=tid, path=str(path))
             if res.tail_bytes and not ro:
                 # A region this segment's count already holds (found on read) is not counted twice.
                 if already <= res.corrupt_regions:

@@ -143,9 +143,9 @@ class _HTTPSConnection(http.client.HTTPSConnection):
     deadline = float("inf")
 
     def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)
+        http.client.HTTPConnection.connect(self)  # through a proxy: also the CONNECT tunnel
         self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -206,15 +206,25 @@ class HttpCredentialRefused(CredentialRefusedError):
         self.first_line = first_line
 
 
-def classify(status: int, body: bytes, retry_after: str | None) -> TransportError | None:
-    """None for 2xx, else the error that status means (see the module table)."""
+def _http_retryable(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def classify(status: int, body: bytes, retry_after: str | None,
+             retryable: Callable[[int], bool] = _http_retryable) -> TransportError | None:
+    """None for 2xx, else the error that status means (see the module table).
+
+    ``retryable`` is the protocol's rule for which other statuses are retried
+    (the otlp and remote_write outputs pass their specifications' own); 401 and
+    403 hold the pair for every HTTP-based output.
+    """
     if 200 <= status < 300:
         return None
     line = _first_line(body)
     msg = f"HTTP {status}" + (f": {line}" if line else "")
     if status in (401, 403):
         return HttpCredentialRefused(msg, status, line)
-    if status in (408, 429) or status >= 500:
+    if retryable(status):
         return HttpRetryableError(msg, status, parse_retry_after(retry_after), line)
     return HttpPermanentError(msg, status, line)
 
@@ -271,6 +281,9 @@ class HttpOutput(Output):
         ``Content-Type: application/x-ndjson``, one request per batch.
     gzip
         Format ``json`` only: compress the body (``Content-Encoding: gzip``).
+    proxy
+        Honour ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` (:mod:`ingress.proxy`);
+        False connects directly.
 
     Subclasses (the ``otlp`` and ``remote_write`` outputs) reuse the workers,
     connections and deadline, and override :meth:`request` (body and headers)
@@ -305,6 +318,7 @@ class HttpOutput(Output):
         headers: dict[str, str] | None = None,
         format: str = "batch",
         gzip: bool = False,
+        proxy: bool = True,
     ) -> None:
         super().__init__(name, tenants)
         if format not in ("batch", "json"):
@@ -313,6 +327,7 @@ class HttpOutput(Output):
             raise ConfigError(f"outputs.{name}.gzip: applies to format \"json\" only (a batch is lz4 already)")
         self.format = format
         self.gzip = bool(gzip)
+        self.proxy = bool(proxy)
         parts = urlsplit(url.replace("{tenant}", "tenant"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"outputs.{name}.url: {url!r} is not an http:// or https:// URL")
@@ -467,14 +482,27 @@ class HttpOutput(Output):
         if left <= 0:
             raise TimeoutError("request deadline passed")
         timeout = min(self.connect_timeout_s, left)
+        px = None
+        if self.proxy:
+            from ingress.proxy import proxy_for
+
+            try:
+                px = proxy_for(scheme, host, port)
+            except ValueError as e:  # a bad proxy variable: retryable, the batch stays spooled
+                raise OSError(str(e)) from None
+        to_host, to_port = (px[0], px[1]) if px else (host, port)
         if scheme == "https":
             conn: http.client.HTTPConnection = _HTTPSConnection(
-                host, port, timeout=timeout, context=self.ssl_context())
+                to_host, to_port, timeout=timeout, context=self.ssl_context())
+            if px:
+                conn.set_tunnel(host, port, headers=px[2])
             conn.deadline = deadline
         else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn = http.client.HTTPConnection(to_host, to_port, timeout=timeout)
         conn.connect()
         conn.sock = _DeadlineSocket(conn.sock)
+        # plain http through a proxy: the request line carries the absolute URL
+        conn.proxy_headers = px[2] if px and scheme == "http" else None
         with self._lock:
             self.connections_opened += 1
         return conn
@@ -511,7 +539,11 @@ class HttpOutput(Output):
                 if conn is None:
                     conn = self._connect(scheme, host, port, deadline)
                 conn.sock.deadline = deadline
-                conn.request("POST", path, body=body, headers=headers)
+                if getattr(conn, "proxy_headers", None) is not None:
+                    conn.request("POST", f"http://{host}:{port}{path}", body=body,
+                                 headers={**headers, **conn.proxy_headers})
+                else:
+                    conn.request("POST", path, body=body, headers=headers)
                 resp = conn.getresponse()
                 answer = resp.read(_MAX_BODY)
                 with self._lock:
@@ -661,6 +693,8 @@ def _build(o, ctx):
         opt["format"] = o.format
     if o.gzip:
         opt["gzip"] = True
+    if not o.proxy:
+        opt["proxy"] = False
     return construct(HttpOutput, ctx, _common_args(o, ctx, ctx.credential), opt)
 
 
@@ -684,6 +718,9 @@ PLUGIN = OutputPlugin(
                "values one line of Latin-1 without control characters. Values of headers whose "
                "name mentions auth, key, token, secret, password, cookie, session, signature or "
                "credential are treated as secrets: never logged."),
+        Option(_O, "proxy", Bool(), True,
+               "Honour `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` (docs/outputs.md, Proxies); "
+               "`false` connects directly whatever the environment says."),
         Option(_O, "gzip", Bool(), False,
                "Format `json` only: send the NDJSON body gzip-compressed (`Content-Encoding: gzip`)."),
     ),
@@ -705,6 +742,8 @@ def protocol_plugin(type: str, cls: type, what: str, url_help: str, options: tup
 
     def build(o, ctx):
         opt: dict = {"headers": _plain_headers(o)} if o.headers else {}
+        if not o.proxy:
+            opt["proxy"] = False
         return construct(cls, ctx, dict(_common_args(o, ctx, ctx.optional_credential()),
                                         tenant_header=o.tenant_header, **args(o)), opt)
 

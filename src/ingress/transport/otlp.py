@@ -41,9 +41,8 @@ import numpy as np
 from ingress.errors import ConfigError, PermanentError, TransportError, WireError
 from ingress.options import Enum, Option
 from ingress.transport.base import OutgoingBatch
-from ingress.transport.http import (HttpCredentialRefused, HttpOutput, HttpPermanentError, HttpRetryableError, _first_line, gzip_body,
-                                    parse_retry_after)
-from ingress.transport.http import protocol_plugin
+from ingress.transport.http import HttpOutput, gzip_body, protocol_plugin
+from ingress.transport.http import classify as http_classify
 from ingress.transport.metricinfo import info
 from ingress.transport.protobuf import field, fields, varint
 
@@ -174,15 +173,7 @@ def partial_success(body: bytes) -> tuple[int, str] | None:
 
 def classify(status: int, body: bytes, retry_after: str | None) -> TransportError | None:
     """The OTLP/HTTP specification's reading of an answer (see the module docstring)."""
-    if 200 <= status < 300:
-        return None
-    line = _first_line(body)
-    msg = f"HTTP {status}" + (f": {line}" if line else "")
-    if status in (401, 403):  # as for every HTTP-based output: hold the pair, not a dead letter
-        return HttpCredentialRefused(msg, status, line)
-    if status in RETRYABLE:
-        return HttpRetryableError(msg, status, parse_retry_after(retry_after), line)
-    return HttpPermanentError(msg, status, line)
+    return http_classify(status, body, retry_after, lambda s: s in RETRYABLE)
 
 
 class OtlpOutput(HttpOutput):

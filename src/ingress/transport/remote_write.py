@@ -35,8 +35,8 @@ import numpy as np
 from ingress.errors import ConfigError, PermanentError, TransportError, WireError
 from ingress.options import Option, Str
 from ingress.transport.base import OutgoingBatch
-from ingress.transport.http import HttpCredentialRefused, HttpOutput, HttpPermanentError, HttpRetryableError, _first_line, parse_retry_after
-from ingress.transport.http import protocol_plugin
+from ingress.transport.http import HttpOutput, protocol_plugin
+from ingress.transport.http import classify as http_classify
 from ingress.transport.metricinfo import info
 from ingress.transport.protobuf import field
 
@@ -189,15 +189,7 @@ def encode_batch(payload: bytes, cache: _SeriesCache | None = None, tenant_label
 
 def classify(status: int, body: bytes, retry_after: str | None) -> TransportError | None:
     """The remote-write specification's reading of an answer: 2xx ok, 5xx/429 retry, else permanent."""
-    if 200 <= status < 300:
-        return None
-    line = _first_line(body)
-    msg = f"HTTP {status}" + (f": {line}" if line else "")
-    if status in (401, 403):  # as for every HTTP-based output: hold the pair, not a dead letter
-        return HttpCredentialRefused(msg, status, line)
-    if status == 429 or status >= 500:
-        return HttpRetryableError(msg, status, parse_retry_after(retry_after), line)
-    return HttpPermanentError(msg, status, line)
+    return http_classify(status, body, retry_after, lambda s: s == 429 or s >= 500)
 
 
 class RemoteWriteOutput(HttpOutput):
