@@ -190,6 +190,7 @@ class FloodAgent:
                     r.dropped[reason] = r.dropped.get(reason, 0) + v
             r.dropped["series_refused_memory"] = m.get(("ingress_series_refused_memory_total", ""), 0)
             r.dropped["collector_paused_passes"] = m.get(("ingress_collector_paused_passes_total", ""), 0)
+            r.dropped["series_evicted_memory"] = m.get(("ingress_series_evicted_memory_total", ""), 0)
         finally:
             r.exit_code = self.stop()
         return r
