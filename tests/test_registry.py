@@ -413,7 +413,7 @@ def test_a_flood_evicted_and_released_gives_its_memory_back():
     st_ = reg._t[0]
     # The id dict is rebuilt for what is left; the top of the id space is handed back.
     assert sys.getsizeof(st_.ids) < full_dict / 20
-    assert len(st_.keys) == 8 and st_.free == [] and full_keys == 50_008
+    assert len(st_.keys) == 8 and st_.free.tolist() == [] and full_keys == 50_008
     assert reg.accounted_bytes() == sum(series_bytes("cpu", (("core", str(c)),)) for c in range(8))
     assert reg.intern(0, "new") == 8 and [reg.intern(0, "cpu", (("core", str(c)),)) for c in range(8)] == keep
 
@@ -449,8 +449,9 @@ def test_any_history_keeps_accounting_ids_and_dictionary_consistent(ops):
         assert reg.accounted_bytes() == sum(series_bytes(n, tags) for n, tags in held)
         assert reg.count(0) == len(live) == len(t.ids)
         in_q = {int(i) for _, ids in t.quarantine for i in ids.tolist()}
-        assert not in_q & set(live.values()) and not set(t.free) & set(live.values())
-        assert all(0 <= f < len(t.keys) and t.keys[f] is None for f in t.free)
+        free = t.free.tolist()
+        assert not in_q & set(live.values()) and not set(free) & set(live.values())
+        assert len(set(free)) == len(free) and all(0 <= f < len(t.keys) and t.keys[f] is None for f in free)
         for key, sid in live.items():
             assert reg.key(0, sid) == key
         if live:

@@ -77,7 +77,7 @@ class _Tenant:
         self.mark = np.zeros(n, np.bool_)
         self.remap = np.zeros(n, np.uint32)
         self.iota = np.arange(n, dtype=np.uint32)
-        self.free: list[int] = []
+        self.free = _IdStack()
         self.quarantine: list[tuple[int, np.ndarray]] = []  # (evict epoch, ids)
         self.live = 0
         self.refused = 0
@@ -200,10 +200,10 @@ class SeriesRegistry:
                 st.refused_since_log += 1
                 self._log_refusal(t, st, key)
                 return -1
-            if st.free:
-                sid = st.free[-1]
+            if st.free.n:
+                sid = st.free.top()
                 st.sdict.set(sid, name, key[1])  # refuses a non-str or non-UTF-8 string, naming it
-                st.free.pop()
+                st.free.n -= 1
                 st.keys[sid] = key
             else:
                 sid = len(st.keys)
@@ -340,7 +340,7 @@ class SeriesRegistry:
                         keys[sid] = None
                         st.sdict.clear(sid)
                     st.last_seen[ids] = NEVER
-                    st.free.extend(lst)
+                    st.free.push(ids)
                     released += len(lst)
                 st.quarantine = keep
                 _trim_free_tail(st)
@@ -479,13 +479,48 @@ def _series_bytes(key: tuple[str, Tags]) -> int:
     return SERIES_OVERHEAD + len(key[0]) + sum(len(k) + len(v) for k, v in key[1])
 
 
+class _IdStack:
+    """Free ids, a uint32 stack: no int object per id (those would pin the
+    interpreter's memory arenas once a released flood's ids sit in a list)."""
+
+    __slots__ = ("a", "n")
+
+    def __init__(self) -> None:
+        self.a = np.empty(0, np.uint32)
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def top(self) -> int:
+        return int(self.a[self.n - 1])
+
+    def push(self, ids: np.ndarray) -> None:
+        need = self.n + len(ids)
+        if need > len(self.a):
+            grown = np.empty(max(need, 2 * len(self.a)), np.uint32)
+            grown[:self.n] = self.a[:self.n]
+            self.a = grown
+        self.a[self.n:need] = ids
+        self.n = need
+
+    def keep_below(self, top: int) -> None:
+        """Drop the ids >= ``top``; the rest highest first, so the lowest are reused first."""
+        kept = self.a[:self.n]
+        kept = -np.sort(-kept[kept < top].astype(np.int64))
+        self.a = kept.astype(np.uint32)
+        self.n = len(self.a)
+
+    def tolist(self) -> list[int]:
+        return self.a[:self.n].tolist()
+
+
 def _trim_free_tail(st: _Tenant) -> None:
     """Give back the top of the id space when its ids are all free.
 
     After a flood is evicted and released, most ids are free; the highest ones
-    (issued last) leave ``keys`` and ``free`` altogether, so neither list keeps
-    a slot (and an int object) per id the flood ever had. Lower free ids stay
-    and are reused first.
+    (issued last) leave ``keys`` and ``free`` altogether, so neither keeps a
+    slot per id the flood ever had. Lower free ids stay and are reused first.
     """
     keys = st.keys
     n = len(keys)
@@ -497,5 +532,4 @@ def _trim_free_tail(st: _Tenant) -> None:
     if n - top < 64 and top:  # not worth a pass over the free list
         return
     del keys[top:]
-    st.free = [i for i in st.free if i < top]
-    st.free.sort(reverse=True)  # lowest ids at the end: reused first, the top stays trimmable
+    st.free.keep_below(top)
