@@ -457,3 +457,31 @@ def test_any_history_keeps_accounting_ids_and_dictionary_consistent(ops):
         if live:
             data, n, _ = reg.encoded_dictionary(0, np.array(sorted(live.values()), np.uint32))
             assert n == len(live)
+
+
+def test_released_series_leave_no_python_object_behind():
+    """The defect: free ids were kept as Python ints (registry and string table), one
+    object per released series and string, which pinned the interpreter's memory
+    arenas after a flood. Here the flood's ids are not at the top of the id space
+    (newer series sit above them), so they stay free rather than trimmed."""
+    import gc
+    import sys
+
+    reg = SeriesRegistry(1, 10_000_000)
+    reg.intern(0, "warm", (("k", "v"),), now_ns=0)
+    gc.collect()
+    before = sys.getallocatedblocks()
+    for k in range(40_000):
+        reg.intern(0, "flood.value", (("key", f"k{k}"),), now_ns=0)
+    newer = [reg.intern(0, "cpu", (("core", str(c)),), now_ns=0) for c in range(8)]
+    reg.touch(0, np.array(newer + [0], np.uint32), 100 * S)
+    assert sum(len(v) for v in reg.evict(100 * S, ttl_s=5.0).values()) == 40_000
+    assert reg.release() == 40_000
+    gc.collect()
+    # 8 live series and a handful of containers: far from one object per released id.
+    assert sys.getallocatedblocks() - before < 500
+    assert len(reg._t[0].free) == 40_000 and reg._t[0].sdict.strings == 3 + 2 + 8  # warm k v, cpu core, 0..7
+    # The free ids are reused, lowest (most recently freed) first, and encode correctly.
+    again = [reg.intern(0, "again", (("n", str(i)),)) for i in range(3)]
+    data, n, _ = reg.encoded_dictionary(0, np.array(again + newer, np.uint32))
+    assert n == 11 and len(set(again)) == 3 and not set(again) & set(newer)
