@@ -156,9 +156,12 @@ class Pipeline:
             log.info("collected", samples=samples, batches=batches,
                      series={t.id: self.registry.count(t.index) for t in self._by_id.values()})
 
-    def evict(self, now_ns: int) -> int:
-        """Evict idle series from the registry and forget them in the fan-out."""
-        evicted = self.registry.evict(now_ns)
+    def evict(self, now_ns: int, ttl_s: float | None = None) -> int:
+        """Evict idle series from the registry and forget them in the fan-out.
+
+        ``ttl_s``: a shorter idle time than the registry's (the memory guard's).
+        """
+        evicted = self.registry.evict(now_ns) if ttl_s is None else self.registry.evict(now_ns, ttl_s=ttl_s)
         if evicted:
             with self._lock:
                 self.fanout.invalidate(evicted)

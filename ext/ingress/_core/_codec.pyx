@@ -340,14 +340,20 @@ cdef class SeriesDictionary:
     ``encode_dictionary`` writes for the same series in the same order (strings
     are renumbered per batch in first-appearance order). Strings are
     reference-counted and freed with the last series using them, so a host
-    whose pids keep changing does not grow the table without bound.
+    whose pids keep changing does not grow the table without bound. Freed
+    string ids wait in a C array (not a list of int objects, which would pin
+    the interpreter's memory arenas after a flood of series is released), and
+    the string table is rebuilt once it holds more deleted entries than live
+    ones, so the memory of a released flood goes back.
 
     Slots are the caller's series ids (the registry's). Not thread-safe: the
     registry calls it under its lock.
     """
     cdef dict sid_of            # str -> string id
     cdef list strs              # string id -> str (None when free); keeps the UTF-8 alive
-    cdef list free_sids
+    cdef int32_t* free_ids      # free string ids (a stack; capacity scap)
+    cdef Py_ssize_t nfree
+    cdef Py_ssize_t ndead       # entries deleted from sid_of since it was rebuilt
     cdef int32_t* refs
     cdef const char** sptr
     cdef Py_ssize_t* slen
@@ -363,7 +369,9 @@ cdef class SeriesDictionary:
     def __cinit__(self):
         self.sid_of = {}
         self.strs = []
-        self.free_sids = []
+        self.free_ids = NULL
+        self.nfree = 0
+        self.ndead = 0
         self.refs = NULL
         self.sptr = NULL
         self.slen = NULL
@@ -388,6 +396,7 @@ cdef class SeriesDictionary:
         free(self.stamp)
         free(self.loc)
         free(self.order)
+        free(self.free_ids)
 
     @property
     def strings(self) -> int:
@@ -403,6 +412,7 @@ cdef class SeriesDictionary:
         memset(self.stamp + self.scap, 0, (cap - self.scap) * sizeof(uint32_t))
         self.loc = <int32_t*>_realloc(self.loc, cap * sizeof(int32_t))
         self.order = <int32_t*>_realloc(self.order, cap * sizeof(int32_t))
+        self.free_ids = <int32_t*>_realloc(self.free_ids, cap * sizeof(int32_t))
         self.scap = cap
         return 0
 
@@ -415,8 +425,9 @@ cdef class SeriesDictionary:
             self.refs[g] += 1
             return <int32_t>g
         u = PyUnicode_AsUTF8AndSize(s, &n)
-        if self.free_sids:
-            g = self.free_sids.pop()
+        if self.nfree:
+            self.nfree -= 1
+            g = self.free_ids[self.nfree]
             self.strs[g] = s
         else:
             g = len(self.strs)
@@ -437,7 +448,12 @@ cdef class SeriesDictionary:
             del self.sid_of[self.strs[g]]
             self.strs[g] = None
             self.sptr[g] = NULL
-            self.free_sids.append(g)
+            self.free_ids[self.nfree] = g
+            self.nfree += 1
+            self.ndead += 1
+            if self.ndead > 1024 and self.ndead > len(self.sid_of):
+                self.sid_of = dict(self.sid_of)  # sized for what is left: a dict never shrinks
+                self.ndead = 0
 
     def set(self, Py_ssize_t slot, name, tags) -> None:
         """Hold series ``(name, tags)`` at ``slot``, replacing what was there.

@@ -389,6 +389,9 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._paused: frozenset[str] = frozenset()
         self.paused_passes = 0  # passes skipped because their collector was paused
+        # Called before every pass (the memory guard's growth check, which may pause
+        # collectors): a pass whose collector it paused is skipped, counted as paused.
+        self.before_pass: Callable[[], object] | None = None
 
     # ------------------------------------------------------------------ decisions
 
@@ -625,6 +628,12 @@ class Scheduler:
                     slot.idle.set()
 
     def _run(self, slot: _Slot, d: Due) -> None:
+        if self.before_pass is not None:
+            self.before_pass()
+            if slot.name in self._paused:
+                with self._lock:
+                    self.paused_passes += 1
+                return
         t0 = time.perf_counter()
         try:
             cols = slot.collector.collect(self._wall())

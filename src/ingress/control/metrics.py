@@ -262,6 +262,8 @@ class AgentCollector:
         reg = getattr(v.agent, "registry", None)
         yield self._single_c("ingress_series_refused_memory", "New series refused while memory was near its cap",
                              getattr(reg, "refused_memory", 0))
+        yield self._single_c("ingress_series_evicted_memory", "Idle series evicted early while memory was near "
+                             "its cap", getattr(reg, "evicted_memory", 0))
         paused = getattr(getattr(v.agent, "scheduler", None), "paused_passes", 0)
         yield self._single_c("ingress_collector_paused_passes", "Collector passes skipped while memory was near "
                              "its cap", paused)
