@@ -41,8 +41,9 @@ import numpy as np
 from ingress.errors import ConfigError, PermanentError, TransportError, WireError
 from ingress.options import Enum, Option
 from ingress.transport.base import OutgoingBatch
-from ingress.transport.http import HttpOutput, gzip_body, protocol_plugin
-from ingress.transport.http import classify as http_classify
+from ingress.transport.http import HttpOutput, protocol_plugin
+from ingress.transport.httpclient import classify as http_classify
+from ingress.transport.httpclient import gzip_body
 from ingress.transport.metricinfo import info
 from ingress.transport.protobuf import field, fields, varint
 

@@ -36,7 +36,7 @@ from ingress.errors import ConfigError, PermanentError, TransportError, WireErro
 from ingress.options import Option, Str
 from ingress.transport.base import OutgoingBatch
 from ingress.transport.http import HttpOutput, protocol_plugin
-from ingress.transport.http import classify as http_classify
+from ingress.transport.httpclient import classify as http_classify
 from ingress.transport.metricinfo import info
 from ingress.transport.protobuf import field
 
