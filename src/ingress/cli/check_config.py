@@ -17,7 +17,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from ingress.agent import build_collectors, plan_collectors
+    from ingress.collect.plan import build_collectors, plan_collectors
     from ingress.tenants import TenantSet
 
     settings = load_settings(args.config)

@@ -82,9 +82,9 @@ def cmd_deadletter_replay(args: argparse.Namespace) -> int:
         return 0
     configured = {t.id for t in settings.tenants}
     try:
-        from ingress.agent import _open_spool
+        from ingress.assembly import open_spool
 
-        spool = _open_spool(settings)
+        spool = open_spool(settings)
     except SpoolError as e:
         if "in use by another process" not in str(e):
             raise
