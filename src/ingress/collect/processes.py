@@ -16,7 +16,7 @@ How a pass works, and why it is cheap:
    key, so a pid the kernel hands to a new process is never mistaken for the
    old one: its CPU rate starts afresh and its cached metadata is not reused.
    CPU rates are matched to the previous pass with one ``searchsorted``.
-3. Selection (vectorised, :mod:`ingress.collect.procview`): processes whose name matches a ``match`` glob, whose
+3. Selection (vectorised, ``ingress.collect.procview``): processes whose name matches a ``match`` glob, whose
    user is in ``users`` and whose command line matches the ``cmdline`` regex
    (every filter that is set must pass), plus the ``top`` N by CPU and the top
    N by resident memory. Kernel threads are left out unless
