@@ -8,7 +8,6 @@ import sys
 import threading
 from typing import Any
 
-from ingress import names
 from ingress.cli.common import seconds, table
 from ingress.errors import ConfigError
 
@@ -195,6 +194,8 @@ def parse_duration_s(text: str, what: str) -> int:
 
 def retention_from_args(args: argparse.Namespace) -> tuple[int | None, dict[str, int]]:
     """``--retention D`` and ``--tenant-retention T=D`` (repeated) -> (default s, {tenant: s})."""
+    from ingress import names
+
     default = parse_duration_s(args.retention, "--retention") if getattr(args, "retention", None) else None
     per: dict[str, int] = {}
     for item in getattr(args, "tenant_retention", None) or ():
