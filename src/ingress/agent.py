@@ -30,14 +30,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from ingress import assembly, held, selfstats
 from ingress.collect.plan import Binding, build_collectors, make_scheduler, plan_collectors
 from ingress.control import statusline
-from ingress.errors import IngressError, SpoolError
+from ingress.errors import SpoolError
 from ingress.logs import get_logger
 from ingress.pipeline import Pipeline
 from ingress.reloadqueue import ReloadQueue, ReloadTicket
 from ingress.settings import Settings
 from ingress.stages import DeliveryStage, Encoder, OutputStage, Registry, Rings, SchedulerStage, SpoolStage
 from ingress.tenants import Tenant, TenantSet
-from ingress.transport.plugin import build_outputs
 
 EVICT_EVERY_S = 60.0
 log = get_logger("ingress.agent")
@@ -150,35 +149,14 @@ class Agent:
         :attr:`held_tenants` names it with the reason, and an error line says
         so at start and every minute. The other tenants run.
         """
-        from ingress.transport import OUTPUTS
-
         self.settings = self.containment.adopt(self.settings)  # tighter cgroup limits win
         s, a = self.settings, self.settings.agent
         try:
-            plugins = [OUTPUTS[o.type] for o in s.outputs]
-            self._summary = all(p.local for p in plugins)
-            for o, plugin in zip(s.outputs, plugins):
-                if plugin.needs_credential:
-                    self.tenants.check_credentials([t.id for t in self.tenants.enabled if o.serves(t.id)])
+            self._summary = assembly.check_credentials(self)
             assembly.make_data_dir(a.data_dir)
             self.spool = self._spool_factory(s)
             held.hold(self, dict(getattr(self.spool, "held", None) or {}))
-            checker = None
-            if self._outputs_given is None:
-                checker = assembly.tenant_checker(self)
-                self.outputs = build_outputs(s, checker.credential)
-            else:
-                self.outputs = list(self._outputs_given)
-            for o in self.outputs:
-                try:
-                    o.start()
-                except IngressError as e:
-                    raise IngressError(f"output {o.name!r} is not usable at start-up: {e}") from None
-            make = self._delivery_factory or assembly.delivery_factory(self, checker)
-            for o in self.outputs:
-                d = make(o)
-                self.deliveries.append(d)
-                d.start()
+            assembly.start_outputs(self)
             from ingress.control import start as start_control
 
             self.control = start_control(self)  # health, readiness, metrics, tenant API

@@ -99,6 +99,46 @@ def delivery_factory(agent: Agent, checker: Any) -> Callable[[OutputStage], Deli
     return make
 
 
+def check_credentials(agent: Agent) -> bool:
+    """Every tenant an output that needs a credential serves has one (IngressError naming it
+    otherwise); returns whether every output is local (the agent then logs a summary)."""
+    from ingress.transport import OUTPUTS
+
+    s = agent.settings
+    plugins = [OUTPUTS[o.type] for o in s.outputs]
+    for o, plugin in zip(s.outputs, plugins):
+        if plugin.needs_credential:
+            agent.tenants.check_credentials([t.id for t in agent.tenants.enabled if o.serves(t.id)])
+    return all(p.local for p in plugins)
+
+
+def start_outputs(agent: Agent) -> None:
+    """Build the outputs (unless the agent was given them), start them, then one delivery each.
+
+    What was built or started stays on ``agent.outputs`` / ``agent.deliveries``,
+    so a failure part-way is stopped again by the agent's shutdown.
+    """
+    from ingress.errors import IngressError
+    from ingress.transport.plugin import build_outputs
+
+    checker = None
+    if agent._outputs_given is None:
+        checker = tenant_checker(agent)
+        agent.outputs = build_outputs(agent.settings, checker.credential)
+    else:
+        agent.outputs = list(agent._outputs_given)
+    for o in agent.outputs:
+        try:
+            o.start()
+        except IngressError as e:
+            raise IngressError(f"output {o.name!r} is not usable at start-up: {e}") from None
+    make = agent._delivery_factory or delivery_factory(agent, checker)
+    for o in agent.outputs:
+        d = make(o)
+        agent.deliveries.append(d)
+        d.start()
+
+
 def freeze_heap() -> None:
     from ingress.buffer import freeze_long_lived
 
