@@ -97,7 +97,6 @@ from ingress.sink_store.files import SinkStore
 
 log = logging.getLogger("ingress.sink")
 
-
 CONTENT_TYPE = "application/vnd.ingress.batch.v1"
 
 

@@ -44,8 +44,6 @@ class ClientGone(Exception):
 
 
 _LINGER_S = 1.0  # after an early answer: how long, and how much, of the unread request is discarded
-
-
 _LINGER_BYTES = 1 << 20
 
 

@@ -86,7 +86,6 @@ SECTIONS: tuple[Section, ...] = (
 
 _SECTION = {s.name: s for s in SECTIONS}
 
-
 OPTIONS: tuple[Option, ...] = (
     # [agent]
     Option("agent", "data_dir", PathKind(), "./ingress-data",

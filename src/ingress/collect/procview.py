@@ -20,7 +20,6 @@ from ingress._core import _procfs as pf
 from ingress.errors import ConfigError
 
 log = logging.getLogger("ingress.collect.processes")
-
 SELECTORS = ("match", "users", "cmdline", "top")
 
 

@@ -43,20 +43,13 @@ from dataclasses import dataclass
 
 from ingress.collect.base import Collector, Columns
 from ingress.collect.pressure import LoadSource, PressureSample, ProcPressure
-from ingress.collect.stretch import Governor, StretchLadder, Thresholds
-
+from ingress.collect.stretch import NS, Governor, StretchLadder, Thresholds
 
 log = logging.getLogger("ingress.collect")
 
 __all__ = ["Scheduler", "Due"]
 
-
-NS = 1_000_000_000
-
-
 FIRST_PASS_WITHIN_NS = NS  # the first pass of a started agent comes within this
-
-
 HANDOFF_WAIT_S = 0.05  # how long one pass of a grid point may hold up the next (see _dispatch_in_turn)
 
 

@@ -22,8 +22,6 @@ from pathlib import Path
 
 
 log = logging.getLogger("ingress.sink")
-
-
 _ID = 16
 
 

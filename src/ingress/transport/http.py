@@ -63,10 +63,7 @@ from ingress.transport.plugin import OutputPlugin, construct
 
 log = get_logger("ingress.transport.http")
 
-
 CONTENT_TYPE = "application/vnd.ingress.batch.v1"
-
-
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 
 
@@ -450,7 +447,6 @@ class HttpOutput(Output):
 # Headers whose meaning the contract fixes; an output may not override them.
 RESERVED_HEADERS = frozenset({"authorization", "x-tenant-id", "content-type", "idempotency-key"})
 
-
 # Header values registered as secrets (never logged): names that say they carry one.
 _SECRET_HEADER = re.compile(r"(?i).*(auth|key|token|secret|passw|cookie|session|signature|credential).*")
 
@@ -517,7 +513,6 @@ def _build(o, ctx):
 
 
 _O = "outputs"
-
 
 PLUGIN = OutputPlugin(
     type="http",

@@ -21,12 +21,7 @@ from typing import Callable
 
 from ingress.errors import CredentialRefusedError, PermanentError, RetryableError, TransportError
 
-
-
-
 MAX_BODY = 1 << 20  # response bytes read; past it the connection is dropped instead
-
-
 _CHUNK = 64 << 10  # bytes per send, each bounded by the time left
 
 

@@ -33,19 +33,10 @@ if TYPE_CHECKING:
 
 log = get_logger("ingress.delivery")
 
-
 _LATENCY_WINDOW = 1024
-
-
 _LOG_EVERY_S = 60.0
-
-
 _MAINTAIN_EVERY_S = 5.0  # how often a worker looks for replays and applies the dead-letter limits
-
-
 CREDENTIAL_REFUSED = "credential_refused"
-
-
 # Upper bounds (seconds) of the send-latency histogram (submit -> the output's answer); +Inf last.
 SEND_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
