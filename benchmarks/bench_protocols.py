@@ -34,7 +34,7 @@ from benchmarks.generate_data import workload
 from ingress import __version__, wire
 from ingress._core import _otlp, _remote_write
 from ingress.transport import otlp, remote_write as rw
-from ingress.transport.http import gzip_body
+from ingress.transport.httpclient import gzip_body
 from ingress.transport.metricinfo import info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

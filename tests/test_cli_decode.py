@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ingress import wire
 from ingress.cli import main
-from ingress.sink import SinkStore
+from ingress.sink_store.files import SinkStore
 from ingress.transport.base import OutgoingBatch
 from ingress.transport.file import FileOutput
 

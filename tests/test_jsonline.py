@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingress import wire
-from ingress.agent import sample_json as agent_sample_json
 from ingress.transport.jsonfmt import batch_rows, sample_json, sample_lines, sample_row
 
 names = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x2FF, blacklist_characters="{}\\\""),
@@ -25,7 +24,6 @@ def test_every_form_of_one_sample_is_the_same_object(name, tags, ts, value):
     assert list(row) == ["tenant", "name", "tags", "ts", "value", "host"]
     assert row["value"] == (value if math.isfinite(value) else None)
     assert json.loads(sample_json("acme", name, tags, ts, value, host="h")) == row
-    assert agent_sample_json is sample_json
 
 
 @given(vals=st.lists(values, min_size=1, max_size=20))

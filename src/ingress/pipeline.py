@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ingress.fanout import FanOut
-from ingress.transport.jsonfmt import sample_json  # noqa: F401 - its home is jsonfmt; kept importable here
 from ingress.logs import get_logger
 
 if TYPE_CHECKING:
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
     from ingress.stages import BatchSink, Encoder, Registry, Rings
     from ingress.tenants import Tenant
 
-__all__ = ["Pipeline", "TenantStats", "sample_json"]
+__all__ = ["Pipeline", "TenantStats"]
 
 log = get_logger("ingress.agent")
 

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ingress import assembly
 from ingress.errors import ConfigError, IngressError
 from ingress.logs import get_logger
 
@@ -310,7 +311,7 @@ def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
     oc = changes["outputs"]
     tenants_only = {n for n in oc["changed"] if _only_tenants_differ(_by_name(old, n), _by_name(new, n))}
     restart_outs = set(oc["added"]) | (set(oc["changed"]) - tenants_only)
-    checker = agent._checker_for_reload()
+    checker = agent.checker if agent.checker is not None else assembly.tenant_checker(agent)
     started: list = []
     if agent._outputs_given is None and restart_outs:
         built = _build_outputs(new, restart_outs, checker.credential)
@@ -432,7 +433,8 @@ def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
             _quietly(lambda: set_tenants(deliver_for, timeout=timeout))
     agent.deliveries, agent.outputs = keep_d, keep_o
     if started:
-        make = agent._default_delivery(checker) if agent._delivery_factory is None else agent._delivery_factory
+        make = (assembly.delivery_factory(agent, checker) if agent._delivery_factory is None
+                else agent._delivery_factory)
         for o in started:
             d = make(o)
             agent.outputs.append(o)

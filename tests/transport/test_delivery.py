@@ -8,7 +8,8 @@ import pytest
 from ingress.errors import PermanentError, RetryableError, TenantCheckError
 from ingress.transport.base import Output
 from ingress.transport.breaker import CircuitBreaker
-from ingress.transport.delivery import Delivery, first_line
+from ingress.transport.delivery import Delivery
+from ingress.transport.pair import first_line
 from ingress.transport.retry import Backoff
 from ingress.transport.validate import TenantChecker, TenantRule
 

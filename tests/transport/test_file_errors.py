@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import ingress.transport.file as filemod
 from ingress.errors import RetryableError
-from ingress.sink import SinkStore
+from ingress.sink_store.files import SinkStore
 from ingress.transport.file import FileOutput, RecordFile, read_batches
 
 ENOSPC, EIO = errno.ENOSPC, errno.EIO

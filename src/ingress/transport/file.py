@@ -31,7 +31,7 @@ Write errors: every file is written through one :class:`RecordFile`
 fsync (disk full, EIO) cuts the partial record off at once and is reported as
 a :class:`RetryableError`; the output keeps working and the first write after
 space returns succeeds. A failed rotation keeps the current file in use. The
-sink (:mod:`ingress.sink`) stores its batches and seen ids the same way.
+sink's file store (:mod:`ingress.sink_store.files`) stores its batches and seen ids the same way.
 """
 from __future__ import annotations
 

@@ -36,197 +36,35 @@ never blocks. Threads exit after ``idle_s`` without work.
 Every socket operation gets the time left as its timeout, so a server that
 drips a byte at a time is cut at the deadline, not kept alive by each byte.
 A request cut at its deadline is a :class:`RetryableError` (the breaker counts
-it) and a warning naming the output, tenant and deadline.
+it) and a warning naming the output, tenant and deadline. The client side
+(deadline sockets, proxy, answer classification) is
+:mod:`ingress.transport.httpclient`.
 """
 from __future__ import annotations
 
-import email.utils
 import http.client
-import io
 import re
-import socket
 import ssl
 import threading
 import time
-import zlib
 from collections import deque
 from types import MappingProxyType
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
-from ingress.errors import ConfigError, CredentialRefusedError, PermanentError, RetryableError, TransportError, WireError
-from ingress.logs import get_logger
-from ingress.transport.base import Done, OutgoingBatch, Output
-from ingress.logs import register_secret
+from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError, WireError
+from ingress.logs import get_logger, register_secret
 from ingress.names import header_value_problem
-from ingress.options import REQUIRED, Bool, Duration, Headers, Option, PathKind, Str, Url
+from ingress.options import Bool, Duration, Headers, Option, PathKind, REQUIRED, Str, Url
+from ingress.transport.base import Done, OutgoingBatch, Output
+from ingress.transport.httpclient import DeadlineSocket, MAX_BODY, classify, gzip_body, open_connection
 from ingress.transport.plugin import OutputPlugin, construct
+
 
 log = get_logger("ingress.transport.http")
 
 CONTENT_TYPE = "application/vnd.ingress.batch.v1"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
-_MAX_BODY = 1 << 20  # response bytes read; past it the connection is dropped instead
-_CHUNK = 64 << 10  # bytes per send, each bounded by the time left
-
-
-class _DeadlineSocket:
-    """A connected socket whose every send and receive ends by ``deadline``.
-
-    ``deadline`` (``time.monotonic()``) is set before each request; each
-    operation gets the time left as its socket timeout, and none starts after
-    it, so the whole request is bounded, not just each read.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.deadline = float("inf")
-        self._readers = 0  # like socket.makefile: close() waits for the response stream
-        self._closed = False
-
-    def _arm(self) -> None:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request deadline passed")
-        self._sock.settimeout(left)
-
-    def sendall(self, data) -> None:
-        view = memoryview(data).cast("B")
-        for i in range(0, len(view), _CHUNK):
-            self._arm()
-            self._sock.sendall(view[i:i + _CHUNK])
-
-    def recv_into(self, buf, nbytes: int = 0) -> int:
-        self._arm()
-        return self._sock.recv_into(buf, nbytes)
-
-    def makefile(self, mode: str = "rb", *args, **kw) -> io.BufferedReader:
-        self._readers += 1
-        return io.BufferedReader(_DeadlineRaw(self))
-
-    def _reader_closed(self) -> None:
-        self._readers -= 1
-        if self._closed and self._readers <= 0:
-            self._sock.close()
-
-    def close(self) -> None:
-        self._closed = True
-        if self._readers <= 0:
-            self._sock.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self._sock, name)
-
-
-class _DeadlineRaw(io.RawIOBase):
-    """The response stream of a :class:`_DeadlineSocket`."""
-
-    def __init__(self, sock: _DeadlineSocket) -> None:
-        super().__init__()
-        self._sock = sock
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        return self._sock.recv_into(b)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._sock._reader_closed()
-        super().close()
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS whose TLS handshake gets the request's time left, not a timeout of its own."""
-
-    deadline = float("inf")
-
-    def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)  # through a proxy: also the CONNECT tunnel
-        self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
-
-
-def gzip_body(body: bytes, level: int = 6) -> bytes:
-    """``body`` as one gzip member (RFC 1952), as ``Content-Encoding: gzip`` wants it."""
-    c = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return c.compress(body) + c.flush()
-
-
-def _first_line(body: bytes) -> str:
-    text = body.decode("utf-8", "replace")
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return ""
-
-
-class HttpRetryableError(RetryableError):
-    """A retryable HTTP answer; ``status`` and the body's ``first_line`` are kept."""
-
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None,
-                 first_line: str = "") -> None:
-        super().__init__(message, retry_after)
-        self.status = status
-        self.first_line = first_line
-
-
-class HttpPermanentError(PermanentError):
-    """A permanent HTTP answer (a 4xx other than 408/429); ``status`` and ``first_line`` kept."""
-
-    def __init__(self, message: str, status: int, first_line: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.first_line = first_line
-
-
-class HttpCredentialRefused(CredentialRefusedError):
-    """401 or 403: the backend refused the tenant's credential; the pair is held, not dead-lettered."""
-
-    def __init__(self, message: str, status: int, first_line: str = "") -> None:
-        super().__init__(message, status)
-        self.first_line = first_line
-
-
-def _http_retryable(status: int) -> bool:
-    return status in (408, 429) or status >= 500
-
-
-def classify(status: int, body: bytes, retry_after: str | None,
-             retryable: Callable[[int], bool] = _http_retryable) -> TransportError | None:
-    """None for 2xx, else the error that status means (see the module table).
-
-    ``retryable`` is the protocol's rule for which other statuses are retried
-    (the otlp and remote_write outputs pass their specifications' own); 401 and
-    403 hold the pair for every HTTP-based output.
-    """
-    if 200 <= status < 300:
-        return None
-    line = _first_line(body)
-    msg = f"HTTP {status}" + (f": {line}" if line else "")
-    if status in (401, 403):
-        return HttpCredentialRefused(msg, status, line)
-    if retryable(status):
-        return HttpRetryableError(msg, status, parse_retry_after(retry_after), line)
-    return HttpPermanentError(msg, status, line)
 
 
 class _Lane:
@@ -478,31 +316,8 @@ class HttpOutput(Output):
         return None
 
     def _connect(self, scheme: str, host: str, port: int, deadline: float) -> http.client.HTTPConnection:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request deadline passed")
-        timeout = min(self.connect_timeout_s, left)
-        px = None
-        if self.proxy:
-            from ingress.proxy import proxy_for
-
-            try:
-                px = proxy_for(scheme, host, port)
-            except ValueError as e:  # a bad proxy variable: retryable, the batch stays spooled
-                raise OSError(str(e)) from None
-        to_host, to_port = (px[0], px[1]) if px else (host, port)
-        if scheme == "https":
-            conn: http.client.HTTPConnection = _HTTPSConnection(
-                to_host, to_port, timeout=timeout, context=self.ssl_context())
-            if px:
-                conn.set_tunnel(host, port, headers=px[2])
-            conn.deadline = deadline
-        else:
-            conn = http.client.HTTPConnection(to_host, to_port, timeout=timeout)
-        conn.connect()
-        conn.sock = _DeadlineSocket(conn.sock)
-        # plain http through a proxy: the request line carries the absolute URL
-        conn.proxy_headers = px[2] if px and scheme == "http" else None
+        conn = open_connection(scheme, host, port, deadline, self.connect_timeout_s,
+                               self.ssl_context if scheme == "https" else None, self.proxy)
         with self._lock:
             self.connections_opened += 1
         return conn
@@ -532,7 +347,7 @@ class HttpOutput(Output):
         where = f"{scheme}://{host}:{port}{path}"
         deadline = time.monotonic() + self.timeout_s  # for the whole request, a retried connection included
         for fresh_try in (False, True):
-            if conn is not None and not isinstance(conn.sock, _DeadlineSocket):
+            if conn is not None and not isinstance(conn.sock, DeadlineSocket):
                 conn = self._drop(conn)  # closed underneath: never let http.client reconnect unbounded
             reused = conn is not None
             try:
@@ -545,7 +360,7 @@ class HttpOutput(Output):
                 else:
                     conn.request("POST", path, body=body, headers=headers)
                 resp = conn.getresponse()
-                answer = resp.read(_MAX_BODY)
+                answer = resp.read(MAX_BODY)
                 with self._lock:
                     self.requests += 1
                 if resp.will_close or not resp.isclosed():  # not closed: unread body left over
@@ -629,10 +444,9 @@ class HttpOutput(Output):
             done(batch, RetryableError(f"http output {self.name} closed before sending"))
 
 
-# --------------------------------------------------------------------------- plugin declaration
-
 # Headers whose meaning the contract fixes; an output may not override them.
 RESERVED_HEADERS = frozenset({"authorization", "x-tenant-id", "content-type", "idempotency-key"})
+
 # Header values registered as secrets (never logged): names that say they carry one.
 _SECRET_HEADER = re.compile(r"(?i).*(auth|key|token|secret|passw|cookie|session|signature|credential).*")
 
@@ -699,6 +513,7 @@ def _build(o, ctx):
 
 
 _O = "outputs"
+
 PLUGIN = OutputPlugin(
     type="http",
     options=(

@@ -32,19 +32,19 @@ other status is permanent (dead letter).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from typing import Callable, Mapping
 
 import numpy as np
 
-from ingress.errors import ConfigError, PermanentError, TransportError, WireError
+from ingress.errors import ConfigError, TransportError
 from ingress.options import Enum, Option
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.http import HttpOutput, gzip_body, protocol_plugin
-from ingress.transport.http import classify as http_classify
+from ingress.transport.http import protocol_plugin
+from ingress.transport.httpclient import classify as http_classify
+from ingress.transport.httpclient import gzip_body
 from ingress.transport.metricinfo import info
-from ingress.transport.protobuf import field, fields, varint
+from ingress.transport.protobuf import field, fields
+from ingress.transport.protocol import ProtocolOutput, check_tenant_header
 
 log = logging.getLogger("ingress.transport.otlp")
 
@@ -176,7 +176,7 @@ def classify(status: int, body: bytes, retry_after: str | None) -> TransportErro
     return http_classify(status, body, retry_after, lambda s: s in RETRYABLE)
 
 
-class OtlpOutput(HttpOutput):
+class OtlpOutput(ProtocolOutput):
     """OTLP/HTTP metrics (protobuf) to ``url``, one request per batch.
 
     Parameters
@@ -193,6 +193,7 @@ class OtlpOutput(HttpOutput):
     """
 
     type = "otlp"
+    cache_class = _TenantCache
 
     def __init__(self, name: str, url: str,
                  credential: Callable[[str], str] | Mapping[str, Callable[[], str]] | None = None,
@@ -202,37 +203,18 @@ class OtlpOutput(HttpOutput):
             raise ConfigError(f"outputs.{name}: otlp has no format or gzip option (see compression)")
         if compression not in ("gzip", "none"):
             raise ConfigError(f"outputs.{name}.compression: {compression!r} is not \"gzip\" or \"none\"")
-        if tenant_header and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", tenant_header):
-            raise ConfigError(f"outputs.{name}.tenant_header: {tenant_header!r} is not a valid header name")
-        self.tenant_header = tenant_header or ""
+        self.tenant_header = check_tenant_header(name, tenant_header)
         self.compression = compression
         super().__init__(name, url, credential, tenants, **http)
-        # A credential is optional per tenant here: delivery does not hold a tenant
-        # that has none (it sends no Authorization); an unreadable one still fails the send.
-        self.needs_credential = False
-        self._caches: dict[str, _TenantCache] = {}
         self.rejected_points = 0
         self.partial_successes = 0
 
-    def tenant_header_names(self) -> tuple[str, ...]:
-        return (self.tenant_header,) if self.tenant_header else ()
-
-    def request(self, batch: OutgoingBatch) -> tuple[bytes, dict[str, str]]:
-        with self._lock:
-            cache = self._caches.get(batch.tenant)
-            if cache is None:
-                cache = self._caches[batch.tenant] = _TenantCache()
-        try:
-            body = encode_batch(batch.payload, cache)
-        except WireError as e:
-            raise PermanentError(f"otlp output {self.name}: batch {batch.batch_id.hex()} "
-                                 f"cannot be decoded: {e}") from None
+    def encode(self, payload: bytes, cache: _TenantCache) -> tuple[bytes, dict[str, str]]:
+        body = encode_batch(payload, cache)
         headers = {"Content-Type": CONTENT_TYPE}
         if self.compression == "gzip":
             body = gzip_body(body, GZIP_LEVEL)
             headers["Content-Encoding"] = "gzip"
-        if self.tenant_header:
-            headers[self.tenant_header] = batch.tenant
         return body, headers
 
     def response_error(self, batch, status, body, header):

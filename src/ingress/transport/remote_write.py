@@ -32,13 +32,13 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ingress.errors import ConfigError, PermanentError, TransportError, WireError
+from ingress.errors import ConfigError, TransportError
 from ingress.options import Option, Str
-from ingress.transport.base import OutgoingBatch
 from ingress.transport.http import HttpOutput, protocol_plugin
-from ingress.transport.http import classify as http_classify
+from ingress.transport.httpclient import classify as http_classify
 from ingress.transport.metricinfo import info
 from ingress.transport.protobuf import field
+from ingress.transport.protocol import ProtocolOutput, check_tenant_header
 
 CONTENT_TYPE = "application/x-protobuf"
 VERSION_HEADER = ("X-Prometheus-Remote-Write-Version", "0.1.0")
@@ -192,7 +192,7 @@ def classify(status: int, body: bytes, retry_after: str | None) -> TransportErro
     return http_classify(status, body, retry_after, lambda s: s == 429 or s >= 500)
 
 
-class RemoteWriteOutput(HttpOutput):
+class RemoteWriteOutput(ProtocolOutput):
     """Prometheus remote write 1.0 to ``url``, one request per batch.
 
     Parameters
@@ -211,6 +211,7 @@ class RemoteWriteOutput(HttpOutput):
     """
 
     type = "remote_write"
+    cache_class = _SeriesCache
 
     def __init__(self, name: str, url: str,
                  credential: Callable[[str], str] | Mapping[str, Callable[[], str]] | None = None,
@@ -219,42 +220,23 @@ class RemoteWriteOutput(HttpOutput):
         if "format" in http or "gzip" in http:
             raise ConfigError(f"outputs.{name}: remote_write has no format or gzip option "
                               f"(the body is protobuf + snappy)")
-        if tenant_header and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", tenant_header):
-            raise ConfigError(f"outputs.{name}.tenant_header: {tenant_header!r} is not a valid header name")
+        tenant_header = check_tenant_header(name, tenant_header)
         if tenant_label and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_]*", tenant_label):
             raise ConfigError(f"outputs.{name}.tenant_label: {tenant_label!r} is not a Prometheus label name "
                               f"([a-zA-Z][a-zA-Z0-9_]*)")
         if tenant_label in ("host",):
             raise ConfigError(f"outputs.{name}.tenant_label: {tenant_label!r} is the host label")
-        self.tenant_header = tenant_header or ""
+        self.tenant_header = tenant_header
         self.tenant_label = tenant_label or None
         super().__init__(name, url, credential, tenants, **http)
-        # A credential is optional per tenant here: delivery does not hold a tenant
-        # that has none (it sends no Authorization); an unreadable one still fails the send.
-        self.needs_credential = False
-        self._caches: dict[str, _SeriesCache] = {}
         self.samples_sent = 0
 
     reserved_headers = HttpOutput.reserved_headers | {"x-prometheus-remote-write-version"}
 
-    def tenant_header_names(self) -> tuple[str, ...]:
-        return (self.tenant_header,) if self.tenant_header else ()
-
-    def request(self, batch: OutgoingBatch) -> tuple[bytes, dict[str, str]]:
-        with self._lock:
-            cache = self._caches.get(batch.tenant)
-            if cache is None:
-                cache = self._caches[batch.tenant] = _SeriesCache()
-        try:
-            body, _ = encode_batch(batch.payload, cache, self.tenant_label)
-        except WireError as e:
-            raise PermanentError(f"remote_write output {self.name}: batch {batch.batch_id.hex()} "
-                                 f"cannot be decoded: {e}") from None
-        headers = {"Content-Type": CONTENT_TYPE, "Content-Encoding": "snappy",
-                   VERSION_HEADER[0]: VERSION_HEADER[1]}
-        if self.tenant_header:
-            headers[self.tenant_header] = batch.tenant
-        return body, headers
+    def encode(self, payload: bytes, cache: _SeriesCache) -> tuple[bytes, dict[str, str]]:
+        body, _ = encode_batch(payload, cache, self.tenant_label)
+        return body, {"Content-Type": CONTENT_TYPE, "Content-Encoding": "snappy",
+                      VERSION_HEADER[0]: VERSION_HEADER[1]}
 
     def response_error(self, batch, status, body, header):
         return classify(status, body, header("Retry-After"))
