@@ -15,7 +15,7 @@ import pytest
 
 from ingress.agent import Agent
 from ingress.collect.plan import Binding, plan_collectors
-from ingress.transport.jsonfmt import sample_json
+from ingress.outputs.jsonfmt import sample_json
 from ingress.collect.base import COUNTER, GAUGE, Columns, SeriesTable
 from ingress.config import loads
 from ingress.errors import IngressError, RetryableError

@@ -12,7 +12,7 @@ Stages (docs/architecture.md draws them; :mod:`ingress.stages` types each bounda
 
 Which collectors run for which tenants is :mod:`ingress.collect.plan`; the
 batcher is :class:`ingress.pipeline.Pipeline`; outputs are built by their
-plugins (:func:`ingress.transport.plugin.build_outputs`).
+plugins (:func:`ingress.outputs.plugin.build_outputs`).
 
 Start downstream first, stop upstream first: ``start`` opens the spool, starts
 the outputs and the delivery loops, then the collectors, so the first sample
@@ -61,7 +61,7 @@ class Agent:
         ``(settings) -> spool``; default opens :class:`ingress.spool.Spool`.
     delivery_factory
         ``(output) -> delivery`` with ``start()``, ``stop(timeout)``,
-        ``notify(tenant)``; default one :class:`ingress.transport.delivery.Delivery`
+        ``notify(tenant)``; default one :class:`ingress.outputs.delivery.Delivery`
         per output, with that output's retry and breaker settings.
     registry, rings, encoder
         The buffer and the encoder (default: ``ingress.buffer``, :class:`ingress.wire.Encoder`).

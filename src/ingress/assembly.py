@@ -60,7 +60,7 @@ def deadletter_limits(settings: Settings) -> dict[str, tuple[float, float]]:
 
 def tenant_checker(agent: Agent) -> Any:
     """The tenant checker every Delivery of ``agent`` shares (kept as ``agent.checker``)."""
-    from ingress.transport.validate import TenantChecker, TenantRule
+    from ingress.outputs.validate import TenantChecker, TenantRule
 
     # Credentials are resolved by ingress.tenants at every use (a key file can
     # be rotated); the checker counts failures per tenant and category.
@@ -76,9 +76,9 @@ def delivery_factory(agent: Agent, checker: Any) -> Callable[[OutputStage], Deli
     The spool, the held tenants and the tenants an output serves are read when
     ``make`` is called.
     """
-    from ingress.transport.breaker import CircuitBreaker
-    from ingress.transport.delivery import Delivery
-    from ingress.transport.retry import Backoff
+    from ingress.outputs.breaker import CircuitBreaker
+    from ingress.outputs.delivery import Delivery
+    from ingress.outputs.retry import Backoff
 
     if checker is None:
         checker = tenant_checker(agent)
@@ -102,7 +102,7 @@ def delivery_factory(agent: Agent, checker: Any) -> Callable[[OutputStage], Deli
 def check_credentials(agent: Agent) -> bool:
     """Every tenant an output that needs a credential serves has one (IngressError naming it
     otherwise); returns whether every output is local (the agent then logs a summary)."""
-    from ingress.transport import OUTPUTS
+    from ingress.outputs import OUTPUTS
 
     s = agent.settings
     plugins = [OUTPUTS[o.type] for o in s.outputs]
@@ -119,7 +119,7 @@ def start_outputs(agent: Agent) -> None:
     so a failure part-way is stopped again by the agent's shutdown.
     """
     from ingress.errors import IngressError
-    from ingress.transport.plugin import build_outputs
+    from ingress.outputs.plugin import build_outputs
 
     checker = None
     if agent._outputs_given is None:

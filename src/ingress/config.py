@@ -5,7 +5,7 @@ type, default and help text (fluent-bit's ``config_map`` habit). The agent-wide
 rows are :data:`ingress.tables.OPTIONS`; each collector declares the rows of its
 tenant table (``[tenants.<collector>]``) and each output type the rows it adds
 to ``[[outputs]]``, next to their code, and :mod:`ingress.tables` gathers them
-from the two registries, ``ingress.collect.COLLECTORS`` and ``ingress.transport.OUTPUTS``.
+from the two registries, ``ingress.collect.COLLECTORS`` and ``ingress.outputs.OUTPUTS``.
 The parser, the defaults and docs/configuration.md all come from those rows; a
 test checks the page against them. Unknown keys are errors. Every error is a
 :class:`~ingress.errors.ConfigError` whose message reads

@@ -174,10 +174,10 @@ def _policy(t: TenantSettings) -> Any:
 
 def _build_outputs(settings: Settings, names: set[str], credential: Any) -> list:
     """The outputs of ``settings`` named in ``names``, built by their plugins (not started);
-    what :func:`ingress.transport.plugin.build_outputs` does for all of them."""
+    what :func:`ingress.outputs.plugin.build_outputs` does for all of them."""
     from ingress.config import locate
-    from ingress.transport import OUTPUTS
-    from ingress.transport.plugin import BuildContext
+    from ingress.outputs import OUTPUTS
+    from ingress.outputs.plugin import BuildContext
 
     with_credential = {t.id for t in settings.tenants if t.api_key_env is not None or t.api_key_file is not None}
     outs = []
@@ -293,7 +293,7 @@ def _served(settings: Settings, tid: str) -> list[str]:
 
 
 def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
-    from ingress.transport import OUTPUTS
+    from ingress.outputs import OUTPUTS
     from ingress.tenants import TenantSet
 
     old = agent.settings
@@ -339,7 +339,7 @@ def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
             draining.pop(tid)  # no output left for it: an orphan from now on
     checker.update(_rules(new_tenants, draining))
     dl_limits = {t.id: (t.spool.deadletter_max_mb * MIB, t.spool.deadletter_retention_s) for t in new.tenants}
-    from ingress.transport import deadletter as dlmod
+    from ingress.outputs import deadletter as dlmod
 
     dlmod.shared_area(new.agent.data_dir, dl_limits, None)
     # Deliveries of outputs removed or rebuilt: drain what is in flight, then stop.
@@ -457,7 +457,7 @@ def _delivery_name(d: Any, o: Any) -> str | None:
 
 def _rules(tenants: Any, draining: Mapping[str, TenantSettings]) -> dict:
     from ingress.tenants import Tenant
-    from ingress.transport.validate import TenantRule
+    from ingress.outputs.validate import TenantRule
 
     rules = {t.id: TenantRule(enabled=t.enabled, credential=t.credential if t.has_credential else None)
              for t in tenants}

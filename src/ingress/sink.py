@@ -63,7 +63,7 @@ loss.
 
 Storage errors (disk full, EIO) answer ``503 storage_unavailable`` and leave
 only whole records in both files: the partial record is cut off at once (see
-:class:`ingress.transport.file.RecordFile`), and the tenant's next batch is
+:class:`ingress.outputs.file.RecordFile`), and the tenant's next batch is
 stored as soon as space returns. If the batch was stored but its id could not
 be written, the answer is still ``stored``: the id is kept in memory (a resend
 is a duplicate) and written with the tenant's next id.

@@ -6,7 +6,7 @@ no plugin (``[agent]``, ``[control]``, ``[[tenants]]``, the keys every
 with its type, default and help. :func:`all_tables` adds the rows the plugins
 declare next to their code (each collector's ``[tenants.<collector>]``, each
 output type's keys), gathered from ``ingress.collect.COLLECTORS`` and
-``ingress.transport.OUTPUTS``. :mod:`ingress.config` parses and checks a file
+``ingress.outputs.OUTPUTS``. :mod:`ingress.config` parses and checks a file
 against these rows and generates docs/configuration.md's reference from them.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ MIB = 1024 * 1024
 
 
 class _OutputType(Kind):
-    """The ``type`` of an output: a name registered in ``ingress.transport.OUTPUTS``."""
+    """The ``type`` of an output: a name registered in ``ingress.outputs.OUTPUTS``."""
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -54,7 +54,7 @@ class _Destination(Str):
 
 
 def _outputs():
-    from ingress.transport import OUTPUTS
+    from ingress.outputs import OUTPUTS
 
     return OUTPUTS
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ingress.collect.base import Collector, Columns
-from ingress.collect.pressure import PressureSample
+from ingress.collect.loadsource import PressureSample
 from ingress.collect.scheduler import Scheduler
 from ingress.collect.stretch import HIGH, HOLD, LOW, StretchLadder, Thresholds, classify
 

@@ -27,7 +27,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     validate_control(settings)  # [control]: TLS off loopback, allow-list CIDRs
     from ingress.config import locate
-    from ingress.transport import OUTPUTS
+    from ingress.outputs import OUTPUTS
 
     for i, o in enumerate(settings.outputs):  # what only the client library can tell (librdkafka keys)
         validate = OUTPUTS[o.type].validate
@@ -42,7 +42,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _probe_outputs(settings) -> bool:
     """``check-config --connect``: each output probed once, one line each; whether all answered."""
     from ingress.logs import redact
-    from ingress.transport.plugin import build_outputs
+    from ingress.outputs.plugin import build_outputs
 
     import logging
 

@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _dead_letter_selection(args: argparse.Namespace) -> tuple[Any, list]:
-    from ingress.transport.deadletter import scan
+    from ingress.outputs.deadletter import scan
 
     settings = load_settings(args.config)
     if args.tenant is not None and args.tenant not in {t.id for t in settings.tenants}:
@@ -70,7 +70,7 @@ def _record(audit: Any, event: str, outcome: str, d: Any, **extra: Any) -> None:
 def cmd_deadletter_replay(args: argparse.Namespace) -> int:
     """Queue the selection for replay; when no agent holds the spool, put them back in it now."""
     from ingress.errors import SpoolError
-    from ingress.transport.deadletter import mark_replay, requeue
+    from ingress.outputs.deadletter import mark_replay, requeue
 
     settings, dls = _dead_letter_selection(args)
     audit = audit_log(settings)
@@ -113,7 +113,7 @@ def cmd_deadletter_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletter_purge(args: argparse.Namespace) -> int:
-    from ingress.transport.deadletter import remove
+    from ingress.outputs.deadletter import remove
 
     settings, dls = _dead_letter_selection(args)
     audit = audit_log(settings)

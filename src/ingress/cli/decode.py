@@ -66,7 +66,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from ingress import wire
-    from ingress.transport.jsonfmt import batch_rows
+    from ingress.outputs.jsonfmt import batch_rows
 
     name = "<stdin>" if args.file == "-" else args.file
     path = None if args.file == "-" else Path(args.file)

@@ -26,7 +26,7 @@ def add_parser(sub: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from ingress import hardening, logs
     from ingress.agent import Agent
-    from ingress.transport.jsonfmt import sample_json
+    from ingress.outputs.jsonfmt import sample_json
 
     # Before anything is opened: umask 077, no core dumps, no new privileges.
     hardened = hardening.harden() if not args.once else None

@@ -155,7 +155,7 @@ def cmd_sink_query(args: argparse.Namespace) -> int:
         store.close()
     out = sys.stdout
     if args.json or not out.isatty():
-        from ingress.transport.jsonfmt import sample_json
+        from ingress.outputs.jsonfmt import sample_json
 
         for r in rows:
             v = float("nan") if r["value"] is None else r["value"]

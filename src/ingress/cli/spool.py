@@ -50,7 +50,7 @@ def cmd_spool_stats(args: argparse.Namespace) -> int:
     stats = stats_for(settings.agent.data_dir, outputs)
     for t in settings.tenants:  # a tenant that never spooled has no directory yet
         stats.setdefault(t.id, {k: 0 for k, _ in STATS_COLUMNS[1:]} | {"oldest_age_s": 0.0})
-    from ingress.transport.deadletter import usage
+    from ingress.outputs.deadletter import usage
 
     for tid, st in stats.items():
         area = usage(settings.agent.data_dir, tid)

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ingress.collect.base import Collector, Columns
-from ingress.collect.pressure import LoadSource, PressureSample, ProcPressure
+from ingress.collect.loadsource import LoadSource, PressureSample, ProcPressure
 from ingress.collect.stretch import NS, Governor, StretchLadder, Thresholds
 
 log = logging.getLogger("ingress.collect")
@@ -140,8 +140,8 @@ class Scheduler:
         ``wait(seconds)`` blocks the dispatcher until the next pass is due; it may
         return early. Default: waits on the stop event, so :meth:`stop` is prompt.
     load
-        A :class:`~ingress.collect.pressure.LoadSource`; default
-        :class:`~ingress.collect.pressure.ProcPressure`.
+        A :class:`~ingress.collect.loadsource.LoadSource`; default
+        :class:`~ingress.collect.loadsource.ProcPressure`.
     rng
         ``random.Random`` or a seed for phases and jitter.
     jitter

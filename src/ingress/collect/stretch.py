@@ -1,6 +1,6 @@
 """The scheduler's answer to load: the CPU budget and pressure thresholds, and the stretch ladder.
 
-:func:`classify` reads one :class:`~ingress.collect.pressure.PressureSample`
+:func:`classify` reads one :class:`~ingress.collect.loadsource.PressureSample`
 against the agent's CPU budget and the :class:`Thresholds`: ``HIGH`` (stretch
 one step), ``LOW`` (restore one step) or ``HOLD``. :class:`StretchLadder`
 doubles the interval of one priority class per step, lowest priority first,
@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ingress.collect.pressure import LoadSource, PressureSample
+from ingress.collect.loadsource import LoadSource, PressureSample
 
 log = logging.getLogger("ingress.collect")
 

@@ -2,13 +2,13 @@
 
 Each tenant's batches in its own files::
 
-    <data_dir>/<tenant>/batches-000001.ibatch   length-prefixed batches (see ingress.transport.file)
+    <data_dir>/<tenant>/batches-000001.ibatch   length-prefixed batches (see ingress.outputs.file)
     <data_dir>/<tenant>/seen.ids                16-byte batch ids already stored, append-only
 
 A batch is recorded as seen only after it is written and fsynced, so a crash
 in between causes at most a duplicate, never a loss. Storage errors (disk
 full, EIO) leave only whole records in both files: the partial record is cut
-off at once (see :class:`ingress.transport.file.RecordFile`), and the
+off at once (see :class:`ingress.outputs.file.RecordFile`), and the
 tenant's next batch is stored as soon as space returns. If the batch was
 stored but its id could not be written, the id is kept in memory (a resend is
 a duplicate) and written with the tenant's next id.
@@ -28,7 +28,7 @@ _ID = 16
 class _SeenIds:
     """The persisted set of batch ids one tenant has stored.
 
-    ``seen.ids`` is a :class:`~ingress.transport.file.RecordFile` of 16-byte
+    ``seen.ids`` is a :class:`~ingress.outputs.file.RecordFile` of 16-byte
     records, so a failed append (disk full) is cut off at once and a torn tail
     left by a crash is cut on open. An id is added only after its batch is
     stored and fsynced. If writing it fails, the id is still seen in memory (a
@@ -37,7 +37,7 @@ class _SeenIds:
     """
 
     def __init__(self, path: Path) -> None:
-        from ingress.transport.file import RecordFile
+        from ingress.outputs.file import RecordFile
 
         self.path = path
         self.file = RecordFile(path, lambda fd, size: size - size % _ID)
@@ -74,14 +74,14 @@ class _SeenIds:
 class SinkStore:
     """Per-tenant batch files and seen-id sets under ``data_dir``.
 
-    Both are written through :class:`~ingress.transport.file.RecordFile`: a
+    Both are written through :class:`~ingress.outputs.file.RecordFile`: a
     storage error (disk full, EIO) leaves only whole records behind, is raised
     to the caller (the server answers 503 ``storage_unavailable``), and the
     tenant's next batch is stored as soon as space returns.
     """
 
     def __init__(self, data_dir: str | os.PathLike, max_file_bytes: int = 64 << 20) -> None:
-        from ingress.transport.file import FileOutput
+        from ingress.outputs.file import FileOutput
 
         self.dir = Path(data_dir)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -106,7 +106,7 @@ class SinkStore:
         Raises :class:`~ingress.errors.RetryableError` (or OSError) when the
         batch cannot be stored; nothing of it is left behind then.
         """
-        from ingress.transport.base import OutgoingBatch
+        from ingress.outputs.base import OutgoingBatch
 
         lock, seen = self._tenant(tenant)
         with lock:

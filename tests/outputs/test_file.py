@@ -4,7 +4,7 @@ import struct
 import pytest
 
 from ingress.errors import ConfigError, PermanentError, RetryableError
-from ingress.transport.file import FileOutput, read_batches
+from ingress.outputs.file import FileOutput, read_batches
 
 
 def _submit(out, batch):

@@ -9,7 +9,7 @@ host::
      "kind": "counter", "unit": "s"}
 
 ``kind`` (``"gauge"`` or ``"counter"``) and ``unit`` come from the collectors'
-declarations (:mod:`ingress.transport.metricinfo`); both are left out for a
+declarations (:mod:`ingress.outputs.metricinfo`); both are left out for a
 metric no collector declares, and ``unit`` for a metric declared without one.
 docs/ingress-json-1.schema.json is the JSON Schema of one line.
 
@@ -76,7 +76,7 @@ def batch_rows(b: Any, kinds: bool = False) -> Iterator[dict]:
     series = b.series
     extra: dict[str, dict] = {}  # per metric name: the kind/unit keys, looked up once
     if kinds:
-        from ingress.transport.metricinfo import metric_table
+        from ingress.outputs.metricinfo import metric_table
 
         table = metric_table()
         for name, _ in series:

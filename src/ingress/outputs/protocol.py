@@ -6,7 +6,7 @@ encoder cache per tenant, and turn a batch that cannot be decoded into a
 :class:`~ingress.errors.PermanentError` (a dead letter). A credential is
 optional per tenant: delivery does not hold a tenant that has none (no
 ``Authorization`` is sent); an unreadable one still fails the send. Their
-plugin declarations come from :func:`ingress.transport.http.protocol_plugin`.
+plugin declarations come from :func:`ingress.outputs.http.protocol_plugin`.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import re
 from typing import Any
 
 from ingress.errors import ConfigError, PermanentError, WireError
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.http import HttpOutput
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.http import HttpOutput
 
 
 def check_tenant_header(name: str, tenant_header: str) -> str:

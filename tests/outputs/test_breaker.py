@@ -1,6 +1,6 @@
 import pytest
 
-from ingress.transport.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from ingress.outputs.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 class Clock:

@@ -38,7 +38,7 @@ drips a byte at a time is cut at the deadline, not kept alive by each byte.
 A request cut at its deadline is a :class:`RetryableError` (the breaker counts
 it) and a warning naming the output, tenant and deadline. The client side
 (deadline sockets, proxy, answer classification) is
-:mod:`ingress.transport.httpclient`.
+:mod:`ingress.outputs.httpclient`.
 """
 from __future__ import annotations
 
@@ -56,12 +56,12 @@ from ingress.errors import ConfigError, PermanentError, RetryableError, Transpor
 from ingress.logs import get_logger, register_secret
 from ingress.names import header_value_problem
 from ingress.options import Bool, Duration, Headers, Option, PathKind, REQUIRED, Str, Url
-from ingress.transport.base import Done, OutgoingBatch, Output
-from ingress.transport.httpclient import DeadlineSocket, MAX_BODY, classify, gzip_body, open_connection
-from ingress.transport.plugin import OutputPlugin, construct
+from ingress.outputs.base import Done, OutgoingBatch, Output
+from ingress.outputs.httpclient import DeadlineSocket, MAX_BODY, classify, gzip_body, open_connection
+from ingress.outputs.plugin import OutputPlugin, construct
 
 
-log = get_logger("ingress.transport.http")
+log = get_logger("ingress.outputs.http")
 
 CONTENT_TYPE = "application/vnd.ingress.batch.v1"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
@@ -400,7 +400,7 @@ class HttpOutput(Output):
         if self.format == "batch":
             headers["Content-Type"] = CONTENT_TYPE
             return batch.payload, headers
-        from ingress.transport.jsonfmt import ndjson_body
+        from ingress.outputs.jsonfmt import ndjson_body
 
         try:
             body = ndjson_body(batch.payload)

@@ -1,4 +1,4 @@
-"""Shared helpers for the transport unit tests.
+"""Shared helpers for the output unit tests.
 
 ``fake_wire`` stands in for :mod:`ingress.wire` where a test is about an
 output's framing, not about the codec: its "batch" is a JSON document, so the
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ingress.transport.base import OutgoingBatch
+from ingress.outputs.base import OutgoingBatch
 
 
 @dataclass
@@ -55,7 +55,7 @@ def fake_peek(data):
 @pytest.fixture
 def fake_wire(monkeypatch):
     mod = types.SimpleNamespace(encode=fake_encode, decode=fake_decode, peek=fake_peek)
-    import ingress.transport.jsonfmt as jf
+    import ingress.outputs.jsonfmt as jf
 
     monkeypatch.setattr(jf, "_wire", lambda: mod)
     return mod

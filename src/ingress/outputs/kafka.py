@@ -12,7 +12,7 @@ holding every sample as newline-delimited JSON (``json_messages = "batch"``)::
               host:         the agent's host name
               sample-count: samples in this message (the batch's count; 1 for json per sample)
               content-type: application/x-ndjson (json per batch only)
-    value   = the encoded batch | one JSON object | NDJSON lines (see ingress.transport.jsonfmt)
+    value   = the encoded batch | one JSON object | NDJSON lines (see ingress.outputs.jsonfmt)
 
 The producer is idempotent with ``acks=all`` (neither can be turned off through
 ``options``). A batch counts as delivered only when librdkafka's delivery
@@ -58,11 +58,11 @@ from ingress import names
 from ingress.errors import ConfigError, PermanentError, RetryableError, TransportError, WireError
 from ingress.logs import get_logger, register_secret
 from ingress.options import REQUIRED, Brokers, Enum, Option, Scalars, Str
-from ingress.transport.base import Done, OutgoingBatch, Output
-from ingress.transport.jsonfmt import FORMATS, SCHEMA_BATCH, SCHEMA_JSON, sample_lines
-from ingress.transport.plugin import OutputPlugin
+from ingress.outputs.base import Done, OutgoingBatch, Output
+from ingress.outputs.jsonfmt import FORMATS, SCHEMA_BATCH, SCHEMA_JSON, sample_lines
+from ingress.outputs.plugin import OutputPlugin
 
-log = get_logger("ingress.transport.kafka")
+log = get_logger("ingress.outputs.kafka")
 
 # Keys ingress sets itself; options may not change them.
 _FIXED = {"enable.idempotence": (("true", True, 1), "ingress producers are always idempotent"),

@@ -6,12 +6,12 @@ import time
 import pytest
 
 from ingress.errors import PermanentError, RetryableError, TenantCheckError
-from ingress.transport.base import Output
-from ingress.transport.breaker import CircuitBreaker
-from ingress.transport.delivery import Delivery
-from ingress.transport.pair import first_line
-from ingress.transport.retry import Backoff
-from ingress.transport.validate import TenantChecker, TenantRule
+from ingress.outputs.base import Output
+from ingress.outputs.breaker import CircuitBreaker
+from ingress.outputs.delivery import Delivery
+from ingress.outputs.pair import first_line
+from ingress.outputs.retry import Backoff
+from ingress.outputs.validate import TenantChecker, TenantRule
 
 from .fakes import FakeSpool, fill, wait_for
 

@@ -9,7 +9,7 @@ An output module ends with one declaration::
         build=_build,     # (OutputSettings, BuildContext) -> Output
     )
 
-and ``ingress/transport/__init__.py`` registers it by type. The keys every
+and ``ingress/outputs/__init__.py`` registers it by type. The keys every
 output takes (``type``, ``name``, ``tenants``, ``format``, ``[outputs.retry]``,
 ``[outputs.breaker]``) are declared once, in :mod:`ingress.config`.
 """
@@ -102,7 +102,7 @@ def construct(cls: type, ctx: BuildContext, args: dict, optional: dict) -> Any:
 def build_outputs(settings: Settings, credential: Callable[[str], str] | None) -> list[OutputStage]:
     """One output per ``[[outputs]]`` table, built by its type's plugin (not started)."""
     from ingress.config import locate
-    from ingress.transport import OUTPUTS
+    from ingress.outputs import OUTPUTS
 
     with_credential = {t.id for t in settings.tenants
                        if t.api_key_env is not None or t.api_key_file is not None}

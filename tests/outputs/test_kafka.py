@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from ingress.errors import ConfigError, PermanentError, RetryableError
-from ingress.transport.kafka import KafkaOutput, budget_options, classify
+from ingress.outputs.kafka import KafkaOutput, budget_options, classify
 
 
 def dead_port():
@@ -131,7 +131,7 @@ def test_docs_list_the_permanent_errors():
     import pathlib
     import re
 
-    from ingress.transport.kafka import PERMANENT_ERRORS
+    from ingress.outputs.kafka import PERMANENT_ERRORS
 
     doc = pathlib.Path(__file__).resolve().parents[2] / "docs" / "outputs.md"
     text = doc.read_text()

@@ -3,7 +3,7 @@ import pytest
 import os
 
 from ingress.errors import TenantCheckError
-from ingress.transport.validate import TenantChecker, TenantRule
+from ingress.outputs.validate import TenantChecker, TenantRule
 
 
 def env_credential(var):

@@ -20,9 +20,9 @@ import protocols_reference as ref
 from ingress import wire
 from ingress._core import _otlp, _remote_write
 from ingress.errors import PermanentError, WireError
-from ingress.transport import otlp, remote_write as rw
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.metricinfo import metric_table
+from ingress.outputs import otlp, remote_write as rw
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.metricinfo import metric_table
 
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as svc
 

@@ -1,7 +1,7 @@
 """Write errors in the record-file writer (file output and sink): injected ENOSPC/EIO at every step.
 
 The failures are injected by replacing the ``os`` module that
-``ingress.transport.file`` sees with a proxy that fails chosen calls; the
+``ingress.outputs.file`` sees with a proxy that fails chosen calls; the
 real-disk version of the same story is in test_file_diskfull.py.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import ingress.transport.file as filemod
+import ingress.outputs.file as filemod
 from ingress.errors import RetryableError
 from ingress.sink_store.files import SinkStore
-from ingress.transport.file import FileOutput, RecordFile, read_batches
+from ingress.outputs.file import FileOutput, RecordFile, read_batches
 
 ENOSPC, EIO = errno.ENOSPC, errno.EIO
 

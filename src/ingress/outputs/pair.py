@@ -1,11 +1,11 @@
 """One (tenant, output) pair of the delivery loop: its worker, flights, retries, breaker and counters.
 
-:class:`ingress.transport.delivery.Delivery` owns one :class:`Pair` per
+:class:`ingress.outputs.delivery.Delivery` owns one :class:`Pair` per
 (tenant, output) and their threads; everything one pair does on its own
 thread is here: fetch what is pending, check the tenant, ask the breaker,
-submit, and on the answer ack, back off (:mod:`ingress.transport.retry`),
+submit, and on the answer ack, back off (:mod:`ingress.outputs.retry`),
 hold on a refused credential or write a dead letter. The loop is described
-in :mod:`ingress.transport.delivery`.
+in :mod:`ingress.outputs.delivery`.
 """
 from __future__ import annotations
 
@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ingress.errors import TenantCheckError
 from ingress.logs import RateLimiter, get_logger
-from ingress.transport import deadletter as dlmod
-from ingress.transport.base import OutgoingBatch, Output
-from ingress.transport.breaker import CLOSED
-from ingress.transport.retry import is_retryable, retry_after_of
-from ingress.transport.validate import CATEGORIES
+from ingress.outputs import deadletter as dlmod
+from ingress.outputs.base import OutgoingBatch, Output
+from ingress.outputs.breaker import CLOSED
+from ingress.outputs.retry import is_retryable, retry_after_of
+from ingress.outputs.validate import CATEGORIES
 
 
 if TYPE_CHECKING:
-    from ingress.transport.delivery import Delivery
+    from ingress.outputs.delivery import Delivery
 
 log = get_logger("ingress.delivery")
 

@@ -39,14 +39,14 @@ import numpy as np
 
 from ingress.errors import ConfigError, TransportError
 from ingress.options import Enum, Option
-from ingress.transport.http import protocol_plugin
-from ingress.transport.httpclient import classify as http_classify
-from ingress.transport.httpclient import gzip_body
-from ingress.transport.metricinfo import info
-from ingress.transport.protobuf import field, fields
-from ingress.transport.protocol import ProtocolOutput, check_tenant_header
+from ingress.outputs.http import protocol_plugin
+from ingress.outputs.httpclient import classify as http_classify
+from ingress.outputs.httpclient import gzip_body
+from ingress.outputs.metricinfo import info
+from ingress.outputs.protobuf import field, fields
+from ingress.outputs.protocol import ProtocolOutput, check_tenant_header
 
-log = logging.getLogger("ingress.transport.otlp")
+log = logging.getLogger("ingress.outputs.otlp")
 
 CONTENT_TYPE = "application/x-protobuf"
 RETRYABLE = frozenset({429, 502, 503, 504})
@@ -182,14 +182,14 @@ class OtlpOutput(ProtocolOutput):
     Parameters
     ----------
     name, url, credential, tenants
-        As :class:`~ingress.transport.http.HttpOutput` (``url`` is the full
+        As :class:`~ingress.outputs.http.HttpOutput` (``url`` is the full
         endpoint, e.g. ``http://127.0.0.1:4318/v1/metrics``).
     tenant_header
         Header carrying the tenant id (default ``X-Scope-OrgID``); ``""`` sends none.
     compression
         ``"gzip"`` (default) or ``"none"``.
     timeout_s, connect_timeout_s, verify, ca_file, cert_file, key_file, concurrency, idle_s, headers
-        As :class:`~ingress.transport.http.HttpOutput`.
+        As :class:`~ingress.outputs.http.HttpOutput`.
     """
 
     type = "otlp"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ingress.collect.pressure import (
+from ingress.collect.loadsource import (
     PressureSample,
     ProcPressure,
     read_cgroup_throttling,

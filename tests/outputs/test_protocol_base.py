@@ -1,13 +1,13 @@
-"""transport/protocol.py, the base otlp and remote_write share: tenant header rule, request template."""
+"""outputs/protocol.py, the base otlp and remote_write share: tenant header rule, request template."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from ingress import wire
 from ingress.errors import ConfigError, PermanentError
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.otlp import OtlpOutput
-from ingress.transport.protocol import check_tenant_header
-from ingress.transport.remote_write import RemoteWriteOutput
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.otlp import OtlpOutput
+from ingress.outputs.protocol import check_tenant_header
+from ingress.outputs.remote_write import RemoteWriteOutput
 
 TOKEN = "!#$%&'*+.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-"
 

@@ -16,8 +16,8 @@ import pytest
 
 CHILD = textwrap.dedent(r"""
     import json, os, sys
-    from ingress.transport.base import OutgoingBatch
-    from ingress.transport.file import FileOutput, read_batches
+    from ingress.outputs.base import OutgoingBatch
+    from ingress.outputs.file import FileOutput, read_batches
 
     root, fmt = sys.argv[1], sys.argv[2]
     os.makedirs(root)

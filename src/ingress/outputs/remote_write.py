@@ -34,11 +34,11 @@ import numpy as np
 
 from ingress.errors import ConfigError, TransportError
 from ingress.options import Option, Str
-from ingress.transport.http import HttpOutput, protocol_plugin
-from ingress.transport.httpclient import classify as http_classify
-from ingress.transport.metricinfo import info
-from ingress.transport.protobuf import field
-from ingress.transport.protocol import ProtocolOutput, check_tenant_header
+from ingress.outputs.http import HttpOutput, protocol_plugin
+from ingress.outputs.httpclient import classify as http_classify
+from ingress.outputs.metricinfo import info
+from ingress.outputs.protobuf import field
+from ingress.outputs.protocol import ProtocolOutput, check_tenant_header
 
 CONTENT_TYPE = "application/x-protobuf"
 VERSION_HEADER = ("X-Prometheus-Remote-Write-Version", "0.1.0")
@@ -198,7 +198,7 @@ class RemoteWriteOutput(ProtocolOutput):
     Parameters
     ----------
     name, url, credential, tenants
-        As :class:`~ingress.transport.http.HttpOutput` (``url`` is the
+        As :class:`~ingress.outputs.http.HttpOutput` (``url`` is the
         receiver's write endpoint, e.g. ``http://127.0.0.1:9090/api/v1/write``).
     tenant_header
         Header carrying the tenant id (default ``X-Scope-OrgID``, how Mimir and
@@ -207,7 +207,7 @@ class RemoteWriteOutput(ProtocolOutput):
         When set (e.g. ``"tenant"``), every series also gets this label with the
         tenant id.
     timeout_s, connect_timeout_s, verify, ca_file, cert_file, key_file, concurrency, idle_s, headers
-        As :class:`~ingress.transport.http.HttpOutput`.
+        As :class:`~ingress.outputs.http.HttpOutput`.
     """
 
     type = "remote_write"

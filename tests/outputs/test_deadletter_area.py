@@ -6,7 +6,7 @@ import stat
 
 from hypothesis import given, settings, strategies as st
 
-from ingress.transport import deadletter as dl
+from ingress.outputs import deadletter as dl
 
 
 def put(data_dir, tenant, output, size, when, i):

@@ -28,7 +28,7 @@ While a pair is retrying (or its breaker is not closed) it sends one batch at a
 time, the oldest, so a recovering endpoint is probed gently and the backlog
 drains in order; otherwise up to ``window`` batches are in flight.
 
-Dead letters (directories 0700, files 0600; ingress.transport.deadletter keeps the area
+Dead letters (directories 0700, files 0600; ingress.outputs.deadletter keeps the area
 under a per-tenant size cap and age limit and picks up replays)::
 
     <data_dir>/deadletter/<tenant>/<output>/<batch id hex>.batch   the payload, as sent; sealed with
@@ -38,7 +38,7 @@ under a per-tenant size cap and age limit and picks up replays)::
         "host", "sample_count", "error", "reason", "time",         reason = the error's first line
         "encrypted"}
 
-One pair's worker is :class:`ingress.transport.pair.Pair`; this module owns the pairs,
+One pair's worker is :class:`ingress.outputs.pair.Pair`; this module owns the pairs,
 their threads and the dead-letter area.
 """
 from __future__ import annotations
@@ -51,12 +51,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ingress.logs import get_logger
-from ingress.transport import deadletter as dlmod
-from ingress.transport.base import Output
-from ingress.transport.breaker import CircuitBreaker, CLOSED
-from ingress.transport.pair import CREDENTIAL_REFUSED, Pair, audit_event
-from ingress.transport.retry import Backoff
-from ingress.transport.validate import TenantChecker
+from ingress.outputs import deadletter as dlmod
+from ingress.outputs.base import Output
+from ingress.outputs.breaker import CircuitBreaker, CLOSED
+from ingress.outputs.pair import CREDENTIAL_REFUSED, Pair, audit_event
+from ingress.outputs.retry import Backoff
+from ingress.outputs.validate import TenantChecker
 
 
 log = get_logger("ingress.delivery")
@@ -97,7 +97,7 @@ class Delivery:
     deadletter_limits
         ``{tenant: (max_bytes, max_age_s)}`` of the dead-letter area (0: no limit);
         every Delivery over one data directory shares one
-        :class:`ingress.transport.deadletter.Area`.
+        :class:`ingress.outputs.deadletter.Area`.
     spool_lock
         A lock to hold around every call into the spool; by default none, as
         :class:`ingress.spool.Spool` is thread-safe (workers call ``pending``

@@ -12,7 +12,7 @@ header, so files can be concatenated)::
 
 ``batch`` is one encoded batch exactly as it would be sent to Kafka or HTTP;
 ``ingress decode`` and :func:`read_batches` read it back. Format ``json`` writes
-one JSON object per sample per line (see :mod:`ingress.transport.jsonfmt`).
+one JSON object per sample per line (see :mod:`ingress.outputs.jsonfmt`).
 
 A file is closed and the next sequence number opened when the next record
 would take it past ``max_bytes`` (a record larger than ``max_bytes`` gets a
@@ -45,12 +45,12 @@ from typing import Callable, Iterator
 
 from ingress.errors import ConfigError, PermanentError, RetryableError, WireError
 from ingress.logs import get_logger
-from ingress.transport.base import Done, OutgoingBatch, Output
-from ingress.transport.jsonfmt import FORMATS, sample_lines
+from ingress.outputs.base import Done, OutgoingBatch, Output
+from ingress.outputs.jsonfmt import FORMATS, sample_lines
 from ingress.options import Int, Option, PathKind
-from ingress.transport.plugin import OutputPlugin
+from ingress.outputs.plugin import OutputPlugin
 
-log = get_logger("ingress.transport.file")
+log = get_logger("ingress.outputs.file")
 
 _LEN = struct.Struct(">I")
 _EXT = {"batch": ".ibatch", "json": ".jsonl"}

@@ -8,7 +8,7 @@ Layout (directories 0700, files 0600)::
     <batch id>.replay   marker: `ingress deadletter replay` asked for it to be sent again
     ../counters.json    per tenant: {"dropped": n, "dropped_bytes": b}, cumulative (cap and age drops)
 
-Everything here is plain file work; :class:`ingress.transport.delivery.Delivery`
+Everything here is plain file work; :class:`ingress.outputs.delivery.Delivery`
 writes dead letters with :func:`write` and calls :meth:`Area.maintain` from its
 workers, and the ``ingress deadletter`` command lists, replays and purges.
 

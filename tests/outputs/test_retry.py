@@ -1,7 +1,7 @@
 import pytest
 
 from ingress.errors import PermanentError, RetryableError, TransportError
-from ingress.transport.retry import Backoff, is_retryable, retry_after_of
+from ingress.outputs.retry import Backoff, is_retryable, retry_after_of
 
 
 def test_ceiling_grows_exponentially_and_caps():

@@ -7,7 +7,7 @@ import pytest
 from collect_helpers import T0, key, samples
 
 from ingress.collect.base import CollectorSettings
-from ingress.collect.health import HealthCollector
+from ingress.collect.healthchecks import HealthCollector
 from ingress.errors import ConfigError
 
 

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ingress.errors import ConfigError, PermanentError, RetryableError
-from ingress.transport.http import HttpOutput
-from ingress.transport.httpclient import classify, parse_retry_after
+from ingress.outputs.http import HttpOutput
+from ingress.outputs.httpclient import classify, parse_retry_after
 
 
 def test_retry_after_seconds_and_http_date():

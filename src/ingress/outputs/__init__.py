@@ -1,7 +1,7 @@
 """Outputs: where batches go. One module per output type, registered in ``OUTPUTS``.
 
 Each output module declares, next to its code, an
-:class:`~ingress.transport.plugin.OutputPlugin` named ``PLUGIN``: the keys of
+:class:`~ingress.outputs.plugin.OutputPlugin` named ``PLUGIN``: the keys of
 ``[[outputs]]`` its type takes, its checks across them, and how the output is
 built from them. Adding an output is that module plus one registration line
 below (docs/contributing-plugins.md). ``OUTPUTS`` imports a module the first
@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 from ingress.plugins import Registry
 
 if TYPE_CHECKING:
-    from ingress.transport.plugin import OutputPlugin
+    from ingress.outputs.plugin import OutputPlugin
 
 OUTPUTS: Registry[OutputPlugin] = Registry("output")
-OUTPUTS.register("kafka", "ingress.transport.kafka:PLUGIN")
-OUTPUTS.register("http", "ingress.transport.http:PLUGIN")
-OUTPUTS.register("file", "ingress.transport.file:PLUGIN")
-OUTPUTS.register("otlp", "ingress.transport.otlp:PLUGIN")
-OUTPUTS.register("remote_write", "ingress.transport.remote_write:PLUGIN")
+OUTPUTS.register("kafka", "ingress.outputs.kafka:PLUGIN")
+OUTPUTS.register("http", "ingress.outputs.http:PLUGIN")
+OUTPUTS.register("file", "ingress.outputs.file:PLUGIN")
+OUTPUTS.register("otlp", "ingress.outputs.otlp:PLUGIN")
+OUTPUTS.register("remote_write", "ingress.outputs.remote_write:PLUGIN")
 
 __all__ = ["OUTPUTS"]
