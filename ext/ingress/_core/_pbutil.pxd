@@ -1,7 +1,8 @@
 # Shared by the compiled encoders (_otlp, _remote_write; _codec for its varints
-# and the byte-order guard): protobuf varints and fields, and the grouping of a
-# batch's samples by series, each series in time order. Everything but the
-# guard runs without the GIL on raw pointers.
+# and the byte-order guard): protobuf varints and fields, the output message,
+# and the grouping of a batch's samples by series, each series in time order.
+# The loops run without the GIL on raw pointers; only the allocations
+# (new_message, groups_alloc/groups_free) and the guard need it.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
