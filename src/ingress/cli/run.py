@@ -24,6 +24,20 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Until the agent can act on them, SIGHUP/SIGTERM/SIGINT are noted, not acted on: SIGHUP's
+    # default action would kill an agent that is still starting (seconds on a loaded host), and
+    # a stop or reload asked for now is carried out once the agent runs.
+    early: list[int] = []
+    watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    before = {} if args.once else {s: signal.signal(s, lambda n, _f: early.append(n)) for s in watched}
+    try:
+        return _run(args, early)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def _run(args: argparse.Namespace, early: list[int]) -> int:
     from ingress import hardening, logs
     from ingress.agent import Agent
     from ingress.outputs.jsonfmt import sample_json
@@ -58,21 +72,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     def on_hup(signum: int, _frame: Any) -> None:
         agent.request_reload(trigger="SIGHUP")  # run() reloads on its own thread
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
+    for signum in early:  # what arrived while the agent was being built
+        (on_hup if signum == signal.SIGHUP else on_signal)(signum, None)
+    early.clear()
+    agent.start()
     try:
-        agent.start()
-        try:
-            # The spool, the control port and the outputs are open: privilege is no longer needed.
-            if a.user is not None or a.group is not None:
-                _drop_privileges(a, log)
-            agent.run(duration=args.duration)
-        finally:
-            stopping.append(0)  # the graceful stop (signal or --duration): a signal now exits at once
-            agent.stop()
+        # The spool, the control port and the outputs are open: privilege is no longer needed.
+        if a.user is not None or a.group is not None:
+            _drop_privileges(a, log)
+        agent.run(duration=args.duration)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        stopping.append(0)  # the graceful stop (signal or --duration): a signal now exits at once
+        agent.stop()
     return 0
 
 
