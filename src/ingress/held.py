@@ -30,13 +30,13 @@ def hold(agent: Agent, held: Mapping[str, str]) -> None:
         raise IngressError("every tenant is held, nothing to run: " + "; ".join(
             f"tenant {t!r}: {held[t]}" for t in enabled))
     agent.pipeline.leave_out(held)  # before the scheduler is built from its bindings
-    log_held(agent.held_tenants)
+    log_held(agent.held_tenants, force=True)  # at start (and reload) always; then once a minute
 
 
-def log_held(held_tenants: Mapping[str, str]) -> None:
-    """One error line per held tenant, at most one a minute each."""
+def log_held(held_tenants: Mapping[str, str], force: bool = False) -> None:
+    """One error line per held tenant, at most one a minute each (``force``: now, whatever came before)."""
     for tid, reason in held_tenants.items():
-        log.every(("tenant held", tid), HELD_LOG_EVERY_S).error(
+        log.every(("tenant held", tid), HELD_LOG_EVERY_S, force=force).error(
             "tenant held: not collected, not sent, its spool left as it is; fix the reason and restart "
             "or reload",
             tenant=tid, reason=reason)
