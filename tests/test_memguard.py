@@ -149,7 +149,7 @@ def test_scheduler_pauses_lowest_priority_and_resumes():
 
     class Calm:
         def __call__(self):
-            from ingress.collect.pressure import PressureSample
+            from ingress.collect.loadsource import PressureSample
             return PressureSample(0.0, 0.0, None, 0.0)
 
     s = Scheduler({"procs": C(0), "cpu": C(4)}, {"procs": 1.0, "cpu": 1.0}, load=Calm(), jitter=0.0, rng=1)
@@ -219,3 +219,185 @@ def test_containment_actions_reach_rings_scheduler_outputs_registry():
     c.every_second()
     assert rings.limit(0) == rings.capacity(0) and not reg.refusing_new
     assert ("resume",) in calls and ("queue", None) in calls and c.status()["level"] == 0
+
+
+# --------------------------------------------------------------------------- checks at growth
+
+def test_check_engages_at_growth_and_only_tick_releases():
+    g, calls = guard([50 * MIB, 86 * MIB, 96 * MIB, 10 * MIB, 10 * MIB])
+    assert g.check() == 0 and calls == []
+    assert g.check() == 3
+    assert calls == [("on", "flush"), ("on", "shrink_rings"), ("on", "pause_collectors")]
+    calls.clear()
+    assert g.check() == 5 and calls == [("on", "cap_queues"), ("on", "refuse_series")]  # no repeated flush
+    calls.clear()
+    assert g.check() == 5 and calls == []  # at 10 %: a growth check never releases
+    assert g.tick() == 0 and calls[0] == ("off", "refuse_series") and g.checks == 4
+
+
+def test_check_never_waits_for_a_guard_that_is_moving():
+    reads = []
+    g = MemGuard(100 * MIB, {}, rss=lambda: reads.append(1) or 99 * MIB)
+    g._lock.acquire()  # a tick (flushing) in the main loop
+    try:
+        assert g.check() == 0 and reads == []
+    finally:
+        g._lock.release()
+    assert g.check() == 5 and reads == [1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 200)), min_size=1, max_size=60))
+def test_any_mix_of_ticks_and_growth_checks_keeps_the_ladder_consistent(ops):
+    g, calls = guard([p * MIB for _, p in ops])
+    for is_tick, p in ops:
+        before = g.level
+        level = g.tick() if is_tick else g.check()
+        assert [s.active for s in g.steps] == [True] * level + [False] * (len(STEPS) - level)
+        share = p / 100
+        assert all(s.active for s in g.steps if share >= s.share)  # reached: engaged
+        if not is_tick:
+            assert level >= before  # a growth check never releases
+    ons = [n for a, n in calls if a == "on" and n != "flush"]
+    offs = [n for a, n in calls if a == "off"]
+    for name, _ in STEPS[1:]:
+        assert 0 <= ons.count(name) - offs.count(name) <= 1
+    assert g.counts()["refuse_series"] == ons.count("refuse_series")
+
+
+def _agent_with_registry(reg, rings=None, calls=None):
+    calls = calls if calls is not None else []
+    wanted = __import__("threading").Event()
+
+    def evict(now_ns, ttl_s=None):
+        out = reg.evict(now_ns) if ttl_s is None else reg.evict(now_ns, ttl_s=ttl_s)
+        return sum(len(v) for v in out.values())
+
+    pipeline = SimpleNamespace(flush_wanted=wanted, evict=evict)
+    sched = SimpleNamespace(lowest_priority=lambda: ["flood"], pause=lambda n: calls.append(("pause", n)),
+                            resume=lambda: calls.append(("resume",)), before_pass=None,
+                            effective_intervals=lambda: {"flood": 1.0, "cpu": 1.0})
+    return SimpleNamespace(rings=rings or RingSet(1, 24 * 800), registry=reg, scheduler=sched, outputs=[],
+                           spool=object(), pipeline=pipeline, settings=None,
+                           flush=lambda: calls.append(("flush", __import__("threading").get_ident())),
+                           tenants=None), calls
+
+
+def _contain(agent, rss, cap_mb=100):
+    c = Containment(agent, cgroup=lambda: CgroupLimits(), rss=rss)
+    c.adopt(dataclasses.replace(BASE, agent=dataclasses.replace(
+        BASE.agent, limits=dataclasses.replace(BASE.agent.limits, memory_mb=cap_mb))))
+    return c
+
+
+def test_registry_growth_reaches_the_guard_in_a_collector_thread_which_never_flushes():
+    """refuse_series and pause_collectors engage within the pass that grows (a collector
+    thread); the flush, which only the main loop may run, is asked for, not run there."""
+    import threading
+
+    reg = SeriesRegistry(1, 10_000_000, names=["acme"])
+    base = 60 * MIB
+    agent, calls = _agent_with_registry(reg)
+    c = _contain(agent, rss=lambda: base + reg.accounted_bytes())
+    c.every_second()  # the main loop: wires the hooks, level 0
+    assert reg.on_growth is not None and agent.scheduler.before_pass is not None and c.guard.level == 0
+    out = {}
+
+    def a_pass():
+        out["ids"] = [reg.intern(0, "flood.value", (("key", str(k)),)) for k in range(80_000)]
+
+    th = threading.Thread(target=a_pass)
+    th.start()
+    th.join()
+    assert c.guard.level == 5 and reg.refusing_new
+    assert ("pause", ["flood"]) in calls
+    assert not any(x[0] == "flush" for x in calls) and agent.pipeline.flush_wanted.is_set()
+    assert base + reg.accounted_bytes() < 0.95 * 100 * MIB + reg.check_every_bytes + 1024
+    assert reg.refused_memory == sum(i < 0 for i in out["ids"]) > 0
+    c.every_second()  # back in the main loop: the repeated flush runs here
+    assert ("flush", threading.get_ident()) in calls
+
+
+def test_while_shedding_idle_series_are_evicted_and_memory_comes_back(monkeypatch):
+    import ingress.containment as containment
+
+    reg = SeriesRegistry(1, 10_000_000, ttl_s=600, names=["acme"])
+    now = [1_000 * 10**9]
+    monkeypatch.setattr(containment.time, "time_ns", lambda: now[0])
+    trims = []
+    monkeypatch.setattr(containment, "_malloc_trim", lambda: trims.append(1) or True)
+    agent, calls = _agent_with_registry(reg)
+    agent.flush = lambda: reg.release()  # the flush releases what was evicted before it
+    c = _contain(agent, rss=lambda: 67 * MIB + reg.accounted_bytes())  # 20,000 series: about 76 %
+    cpu = [reg.intern(0, "cpu", (("core", str(i)),), now_ns=now[0]) for i in range(4)]
+    for k in range(20_000):
+        reg.intern(0, "flood.value", (("key", str(k)),), now_ns=now[0])
+    assert c.shed_ttl_s() == containment.SHED_TTL_MIN_S  # 1 s collectors: 2 passes < 5 s minimum
+    c.every_second()
+    assert c.guard.level >= 1 and reg.count(0) == 20_004  # nothing idle long enough yet
+    for _ in range(6):  # the cpu collector goes on; the flood has stopped
+        now[0] += 10**9
+        reg.touch(0, np.array(cpu, np.uint32), now[0])
+        c.every_second()
+    assert reg.count(0) == 4 and reg.evicted_memory == 20_000
+    for _ in range(3):
+        now[0] += 10**9
+        c.every_second()
+    assert c.guard.level == 0 and c.guard.last_recovery_s is not None
+    assert reg.accounted_bytes() < 4 * 1000 and trims == [1] and c.trims == 1
+    assert [reg.key(0, i)[0] for i in cpu] == ["cpu"] * 4  # what is still collected stays
+
+
+def test_no_early_eviction_below_the_first_step(monkeypatch):
+    reg = SeriesRegistry(1, 100, ttl_s=600, names=["acme"])
+    agent, _ = _agent_with_registry(reg)
+    c = _contain(agent, rss=lambda: 10 * MIB)
+    reg.intern(0, "m", now_ns=0)
+    for _ in range(3):
+        c.every_second()
+    assert reg.count(0) == 1 and reg.evicted_memory == 0
+
+
+def test_shed_ttl_follows_the_longest_interval():
+    reg = SeriesRegistry(1, 100, names=["acme"])
+    agent, _ = _agent_with_registry(reg)
+    agent.scheduler.effective_intervals = lambda: {"processes": 30.0, "cpu": 10.0}
+    c = _contain(agent, rss=lambda: 10 * MIB)
+    assert c.shed_ttl_s() == 60.0
+    agent.settings = SimpleNamespace(tenants=[SimpleNamespace(interval_s=45.0)])
+    assert c.shed_ttl_s() == 90.0
+
+
+def test_a_reloaded_registry_and_scheduler_are_hooked_and_keep_the_steps():
+    reg = SeriesRegistry(1, 100, names=["acme"])
+    agent, calls = _agent_with_registry(reg)
+    c = _contain(agent, rss=lambda: 99 * MIB)
+    c.every_second()
+    assert reg.refusing_new and ("pause", ["flood"]) in calls
+    calls.clear()
+    agent.registry = SeriesRegistry(1, 100, names=["acme"])  # a reload built new ones
+    agent.scheduler = SimpleNamespace(**{**vars(agent.scheduler), "before_pass": None})
+    c.every_second()
+    assert agent.registry.refusing_new and agent.registry.on_growth is not None
+    assert agent.scheduler.before_pass is not None and ("pause", ["flood"]) in calls
+
+
+def test_scheduler_skips_a_pass_its_before_pass_hook_paused():
+    from ingress.collect.scheduler import Due, Scheduler
+
+    ran = []
+
+    class C:
+        def __init__(self, p):
+            self.priority = p
+
+        def collect(self, now):
+            ran.append(now)
+            raise RuntimeError("not reached")
+
+    s = Scheduler({"flood": C(0), "cpu": C(4)}, {"flood": 1.0, "cpu": 1.0}, jitter=0.0, rng=1)
+    s.before_pass = lambda: s.pause(s.lowest_priority())
+    s._run(s._slot("flood"), Due("flood", 0, ("acme",)))
+    assert ran == [] and s.paused_passes == 1
+    s._run(s._slot("cpu"), Due("cpu", 0, ("acme",)))
+    assert len(ran) == 1 and s.paused_passes == 1

@@ -299,3 +299,189 @@ def test_intern_refuses_a_name_that_cannot_be_encoded_and_changes_nothing():
         reg.intern(0, "m", (("k", 1),))
     assert reg.count(0) == 0
     assert reg.intern(0, "good") == 0
+
+
+# -- memory: accounting, growth checks, early eviction, giving memory back -----------
+
+from ingress.buffer.registry import CHECK_EVERY_BYTES, SERIES_OVERHEAD  # noqa: E402
+
+
+def series_bytes(name, tags):
+    return SERIES_OVERHEAD + len(name) + sum(len(k) + len(v) for k, v in tags)
+
+
+def test_new_series_are_accounted_and_known_ones_cost_nothing():
+    reg = SeriesRegistry(2, names=["a", "b"])
+    calls = []
+    reg.on_growth = lambda: calls.append(reg.accounted_bytes())
+    reg.intern(0, "flood.value", (("key", "1"),))
+    reg.intern(1, "m", ())
+    one = series_bytes("flood.value", (("key", "1"),))
+    assert reg.accounted_bytes(0) == one and reg.accounted_bytes(1) == series_bytes("m", ())
+    for _ in range(1000):  # a known series: no accounting, no check
+        reg.intern(0, "flood.value", (("key", "1"),))
+    assert reg.accounted_bytes() == one + series_bytes("m", ()) and calls == []
+
+
+def test_growth_check_is_called_every_check_every_bytes_outside_the_lock():
+    reg = SeriesRegistry(1)
+    reg.check_every_bytes = 10_000
+    seen = []
+
+    def check():
+        # Outside the lock: the guard's actions may release ids (a flush).
+        assert reg._lock.acquire(blocking=False)
+        reg._lock.release()
+        seen.append(reg.accounted_bytes())
+
+    reg.on_growth = check
+    biggest = series_bytes("flood.value", (("key", "499"),))
+    for k in range(500):
+        reg.intern(0, "flood.value", (("key", str(k)),))
+    # A check as soon as 10,000 bytes were accounted since the last one (never later
+    # than one series past that), and none before.
+    gaps = [b - a for a, b in zip([0] + seen, seen)]
+    assert len(seen) >= 20 and all(10_000 <= g < 10_000 + biggest for g in gaps)
+    assert reg.accounted_bytes() - seen[-1] < 10_000
+    assert CHECK_EVERY_BYTES <= 256 << 10  # a check every few hundred series at most
+
+
+def test_a_pass_that_grows_meets_the_guard_within_the_pass():
+    """The defect of issue 11: the guard only read RSS once a second, so one pass of
+    20,000 new series grew the agent past the cap before it could act. Here the RSS
+    follows the registry's growth; the growth check engages refuse_series in the pass."""
+    from ingress.memguard import MemGuard
+
+    reg = SeriesRegistry(1, 10_000_000)
+    base, cap = 30 << 20, 40 << 20
+    guard = MemGuard(cap, {"refuse_series": (lambda: setattr(reg, "refusing_new", True),
+                                             lambda: setattr(reg, "refusing_new", False))},
+                     rss=lambda: base + reg.accounted_bytes())
+    reg.on_growth = guard.check
+    ids = [reg.intern(0, "flood.value", (("key", str(k)),)) for k in range(20000)]
+    assert reg.refusing_new and guard.level == 5
+    accepted = sum(i >= 0 for i in ids)
+    # Accepted: up to the 95 % step plus at most one check's worth of series.
+    assert base + reg.accounted_bytes() < 0.95 * cap + CHECK_EVERY_BYTES + 1024
+    assert accepted < 20000 and reg.refused_memory == 20000 - accepted
+
+
+def test_evict_with_a_shorter_ttl_counts_as_memory_eviction():
+    reg = SeriesRegistry(1, ttl_s=600)
+    old = [reg.intern(0, f"old{i}", now_ns=0) for i in range(3)]
+    new = reg.intern(0, "fresh", now_ns=9 * S)
+    out = reg.evict(10 * S, ttl_s=5.0)
+    assert out[0].tolist() == old and reg.evicted_memory == 3 and reg.count(0) == 1
+    assert reg.evict(10 * S) == {} and reg.evicted_memory == 3  # the regular ttl is not counted
+    assert reg.intern(0, "fresh") == new
+
+
+@pytest.mark.parametrize("ttl", [0, -1.0, float("nan"), float("inf"), float("-inf")])
+def test_evict_refuses_a_ttl_that_is_not_a_positive_finite_number(ttl):
+    reg = SeriesRegistry(1)
+    with pytest.raises(ValueError, match="ttl_s"):
+        reg.evict(S, ttl_s=ttl)
+    with pytest.raises(ValueError, match="ttl_s"):
+        SeriesRegistry(1, ttl_s=ttl)
+
+
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**30, 10**30)))
+def test_any_ttl_is_either_used_or_refused_by_name(ttl):
+    reg = SeriesRegistry(1)
+    reg.intern(0, "m", now_ns=0)
+    try:
+        reg.evict(10**18, ttl_s=ttl)
+    except ValueError as e:
+        assert "ttl_s" in str(e)
+    try:
+        SeriesRegistry(1, ttl_s=ttl)
+    except ValueError as e:
+        assert "ttl_s" in str(e)
+
+
+def test_a_flood_evicted_and_released_gives_its_memory_back():
+    import sys
+
+    reg = SeriesRegistry(1, 10_000_000)
+    keep = [reg.intern(0, "cpu", (("core", str(c)),), now_ns=0) for c in range(8)]
+    for k in range(50_000):
+        reg.intern(0, "flood.value", (("key", str(k)),), now_ns=0)
+    full_dict, full_keys = sys.getsizeof(reg._t[0].ids), len(reg._t[0].keys)
+    reg.touch(0, np.array(keep, np.uint32), 100 * S)
+    assert sum(len(v) for v in reg.evict(100 * S, ttl_s=5.0).values()) == 50_000
+    reg.release()
+    st_ = reg._t[0]
+    # The id dict is rebuilt for what is left; the top of the id space is handed back.
+    assert sys.getsizeof(st_.ids) < full_dict / 20
+    assert len(st_.keys) == 8 and st_.free.tolist() == [] and full_keys == 50_008
+    assert reg.accounted_bytes() == sum(series_bytes("cpu", (("core", str(c)),)) for c in range(8))
+    assert reg.intern(0, "new") == 8 and [reg.intern(0, "cpu", (("core", str(c)),)) for c in range(8)] == keep
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["intern", "touch", "evict", "evict_short", "release"]),
+                          st.integers(0, 40)), max_size=80))
+def test_any_history_keeps_accounting_ids_and_dictionary_consistent(ops):
+    """Whatever the interns, evictions (short or regular) and releases: the accounting is
+    the sum over held keys, a live id is never one in quarantine or free, keys resolve."""
+    reg = SeriesRegistry(1, 10_000, ttl_s=20)
+    now = 0
+    live: dict[tuple, int] = {}
+    for op, k in ops:
+        now += S
+        if op == "intern":
+            key = ("m", (("k", str(k)),))
+            sid = reg.intern(0, *key, now_ns=now)
+            assert sid >= 0
+            if key in live:
+                assert live[key] == sid
+            live[key] = sid
+        elif op == "touch" and live:
+            reg.touch(0, np.array(list(live.values())[: k + 1], np.uint32), now)
+        elif op in ("evict", "evict_short"):
+            out = reg.evict(now + k * S, ttl_s=3.0 if op == "evict_short" else None)
+            gone = set(out.get(0, np.zeros(0, np.uint32)).tolist())
+            live = {key: sid for key, sid in live.items() if sid not in gone}
+        elif op == "release":
+            reg.release()
+        t = reg._t[0]
+        held = [key for key in t.keys if key is not None]
+        assert reg.accounted_bytes() == sum(series_bytes(n, tags) for n, tags in held)
+        assert reg.count(0) == len(live) == len(t.ids)
+        in_q = {int(i) for _, ids in t.quarantine for i in ids.tolist()}
+        free = t.free.tolist()
+        assert not in_q & set(live.values()) and not set(free) & set(live.values())
+        assert len(set(free)) == len(free) and all(0 <= f < len(t.keys) and t.keys[f] is None for f in free)
+        for key, sid in live.items():
+            assert reg.key(0, sid) == key
+        if live:
+            data, n, _ = reg.encoded_dictionary(0, np.array(sorted(live.values()), np.uint32))
+            assert n == len(live)
+
+
+def test_released_series_leave_no_python_object_behind():
+    """The defect: free ids were kept as Python ints (registry and string table), one
+    object per released series and string, which pinned the interpreter's memory
+    arenas after a flood. Here the flood's ids are not at the top of the id space
+    (newer series sit above them), so they stay free rather than trimmed."""
+    import gc
+    import sys
+
+    reg = SeriesRegistry(1, 10_000_000)
+    reg.intern(0, "warm", (("k", "v"),), now_ns=0)
+    gc.collect()
+    before = sys.getallocatedblocks()
+    for k in range(40_000):
+        reg.intern(0, "flood.value", (("key", f"k{k}"),), now_ns=0)
+    newer = [reg.intern(0, "cpu", (("core", str(c)),), now_ns=0) for c in range(8)]
+    reg.touch(0, np.array(newer + [0], np.uint32), 100 * S)
+    assert sum(len(v) for v in reg.evict(100 * S, ttl_s=5.0).values()) == 40_000
+    assert reg.release() == 40_000
+    gc.collect()
+    # 8 live series and a handful of containers: far from one object per released id.
+    assert sys.getallocatedblocks() - before < 500
+    assert len(reg._t[0].free) == 40_000 and reg._t[0].sdict.strings == 3 + 2 + 8  # warm k v, cpu core, 0..7
+    # The free ids are reused, lowest (most recently freed) first, and encode correctly.
+    again = [reg.intern(0, "again", (("n", str(i)),)) for i in range(3)]
+    data, n, _ = reg.encoded_dictionary(0, np.array(again + newer, np.uint32))
+    assert n == 11 and len(set(again)) == 3 and not set(again) & set(newer)

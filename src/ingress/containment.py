@@ -11,7 +11,14 @@ everything runs, :meth:`Containment.every_second` from its main loop, and
   line says which); the scheduler's CPU budget and the memory guard use the
   effective values.
 * **memory guard**: :class:`ingress.memguard.MemGuard` with the agent's
-  actions as its steps.
+  actions as its steps. Besides its tick once a second it checks at growth:
+  the series registry calls :meth:`MemGuard.check` every
+  ``check_every_bytes`` of new series and the scheduler before each
+  collector pass (hooks set by :meth:`Containment.every_second`, again after a
+  reload builds new ones). While any step holds, series idle for longer than
+  :meth:`Containment.shed_ttl_s` are evicted every second (counted in
+  ``evicted_memory``), and after a release that freed many series the C heap
+  is trimmed (``malloc_trim``), so the RSS, and the agent, come back.
 * **systemd**: ``READY=1`` with a ``STATUS=`` line after start, ``WATCHDOG=1``
   at half ``WATCHDOG_USEC`` from the main loop, ``STOPPING=1`` at stop
   (:mod:`ingress.sdnotify`; no-ops without ``NOTIFY_SOCKET``).
@@ -19,6 +26,7 @@ everything runs, :meth:`Containment.every_second` from its main loop, and
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Any, Callable
 
@@ -26,12 +34,19 @@ from ingress.logs import get_logger
 from ingress.memguard import MemGuard, read_rss
 from ingress.sdnotify import Notifier
 
-__all__ = ["Containment", "adopt_limits", "SHRUNK_RING_SHARE", "QUEUE_CAP_SHARE"]
+__all__ = ["Containment", "adopt_limits", "SHRUNK_RING_SHARE", "QUEUE_CAP_SHARE", "SHED_TTL_MIN_S",
+           "SHED_TTL_PASSES"]
 
 log = get_logger("ingress.containment")
 MIB = 1 << 20
 SHRUNK_RING_SHARE = 4  # shrink_rings: each ring holds a quarter of its slots
 QUEUE_CAP_SHARE = 0.25  # cap_queues: outputs' local queues at a quarter of their bound
+# While shedding, a series not seen for SHED_TTL_PASSES of the longest interval it can be
+# collected at (and at least SHED_TTL_MIN_S) is evicted: a series that is still collected
+# is seen at every pass, so only those that stopped (a flood's, a gone pid's) go.
+SHED_TTL_MIN_S = 5.0
+SHED_TTL_PASSES = 2
+TRIM_AFTER_RELEASED = 1000  # malloc_trim once at least this many series were released
 
 
 def adopt_limits(settings: Any, cgroup: Any) -> tuple[Any, dict[str, str]]:
@@ -92,6 +107,9 @@ class Containment:
         self.guard: MemGuard | None = None
         self._next_watchdog = 0.0
         self._queues_capped: list[Any] = []
+        self._loop_thread: int | None = None  # the thread of every_second: the one that may flush
+        self._pending_trim = 0  # series evicted by the guard since the last malloc_trim
+        self.trims = 0  # malloc_trim calls
         from ingress.security.events import ConfigWatch
 
         self.config_watch = ConfigWatch()  # the config file changing on disk: a security event
@@ -125,8 +143,17 @@ class Containment:
             self._next_watchdog = self._clock()  # first ping at the next tick
 
     def every_second(self) -> None:
+        self._loop_thread = threading.get_ident()
         if self.guard is not None:
-            self.guard.tick()
+            self._wire()
+            level = self.guard.tick()
+            if self._pending_trim >= TRIM_AFTER_RELEASED and not self._quarantined():
+                # the tick's flush released what the guard evicted: hand the C heap back
+                self._pending_trim = 0
+                if _malloc_trim():
+                    self.trims += 1
+            if level:
+                self._shed_evict()
         self.config_watch.check(getattr(self.agent, "settings", None), self._clock())
         w = self.notifier.watchdog_s
         if w:
@@ -137,6 +164,48 @@ class Containment:
 
     def stopping(self) -> None:
         self.notifier.stopping()
+
+    def shed_ttl_s(self) -> float:
+        """Idle time past which the guard evicts a series while it sheds (see SHED_TTL_PASSES)."""
+        longest = 0.0
+        s = self.agent.scheduler
+        intervals = getattr(s, "effective_intervals", None)
+        if intervals is not None:
+            longest = max(intervals().values(), default=0.0)
+        settings = getattr(self.agent, "settings", None)
+        for t in getattr(settings, "tenants", ()) or ():
+            longest = max(longest, float(getattr(t, "interval_s", 0.0) or 0.0))
+        return max(SHED_TTL_MIN_S, SHED_TTL_PASSES * longest)
+
+    def _shed_evict(self) -> None:
+        p = getattr(self.agent, "pipeline", None)
+        if p is None or not hasattr(p, "evict"):
+            return
+        try:
+            self._pending_trim += p.evict(time.time_ns(), ttl_s=self.shed_ttl_s())
+        except Exception as e:  # never fatal: the regular eviction still runs
+            log.every("shed eviction failed", 60.0).error("memory guard: eviction failed",
+                                                          error=f"{type(e).__name__}: {e}")
+
+    def _quarantined(self) -> int:
+        r = self.agent.registry
+        q = getattr(r, "quarantined", None)
+        if q is None:
+            return 0
+        return sum(q(t) for t in range(getattr(r, "n_tenants", 0)))
+
+    def _wire(self) -> None:
+        """Hook the guard's growth check into the registry and the scheduler (again after a reload)."""
+        r, s = self.agent.registry, self.agent.scheduler
+        check = self.guard.check
+        if hasattr(r, "on_growth") and r.on_growth != check:
+            r.on_growth = check
+            if hasattr(r, "refusing_new"):  # a reload's new registry: the step still holds
+                r.refusing_new = "refuse_series" in self.guard.active
+        if s is not None and hasattr(s, "before_pass") and s.before_pass != check:
+            s.before_pass = check
+            if "pause_collectors" in self.guard.active:
+                self._pause()
 
     def status(self) -> dict[str, Any]:
         """For /readyz and /metrics: the guard's level, steps engaged and counts."""
@@ -157,8 +226,14 @@ class Containment:
         }
 
     def _flush(self) -> None:
-        if self.agent.spool is not None:
+        if self.agent.spool is None:
+            return
+        if self._loop_thread is None or threading.get_ident() == self._loop_thread:
             self.agent.flush()
+        else:  # a growth check in a collector thread: only the main loop flushes; wake it
+            wanted = getattr(getattr(self.agent, "pipeline", None), "flush_wanted", None)
+            if wanted is not None:
+                wanted.set()
 
     def _ring_tenants(self) -> range:
         rings = self.agent.rings
@@ -203,6 +278,33 @@ class Containment:
         r = self.agent.registry
         if hasattr(r, "refusing_new"):
             r.refusing_new = on
+
+
+_libc: Any = None
+
+
+def _malloc_trim() -> bool:
+    """glibc's ``malloc_trim(0)``: return the free pages of the C heap to the system.
+
+    Freed series leave whole pages free in the heap (numpy buffers, the C
+    dictionary, large Python objects); glibc keeps them resident until it
+    trims. False where there is no glibc (musl, other systems).
+    """
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes  # only once the guard has evicted a flood: not on the start path
+
+            _libc = ctypes.CDLL(None).malloc_trim  # the process's own libc
+        except (OSError, AttributeError, ImportError):
+            _libc = False
+    if not _libc:
+        return False
+    try:
+        _libc(0)
+    except Exception:  # noqa: BLE001 - an optimisation only
+        return False
+    return True
 
 
 class _NoLimits:

@@ -1,10 +1,20 @@
 """The memory cap that holds: watch the agent's own RSS and shed load in steps.
 
-Once a second the agent's main loop calls :meth:`MemGuard.tick`, which reads
-``/proc/self/statm`` (one small read, no allocation worth the name) and
-compares the resident set with the cap (``agent.limits.memory_mb``, or a
-tighter cgroup ``memory.max`` the agent adopted at start). Nearing the cap it
-engages the steps of a ladder, each at its share of the cap:
+The guard reads ``/proc/self/statm`` (one small read, no allocation worth the
+name) and compares the resident set with the cap (``agent.limits.memory_mb``,
+or a tighter cgroup ``memory.max`` the agent adopted at start). It reads it at
+two kinds of moments:
+
+* :meth:`MemGuard.tick`, once a second from the agent's main loop: engages,
+  releases, repeats the flush;
+* :meth:`MemGuard.check`, *at growth*, from whichever thread grows: the series
+  registry calls it every ``check_every_bytes`` of series it accounts (about
+  every hundred new series, never for a known one) and the scheduler before
+  each collector pass. It only engages (never releases), so a pass that grows
+  the agent meets ``pause_collectors`` and ``refuse_series`` within that pass,
+  not at the next second.
+
+Nearing the cap it engages the steps of a ladder, each at its share of the cap:
 
 =====  ===================  ==================================================
 share  step                 what the agent does (callbacks it provides)
@@ -18,13 +28,15 @@ share  step                 what the agent does (callbacks it provides)
 95 %   ``refuse_series``    refuse new series (counted per tenant)
 =====  ===================  ==================================================
 
-A step is released when the RSS falls ``HYSTERESIS`` (5 % of the cap) below
-the share it engaged at, last engaged first. Every engagement is counted per
-step; the level changes are logged once each (not once a second).
+A step is released (by ``tick`` only) when the RSS falls ``HYSTERESIS`` (5 %
+of the cap) below the share it engaged at, last engaged first. Every
+engagement is counted per step; the level changes are logged once each (not
+once a second).
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -103,6 +115,9 @@ class MemGuard:
         self.peak_rss = 0
         self.over_since: float | None = None  # first tick at level > 0
         self.last_recovery_s: float | None = None  # level > 0 -> 0, seconds
+        self.checks = 0  # check() calls that read the RSS (growth checks)
+        # tick() and check() move the ladder under this lock; actions run under it.
+        self._lock = threading.Lock()
 
     @property
     def active(self) -> list[str]:
@@ -113,8 +128,27 @@ class MemGuard:
         return {s.name: s.engaged for s in self.steps}
 
     def tick(self) -> int:
-        """Read the RSS once, engage or release steps; returns the level."""
-        rss = self._rss()
+        """Read the RSS once, engage or release steps; returns the level (the main loop, once a second)."""
+        with self._lock:
+            return self._move(self._rss(), release=True)
+
+    def check(self) -> int:
+        """Read the RSS once and engage the steps it has reached; returns the level.
+
+        For the moments memory grows (a batch of new series, a collector pass
+        about to run), from any thread. It never releases a step nor repeats
+        the flush (``tick`` does), and it never waits: while another thread is
+        moving the ladder it returns the current level at once.
+        """
+        if not self._lock.acquire(blocking=False):
+            return self.level
+        try:
+            self.checks += 1
+            return self._move(self._rss(), release=False)
+        finally:
+            self._lock.release()
+
+    def _move(self, rss: int, release: bool) -> int:
         self.last_rss = rss
         self.peak_rss = max(self.peak_rss, rss)
         if self.cap <= 0 or rss <= 0:
@@ -124,8 +158,9 @@ class MemGuard:
         level = old
         while level < len(self.steps) and share >= self.steps[level].share:
             level += 1
-        while level > 0 and share < self.steps[level - 1].share - HYSTERESIS and level <= old:
-            level -= 1
+        if release:
+            while level > 0 and share < self.steps[level - 1].share - HYSTERESIS and level <= old:
+                level -= 1
         for i in range(old, level):  # up: engage in order
             s = self.steps[i]
             s.active = True
@@ -135,9 +170,10 @@ class MemGuard:
             s = self.steps[i]
             s.active = False
             self._call(s, s.release)
-        for s in self.steps[:min(old, level)]:
-            if s.repeat:
-                self._call(s, s.engage)
+        if release:
+            for s in self.steps[:min(old, level)]:
+                if s.repeat:
+                    self._call(s, s.engage)
         self.level = level
         if level != old:
             now = self._clock()
@@ -149,7 +185,8 @@ class MemGuard:
             fields = dict(rss_mb=round(rss / (1 << 20), 1), cap_mb=round(self.cap / (1 << 20), 1),
                           share=round(share, 3), level=level, steps=self.active)
             if level > old:
-                log.warning("memory near its cap: shedding load", step=self.steps[level - 1].name, **fields)
+                log.warning("memory near its cap: shedding load", step=self.steps[level - 1].name,
+                            at="tick" if release else "growth", **fields)
             else:
                 log.info("memory eased: load shedding released" if level else "memory back under its cap: "
                          "every shed step released", step=self.steps[old - 1].name, **fields)

@@ -1,15 +1,14 @@
 """``ingress sink --from-kafka``: two sinks in one consumer group on a real Tansu broker.
 
-Tansu's group subscribe takes ~20 s to settle (shared/facts.md), so one test
+A group's first settling takes seconds on Tansu (shared/facts.md), so one test
 covers sharing, header checks, both schemas and a SIGKILL of a sink mid-stream.
+The sinks run with a 3 s group session (sink_store/procs.py) so the killed
+member's partitions move on sooner; the waits end when the group has committed
+every message (the sink commits only what it stored or refused for good).
 """
-import http.client
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,44 +17,13 @@ from ingress import wire
 from ingress.sink_store.kafka_input import KafkaInput, _Refuse
 
 from integration.conftest import Tansu
-from sink_store.conftest import make_batch, run_cli
+from sink_store.conftest import make_batch
+from sink_store.procs import dump_store, kill, metric, start_sink, start_sinks, stop, stored, wait_consumed, wait_for
 
 pytestmark = pytest.mark.integration
 
 TENANTS = ("acme", "zeta", "umbra")
-
-
-def _sink(tmp_path, name, bootstrap, topic, group):
-    p = subprocess.Popen([sys.executable, "-m", "ingress", "sink", "--listen", "127.0.0.1:0", "--store",
-                          str(tmp_path / name), "--from-kafka", bootstrap, "--topic", topic, "--group", group],
-                         stderr=subprocess.PIPE, text=True)
-    line = p.stderr.readline()
-    assert "listening on http://127.0.0.1:" in line, line + p.stderr.read()
-    port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
-    return p, port
-
-
-def _metric(port, name):
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for m in re.finditer(rf'^{name}{{([^}}]*)}} ([0-9.e+]+)$', text, re.M):
-        out[m.group(1)] = float(m.group(2))
-    return out
-
-
-def _stored(port):
-    return sum(_metric(port, "ingress_sink_samples_stored_total").values())
-
-
-def _rows(store, tenant):
-    r = run_cli("sink", "query", "--store", str(store), "--tenant", tenant, "--metric", "cpu.user")
-    assert r.returncode == 0, r.stderr
-    return [json.loads(x) for x in r.stdout.splitlines()]
+REFUSED = ("tenant_mismatch", "bad_batch", "unknown_schema")
 
 
 def test_two_sinks_share_the_partitions_refuse_mismatches_and_survive_a_kill(tmp_path):
@@ -81,14 +49,6 @@ def test_two_sinks_share_the_partitions_refuse_mismatches_and_survive_a_kill(tmp
             assert prod.flush(30) == 0
 
         produce(8)
-        # Refused, never stored: a zeta header on an acme batch, garbage, an unknown schema.
-        bad = make_batch("acme", n=5)
-        prod.produce(f"{base}.zeta", value=bad, key="zeta", partition=0,
-                     headers=[("tenant-id", "zeta"), ("schema", "ingress-batch/1")])
-        prod.produce(f"{base}.acme", value=b"\x00garbage", key="acme", partition=1,
-                     headers=[("tenant-id", "acme"), ("schema", "ingress-batch/1")])
-        prod.produce(f"{base}.acme", value=b"{}", key="acme", partition=2,
-                     headers=[("tenant-id", "acme"), ("schema", "avro/9")])
         # One sample in the json schema.
         js = {"tenant": "umbra", "name": "cpu.user", "tags": {"cpu": "0"}, "ts": time.time_ns(), "value": 9.0,
               "host": "web-1", "batch_id": "ab" * 16}
@@ -98,67 +58,58 @@ def test_two_sinks_share_the_partitions_refuse_mismatches_and_survive_a_kill(tmp
         sent["umbra"] += 1
 
         topic, group = f"^{base}\\..*", f"g-{base}"
-        procs = [_sink(tmp_path, "s1", broker.bootstrap, topic, group),
-                 _sink(tmp_path, "s2", broker.bootstrap, topic, group)]
+        args = ("--from-kafka", broker.bootstrap, "--topic", topic, "--group", group)
+        procs = start_sinks((tmp_path / "s1", args, 0), (tmp_path / "s2", args, 0))
         total = sum(sent.values())
-        end = time.monotonic() + 120
-        while time.monotonic() < end and sum(_stored(port) for _, port in procs) < total // 3:
-            time.sleep(0.5)
+        wait_for(lambda: sum(stored(port) for _, port in procs) >= total // 3, 120, "a third stored")
         # SIGKILL one sink mid-stream and restart it; keep producing meanwhile.
         victim, _ = procs[0]
         os.kill(victim.pid, signal.SIGKILL)
-        victim.wait(10)
+        assert victim.wait(10) == -signal.SIGKILL
         produce(4)
-        total = sum(sent.values())
-        procs[0] = _sink(tmp_path, "s1", broker.bootstrap, topic, group)
-        end = time.monotonic() + 150
-        while time.monotonic() < end:  # the refused messages are counted by whichever sink owns them
+        procs[0] = start_sink(tmp_path / "s1", *args)
+        # Refused, never stored (sent while both sinks live, so the member that owns each counts it):
+        # a zeta header on an acme batch, garbage, an unknown schema.
+        prod.produce(f"{base}.zeta", value=make_batch("acme", n=5), key="zeta", partition=0,
+                     headers=[("tenant-id", "zeta"), ("schema", "ingress-batch/1")])
+        prod.produce(f"{base}.acme", value=b"\x00garbage", key="acme", partition=1,
+                     headers=[("tenant-id", "acme"), ("schema", "ingress-batch/1")])
+        prod.produce(f"{base}.acme", value=b"{}", key="acme", partition=2,
+                     headers=[("tenant-id", "acme"), ("schema", "avro/9")])
+        assert prod.flush(30) == 0
+
+        def refused():
             rej = {}
             for _, port in procs:
-                for k, v in _metric(port, "ingress_sink_rejected_total").items():
+                for k, v in metric(port, "ingress_sink_rejected_total").items():
                     rej[k] = rej.get(k, 0) + v
-            if all(rej.get(f'reason="{r}"') for r in ("tenant_mismatch", "bad_batch", "unknown_schema")):
-                break
-            time.sleep(0.5)
-        _wait_quiet(procs)
-        for p, _ in procs:
-            p.send_signal(signal.SIGTERM)
-            assert p.wait(30) == 0
-        got = {t: _rows(tmp_path / "s1", t) + _rows(tmp_path / "s2", t) for t in TENANTS}
+            return rej
+
+        wait_consumed(broker.bootstrap, group, f"{base}.", limit_s=150)
+        wait_for(lambda: all(refused().get(f'reason="{r}"') for r in REFUSED), 30, "the three refusals counted")
+        assert stop(p for p, _ in procs) == [0, 0]
+        dumps = {s: dump_store(tmp_path / s, samples=True) for s in ("s1", "s2")}
 
         def keys(rows):
             return [(r["name"], tuple(sorted(r["tags"].items())), r["ts"]) for r in rows]
 
         for t in TENANTS:
+            mine = {s: [r for r in d["samples"] if r["tenant"] == t] for s, d in dumps.items()}
             # Each embedded store holds a sample at most once. Across the two stores a
             # batch redelivered after the SIGKILL may be stored by both: each process has
             # its own embedded database (chDB opens a directory in one process only), so
             # only a shared ClickHouse server deduplicates across sinks (docs/aggregator.md).
-            for s in ("s1", "s2"):
-                mine = keys(_rows(tmp_path / s, t))
-                assert len(set(mine)) == len(mine), (t, s)  # no duplicate within a store
-            assert len(set(keys(got[t]))) == sent[t], (t, len(set(keys(got[t]))), sent[t])  # no loss
-            assert {r["tenant"] for r in got[t]} == {t}
-            assert all(r["tags"] == {"cpu": "0"} and r["host"] == "web-1" for r in got[t])
-        shares = [sum(len(_rows(tmp_path / s, t)) for t in TENANTS) for s in ("s1", "s2")]
-        assert all(shares), shares  # both members of the group took partitions
+            for s, rows in mine.items():
+                assert len(set(keys(rows))) == len(rows), (t, s)  # no duplicate within a store
+            both = mine["s1"] + mine["s2"]
+            assert len(set(keys(both))) == sent[t], (t, len(set(keys(both))), sent[t])  # no loss
+            assert all(r["tags"] == {"cpu": "0"} and r["host"] == "web-1" for r in both)
+        for d in dumps.values():  # the refused messages are nowhere: only the three tenants' own rows
+            assert {r["tenant"] for r in d["samples"]} <= set(TENANTS) and d["dups"] == 0
+        assert all(d["samples"] for d in dumps.values())  # both members of the group took partitions
     finally:
-        for p, _ in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+        kill(p for p, _ in procs)
         broker.stop()
-
-
-def _wait_quiet(procs, quiet_s=6.0, limit_s=120.0):
-    last, since, end = -1.0, time.monotonic(), time.monotonic() + limit_s
-    while time.monotonic() < end:
-        now = sum(_stored(port) for _, port in procs)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return
-        time.sleep(0.5)
 
 
 class _Store:

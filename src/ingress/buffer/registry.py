@@ -15,12 +15,19 @@ but its key is kept, so batches that still hold samples with it can be encoded
 calls once every sample pushed before the eviction has been encoded. So an id
 is never reused while a batch still refers to it.
 
+Memory accounting: every new series adds an estimate of what it holds
+(``SERIES_OVERHEAD`` plus its strings) to :attr:`SeriesRegistry.accounted_bytes`;
+every ``check_every_bytes`` of such growth the registry calls ``on_growth``
+(the agent's memory guard, :meth:`ingress.memguard.MemGuard.check`), outside
+its lock. A known series costs nothing: the accounting is per *new* series.
+
 Thread safety: ``intern`` hits are a plain dict lookup; every mutation and
 ``dictionary`` run under one lock, so a collector thread may intern and touch
 while the flushing thread builds dictionaries and releases ids.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +37,7 @@ import numpy as np
 from ingress._core._codec import SeriesDictionary
 from ingress.logs import RateLimiter, get_logger
 
-__all__ = ["SeriesRegistry", "Tags"]
+__all__ = ["SeriesRegistry", "Tags", "SERIES_OVERHEAD", "CHECK_EVERY_BYTES"]
 
 log = get_logger("ingress.buffer")
 
@@ -40,13 +47,20 @@ Tags = tuple[tuple[str, str], ...]
 # new series always gets a full ttl before it can be evicted.
 NEVER = np.int64(-1)
 _INITIAL_IDS = 1024
+#: Bytes a new series holds besides its strings' characters: the key tuples, the
+#: id dict's entry, the string objects, the C dictionary's entry and the arrays'
+#: slots (measured: about 520 bytes for a series with one short tag).
+SERIES_OVERHEAD = 480
+#: on_growth is called every this many accounted bytes of new series (about
+#: 130 new series of that size; one /proc/self/statm read each time).
+CHECK_EVERY_BYTES = 64 << 10
 
 
 class _Tenant:
     """One tenant's id space. Arrays are indexed by id and grow by doubling."""
 
     __slots__ = ("cap", "ids", "keys", "sdict", "last_seen", "alive", "mark", "remap",
-                 "iota", "free", "quarantine", "live", "refused", "refused_since_log")
+                 "iota", "free", "quarantine", "live", "refused", "refused_since_log", "bytes", "dead")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -63,11 +77,13 @@ class _Tenant:
         self.mark = np.zeros(n, np.bool_)
         self.remap = np.zeros(n, np.uint32)
         self.iota = np.arange(n, dtype=np.uint32)
-        self.free: list[int] = []
+        self.free = _IdStack()
         self.quarantine: list[tuple[int, np.ndarray]] = []  # (evict epoch, ids)
         self.live = 0
         self.refused = 0
         self.refused_since_log = 0
+        self.bytes = 0  # accounted bytes of live and quarantined series
+        self.dead = 0  # entries deleted from `ids` since it was last compacted
 
     def grow(self) -> None:
         n = len(self.last_seen) * 2
@@ -113,13 +129,11 @@ class SeriesRegistry:
         for t, c in enumerate(caps):
             if c < 1 or c > 2**32 - 1:
                 raise ValueError(f"max_series[{t}]: {c} is not in 1..{2**32 - 1}")
-        if not ttl_s > 0:
-            raise ValueError(f"ttl_s: {ttl_s!r} is not a positive number")
         if names is not None and len(names) != n_tenants:
             raise ValueError(f"names: {len(names)} names for {n_tenants} tenants")
         self._t = [_Tenant(c) for c in caps]
         self._names = list(names) if names is not None else [str(t) for t in range(n_tenants)]
-        self._ttl_ns = int(ttl_s * 1e9)
+        self._ttl_ns = _ttl_ns(ttl_s)
         self._log_limiter = RateLimiter(clock)  # one refusal line per tenant per interval
         self._log_interval = float(log_interval_s)
         self._lock = threading.Lock()
@@ -128,6 +142,12 @@ class SeriesRegistry:
         # (counted in `refused` of its tenant and in `refused_memory`); known ones go on.
         self.refusing_new = False
         self.refused_memory = 0
+        # The memory guard's growth check (MemGuard.check), called outside the lock
+        # every `check_every_bytes` of accounted new series; None: no check.
+        self.on_growth: Callable[[], object] | None = None
+        self.check_every_bytes = CHECK_EVERY_BYTES
+        self._grown = 0  # accounted bytes since the last on_growth call
+        self.evicted_memory = 0  # series evicted early by evict(ttl_s=...) (the memory guard)
 
     # -- interning --------------------------------------------------------------------
 
@@ -180,10 +200,10 @@ class SeriesRegistry:
                 st.refused_since_log += 1
                 self._log_refusal(t, st, key)
                 return -1
-            if st.free:
-                sid = st.free[-1]
+            if st.free.n:
+                sid = st.free.top()
                 st.sdict.set(sid, name, key[1])  # refuses a non-str or non-UTF-8 string, naming it
-                st.free.pop()
+                st.free.n -= 1
                 st.keys[sid] = key
             else:
                 sid = len(st.keys)
@@ -198,7 +218,15 @@ class SeriesRegistry:
             st.alive[sid] = True
             st.last_seen[sid] = NEVER if now_ns is None else now_ns
             st.live += 1
-            return sid
+            size = _series_bytes(key)
+            st.bytes += size
+            self._grown += size
+            check = self._grown >= self.check_every_bytes and self.on_growth is not None
+            if check:
+                self._grown = 0
+        if check:  # outside the lock: the guard's actions may flush, which releases ids
+            self.on_growth()
+        return sid
 
     def _log_refusal(self, t: int, st: _Tenant, key: tuple[str, Tags]) -> None:
         if self._log_limiter.allow(t, self._log_interval) is None:
@@ -233,8 +261,16 @@ class SeriesRegistry:
         """Number of ``evict`` calls so far; ids quarantined by call k carry epoch k."""
         return self._epoch
 
-    def evict(self, now_ns: int) -> dict[int, np.ndarray]:
+    def evict(self, now_ns: int, ttl_s: float | None = None) -> dict[int, np.ndarray]:
         """Quarantine every live series not touched for ``ttl_s``.
+
+        Parameters
+        ----------
+        now_ns : int
+        ttl_s : float, optional
+            Idle time past which a series goes, instead of the registry's ttl: the
+            memory guard's shorter one while it sheds load. Those evictions are
+            counted in ``evicted_memory``.
 
         Returns
         -------
@@ -242,7 +278,7 @@ class SeriesRegistry:
             ``{t: uint32 array of evicted ids}`` for the tenants that lost any. Callers
             that cache ids (the collectors' fan-out) must forget these.
         """
-        cutoff = now_ns - self._ttl_ns
+        cutoff = max(now_ns - (self._ttl_ns if ttl_s is None else _ttl_ns(ttl_s)), -(2**63) + 1)
         out: dict[int, np.ndarray] = {}
         with self._lock:
             self._epoch += 1
@@ -261,8 +297,16 @@ class SeriesRegistry:
                 for sid in stale.tolist():
                     del ids[keys[sid]]
                 st.live -= stale.size
+                st.dead += stale.size
+                if st.dead > st.live:
+                    # A dict never gives back the room of deleted entries; copied, it is
+                    # sized for what is left (a flood's series gone: megabytes back).
+                    st.ids = dict(ids)
+                    st.dead = 0
                 st.quarantine.append((self._epoch, stale))
                 out[t] = stale
+                if ttl_s is not None:
+                    self.evicted_memory += stale.size
         return out
 
     def release(self, t: int | None = None, upto: int | None = None) -> int:
@@ -290,13 +334,16 @@ class SeriesRegistry:
                         keep.append((epoch, ids))
                         continue
                     lst = ids.tolist()
+                    keys = st.keys
                     for sid in lst:
-                        st.keys[sid] = None
+                        st.bytes -= _series_bytes(keys[sid])
+                        keys[sid] = None
                         st.sdict.clear(sid)
                     st.last_seen[ids] = NEVER
-                    st.free.extend(lst)
+                    st.free.push(ids)
                     released += len(lst)
                 st.quarantine = keep
+                _trim_free_tail(st)
         return released
 
     # -- encoding -----------------------------------------------------------------------
@@ -401,6 +448,12 @@ class SeriesRegistry:
         """Ids of tenant ``t`` evicted but not yet released."""
         return sum(len(ids) for _, ids in self._tenant(t).quarantine)
 
+    def accounted_bytes(self, t: int | None = None) -> int:
+        """Estimated bytes held by the series of tenant ``t`` (default: every tenant), live or quarantined."""
+        if t is not None:
+            return self._tenant(t).bytes
+        return sum(st.bytes for st in self._t)
+
     def max_series(self, t: int) -> int:
         """Tenant ``t``'s cap on live series."""
         return self._tenant(t).cap
@@ -408,3 +461,75 @@ class SeriesRegistry:
     @property
     def n_tenants(self) -> int:
         return len(self._t)
+
+
+def _ttl_ns(ttl_s: float) -> int:
+    """``ttl_s`` in ns; ValueError naming it unless a positive, finite number of seconds."""
+    try:
+        ok = bool(ttl_s > 0) and math.isfinite(ttl_s)
+    except (TypeError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"ttl_s: {ttl_s!r} is not a positive number of seconds")
+    return int(min(float(ttl_s), 4e9) * 1e9)  # past a century: the same (no int64 overflow)
+
+
+def _series_bytes(key: tuple[str, Tags]) -> int:
+    """The accounting estimate of one series: the fixed overhead plus its strings."""
+    return SERIES_OVERHEAD + len(key[0]) + sum(len(k) + len(v) for k, v in key[1])
+
+
+class _IdStack:
+    """Free ids, a uint32 stack: no int object per id (those would pin the
+    interpreter's memory arenas once a released flood's ids sit in a list)."""
+
+    __slots__ = ("a", "n")
+
+    def __init__(self) -> None:
+        self.a = np.empty(0, np.uint32)
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def top(self) -> int:
+        return int(self.a[self.n - 1])
+
+    def push(self, ids: np.ndarray) -> None:
+        need = self.n + len(ids)
+        if need > len(self.a):
+            grown = np.empty(max(need, 2 * len(self.a)), np.uint32)
+            grown[:self.n] = self.a[:self.n]
+            self.a = grown
+        self.a[self.n:need] = ids
+        self.n = need
+
+    def keep_below(self, top: int) -> None:
+        """Drop the ids >= ``top``; the rest highest first, so the lowest are reused first."""
+        kept = self.a[:self.n]
+        kept = -np.sort(-kept[kept < top].astype(np.int64))
+        self.a = kept.astype(np.uint32)
+        self.n = len(self.a)
+
+    def tolist(self) -> list[int]:
+        return self.a[:self.n].tolist()
+
+
+def _trim_free_tail(st: _Tenant) -> None:
+    """Give back the top of the id space when its ids are all free.
+
+    After a flood is evicted and released, most ids are free; the highest ones
+    (issued last) leave ``keys`` and ``free`` altogether, so neither keeps a
+    slot per id the flood ever had. Lower free ids stay and are reused first.
+    """
+    keys = st.keys
+    n = len(keys)
+    if n == 0 or keys[-1] is not None:
+        return
+    top = n
+    while top > 0 and keys[top - 1] is None:
+        top -= 1
+    if n - top < 64 and top:  # not worth a pass over the free list
+        return
+    del keys[top:]
+    st.free.keep_below(top)

@@ -158,8 +158,9 @@ class Spool(_Appender, _Reader, _Retention, _Recovery, _Reconfigure):
                       *, clock: Callable[[], int] = time.time_ns) -> "Spool":
         """A view for :meth:`stats` that takes no lock and changes nothing on disk.
 
-        Every tenant directory found is read. Without ``outputs``, a tenant's
-        outputs are the ones that have ledgers on disk. A torn tail is not
+        Every tenant directory found is read. Without ``outputs`` (or for a
+        tenant a mapping does not name), a tenant's outputs are the ones that
+        have ledgers on disk. A torn tail is not
         counted (a running writer may be in the middle of that record).
         """
         return cls(data_dir, {}, outputs if outputs is not None else _DISCOVER, write_mb_s=None,
@@ -216,7 +217,10 @@ class Spool(_Appender, _Reader, _Retention, _Recovery, _Reconfigure):
             return
         for tid in names:
             if is_tenant_id(tid) and (self.dir / tid).is_dir():
-                outs = _outputs_for(outputs, tid) if outputs is not _DISCOVER else None
+                # A tenant the mapping does not name (one removed from the configuration) is measured
+                # against the outputs whose ledgers it has, not against none (all of it pending).
+                discover = outputs is _DISCOVER or (isinstance(outputs, Mapping) and tid not in outputs)
+                outs = None if discover else _outputs_for(outputs, tid)
                 self._open_tenant(tid, TenantPolicy(), outs, 8 << 20)
 
     def _background(self) -> None:
@@ -310,12 +314,7 @@ class Spool(_Appender, _Reader, _Retention, _Recovery, _Reconfigure):
         if self._flusher is not None and self._flusher is not threading.current_thread():
             self._flusher.join()
         for t in self._tenants.values():
-            seg = t.active
-            if seg is not None and seg.fd >= 0:
-                os.close(seg.fd)
-                seg.fd = -1
-            for led in t.ledgers.values():
-                led.close(sync=False)
+            t.drop_descriptors()
         self._closed = True
         self._release_lock()
 

@@ -1,0 +1,50 @@
+"""The memory cap under a flood: a real `ingress run` flooded with new series stays
+UNDER `agent.limits.memory_mb`, sheds load (counted, shown in /metrics and
+/readyz), evicts the flood's idle series and keeps running. Behaviour only;
+benchmarks/bench_memory_cap.py measures.
+
+The margin. The guard does not wait for its once-a-second read: the series
+registry calls its growth check every 64 KB of new series it accounts (about
+130 of this flood's), and the scheduler before every pass, so
+`pause_collectors` (85 % of 64 MB = 54.4 MB) and `refuse_series` (95 % =
+60.8 MB) engage within the pass that grows. What can still come on top of the
+95 % step: one check's worth of series (64 KB) and what the collector itself
+allocates in one pass before any of its series reach the registry (its own
+table; for this flood, 20,000 series, a few MB, which a pass started below
+85 % cannot push past 95 %). MARGIN_MB = 1 MB below the cap is the headroom
+this test asserts: the peak (VmHWM, the highest RSS the process ever had) must
+stay under 63 MB. Measured peaks are in docs/benchmarks.md. Without the growth
+checks the same flood passed 63 MB in most runs (63.3 to 69.8 MB), so the
+assertion tells the two apart.
+"""
+from __future__ import annotations
+
+import pytest
+
+from memflood import CAP_MB, FloodAgent
+
+MARGIN_MB = 1.0  # the peak stays this far under the cap; see the docstring
+SERIES_PER_PASS = 20000
+
+
+@pytest.mark.integration  # a real agent process
+def test_flood_stays_under_the_cap_sheds_evicts_and_keeps_running(tmp_path):
+    r = FloodAgent(tmp_path, series=SERIES_PER_PASS).start().run(flood_s=8.0, recover_wait_s=5.0)
+    print(f"peak RSS {r.peak_rss_mb:.1f} MB (cap {CAP_MB} MB, headroom {CAP_MB - r.peak_rss_mb:.1f} MB); "
+          f"trace {r.level_trace}; dropped {r.dropped}")
+    assert r.peak_rss_mb < CAP_MB - MARGIN_MB, (
+        f"peak RSS {r.peak_rss_mb:.1f} MB not under the {CAP_MB} MB cap - {MARGIN_MB} MB margin; "
+        f"trace {r.level_trace}")
+    # Shedding engaged, and shows: the level and step counters in /metrics, 503 memory_shedding in /readyz.
+    assert r.max_level >= 1, r.level_trace
+    assert r.steps.get("flush", 0) >= 1, r.steps
+    assert r.readyz_shedding
+    # The flood collector (lowest priority) was paused or its new series refused: the growth was stopped, counted.
+    assert r.dropped["collector_paused_passes"] + r.dropped["series_refused_memory"] > 0, r.dropped
+    # Once the flood ended, its idle series were evicted from the registry while the guard shed load,
+    # and the level came down from where the flood took it.
+    assert r.dropped["series_evicted_memory"] > 0, r.dropped
+    assert r.level_trace[-1][1] < r.max_level, r.level_trace
+    # The agent kept running and collecting (the cpu collector) after the flood, and stopped cleanly.
+    assert r.alive_after and r.collected_after
+    assert r.exit_code == 0
