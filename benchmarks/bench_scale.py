@@ -321,6 +321,14 @@ def test_latency_mapping_recovers_each_samples_batch(passes, data):
     assert percentile(lat, w, 0.5) == float(np.sort(want)[int(np.ceil(0.5 * len(want))) - 1])
 
 
+def toml_value(v) -> str:
+    """``v`` as a TOML value: json numbers and booleans; strings with TOML's escapes."""
+    if not isinstance(v, str):
+        return json.dumps(v)
+    return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F or c in '"\\' else c
+                         for c in v) + '"'
+
+
 @settings(max_examples=60, deadline=None)
 @given(value=st.one_of(st.integers(-10**6, 0), st.integers(100_001, 10**9), st.text(max_size=5),
                        st.floats(allow_nan=False, allow_infinity=False), st.booleans()))
@@ -331,7 +339,7 @@ def test_synth_series_out_of_range_is_one_line_with_file_and_line(value, tmp_pat
     from ingress.errors import ConfigError
 
     text = (f'[agent]\ndata_dir = "{tmp_path_factory.getbasetemp()}/d"\n[[tenants]]\nid = "a"\n'
-            f'collectors = ["synth"]\n[tenants.synth]\nseries = {json.dumps(value, ensure_ascii=False)}\n'
+            f'collectors = ["synth"]\n[tenants.synth]\nseries = {toml_value(value)}\n'
             f'[[outputs]]\ntype = "file"\n')
     with pytest.raises(ConfigError) as e:
         loads(text, "a.toml")
