@@ -63,6 +63,7 @@ tags = {{ team = "team-{i % 7}" }}
 
 def run_tenants(tmp, n: int, warm: float, window: float) -> dict:
     from ingress import wire
+    from ingress.outputs.file import read_batches
 
     data = tmp / f"data-{n}"
     cfg = tmp / f"agent-{n}.toml"
@@ -105,18 +106,6 @@ def run_tenants(tmp, n: int, warm: float, window: float) -> dict:
     return {"n": n, "started_s": started_s, "first_batch_s": first_s, "hwm_mb": hwm,
             "cpu": (c1 - c0) / w, "passes": passes, "cpu_ms_per_pass": (c1 - c0) * 1000 / passes,
             "samples": sum(spooled.values())}
-
-
-def read_batches(path):
-    """The batches of a file output's ``.ibatch`` file: records of a big-endian u32 length and a batch."""
-    data = path.read_bytes()
-    off = 0
-    while off + 4 <= len(data):
-        n = int.from_bytes(data[off:off + 4], "big")
-        if off + 4 + n > len(data):
-            break  # a record still being written
-        yield data[off + 4:off + 4 + n]
-        off += 4 + n
 
 
 def _passes(agent) -> float:
