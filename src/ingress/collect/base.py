@@ -335,6 +335,15 @@ class Collector:
         """Intern several series at once; their local ids as a ``uint32`` array."""
         return np.fromiter((self.series(n, **t) for n, t in items), np.uint32)
 
+    def drop_caches(self) -> None:
+        """Let go of what is kept only to make the next pass cheaper (the memory guard, while paused).
+
+        Here: the shared tag pairs (up to 65,536). Called from the main loop
+        while no pass of this collector runs; a subclass may drop more (and
+        must call this). The next pass builds them again.
+        """
+        self._pairs = {}
+
     def collect(self, now_ns: int) -> Columns:  # pragma: no cover - abstract
         raise NotImplementedError
 
