@@ -47,10 +47,10 @@ class FloodCollector(Collector):
 
     def drop_caches(self) -> None:
         """Paused: retire the last pass's series from the table now rather than at the next pass."""
-        super().drop_caches()
         for sid in self._prev.tolist():
             self.table.retire(sid)
         self._prev = np.zeros(0, np.uint32)
+        super().drop_caches()
 
     def collect(self, now_ns: int) -> Columns:
         self._out.reset()

@@ -87,7 +87,8 @@ class FloodResult:
     max_level: int = 0  # highest ingress_memory_shed_level seen
     readyz_shedding: bool = False  # /readyz answered 503 with reason memory_shedding at least once
     recovery_s: float | None = None  # flood ended -> shed level 0 (None: not within the wait)
-    paused_at_recovery: float | None = None  # ingress_collector_paused_passes_total when level 0 was seen
+    resumed_s: float | None = None  # flood ended -> level under 3 (pause_collectors and above released)
+    paused_at_resume: float | None = None  # ingress_collector_paused_passes_total at that moment
     steps: dict[str, float] = field(default_factory=dict)  # ingress_memory_shed_steps_total by step
     dropped: dict[str, float] = field(default_factory=dict)  # samples/series dropped by reason
     alive_after: bool = False  # the agent still ran when the flood had ended
@@ -182,9 +183,11 @@ class FloodAgent:
             while time.monotonic() - t_end < recover_wait_s:
                 time.sleep(0.5)
                 m = sample()
+                if r.level_trace[-1][1] < 3 and r.resumed_s is None:
+                    r.resumed_s = time.monotonic() - t_end
+                    r.paused_at_resume = m.get(("ingress_collector_paused_passes_total", ""), 0)
                 if r.level_trace[-1][1] == 0 and r.max_level > 0:
                     r.recovery_s = time.monotonic() - t_end
-                    r.paused_at_recovery = m.get(("ingress_collector_paused_passes_total", ""), 0)
                     break
             time.sleep(2.5)  # the cpu collector keeps collecting after the flood
             m = sample()

@@ -206,6 +206,8 @@ class Containment:
                 continue  # a pass still runs: next second
             try:
                 c.drop_caches()
+                if _malloc_trim():  # what the caches held in the C heap goes back now
+                    self.trims += 1
             except Exception as e:  # never fatal: the caches only cost memory
                 log.every(("drop caches failed", name), 60.0).error(
                     "memory guard: dropping a paused collector's caches failed", collector=name,
