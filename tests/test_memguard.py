@@ -672,6 +672,15 @@ def test_collector_drop_caches_lets_go_of_the_shared_tag_pairs():
     assert c._pairs == {}
     assert c.series("c.v", pid="5") == c.series("c.v", pid="5")  # still interns, sharing afresh
     assert len(c._pairs) == 1
+    # the table: retired series at the top of the id space go, with their free ids
+    c2 = C()
+    ids = [c2.series("c.v", pid=str(i)) for i in range(1000)]
+    for sid in ids[10:]:
+        c2.table.retire(sid)
+    assert len(c2.table) == 1000 and len(c2.table._free) == 990
+    c2.drop_caches()
+    assert len(c2.table) == 10 and c2.table._free == [] and c2.table.live() == 10
+    assert c2.series("c.v", pid="3") == ids[3] and c2.series("c.v", pid="new") == 10
 
 
 def test_paused_collectors_drop_their_caches_once_per_pause_and_only_when_idle():
@@ -725,3 +734,35 @@ def test_scheduler_idle_collector_is_none_while_a_pass_is_handed_over():
     assert [d.name for d in due] == ["procs"]
     s.dispatch(due)  # handed over (no worker started): busy
     assert s.idle_collector("procs") is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.just("intern"), st.integers(0, 40)), st.tuples(st.just("retire"), st.integers(0, 40)),
+                          st.tuples(st.just("compact"), st.just(0))), max_size=80))
+def test_series_table_compaction_keeps_ids_and_the_fan_out_right(ops):
+    """Any mix of intern / retire / compact (what a paused collector's drop_caches does): a live
+    series keeps its id, ids never collide, and the fan-out routes each id to its own series."""
+    from ingress.collect.base import GAUGE, SeriesTable
+    from ingress.fanout import FanOut
+    from ingress.tenants import TenantSet
+
+    table = SeriesTable()
+    reg = SeriesRegistry(1, 100_000, names=["acme"])
+    fan = FanOut(reg)
+    tenants = TenantSet(BASE.tenants).enabled
+    live: dict[int, int] = {}  # key number -> local id
+    for op, k in ops:
+        if op == "intern":
+            sid = table.intern("flood.value", (("key", str(k)),), GAUGE)
+            assert live.setdefault(k, sid) == sid
+        elif op == "retire" and k in live:
+            table.retire(live.pop(k))
+        elif op == "compact":
+            table.compact()
+        assert len(set(live.values())) == len(live) and table.live() == len(live)
+        assert all(table.keys[sid] == ("flood.value", (("key", str(k)),)) for k, sid in live.items())
+        if live:
+            ids = np.array(sorted(live.values()), np.uint32)
+            (share,) = fan.route("t", table, ids, ids.astype(np.float64), 0, tenants)
+            got = {reg.key(0, int(g))[1][0][1]: v for g, v in zip(share.series.tolist(), share.values.tolist())}
+            assert got == {str(k): float(sid) for k, sid in live.items()}

@@ -18,7 +18,12 @@ everything runs, :meth:`Containment.every_second` from its main loop, and
   reload builds new ones). While any step holds, series idle for longer than
   :meth:`Containment.shed_ttl_s` are evicted every second (counted in
   ``evicted_memory``), and after a release that freed many series the C heap
-  is trimmed (``malloc_trim``), so the RSS, and the agent, come back.
+  is trimmed (``malloc_trim``), so the RSS, and the agent, come back. While
+  ``pause_collectors`` holds, each paused collector drops its caches once
+  (``Collector.drop_caches``, when no pass of it runs); when ``refuse_series``
+  is released, the refused series are decided again at their next pass. The
+  guard's release on probation waits ``INGRESS_MEMGUARD_PROBATION_S`` (default
+  30 s; tests and drills shorten it).
 * **systemd**: ``READY=1`` with a ``STATUS=`` line after start, ``WATCHDOG=1``
   at half ``WATCHDOG_USEC`` from the main loop, ``STOPPING=1`` at stop
   (:mod:`ingress.sdnotify`; no-ops without ``NOTIFY_SOCKET``).
