@@ -29,8 +29,8 @@ from benchmarks.generate_data import workload
 from ingress import wire
 from ingress.buffer import RingSet, SeriesRegistry
 from ingress.spool import Spool, TenantPolicy
-from ingress.transport.delivery import Delivery
-from ingress.transport.kafka import KafkaOutput
+from ingress.outputs.delivery import Delivery
+from ingress.outputs.kafka import KafkaOutput
 
 TENANT = "acme"
 OUTPUT = "kafka-0"

@@ -33,9 +33,9 @@ from benchmarks.conftest import record_ratio
 from benchmarks.generate_data import workload
 from ingress import __version__, wire
 from ingress._core import _otlp, _remote_write
-from ingress.transport import otlp, remote_write as rw
-from ingress.transport.http import gzip_body
-from ingress.transport.metricinfo import info
+from ingress.outputs import otlp, remote_write as rw
+from ingress.outputs.httpclient import gzip_body
+from ingress.outputs.metricinfo import info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import protocols_reference  # noqa: E402  (the prompb message classes, built from descriptors)

@@ -26,9 +26,9 @@ import numpy as np
 from ingress.collect import COLLECTORS
 from ingress.collect.base import GAUGE, Collector, ColumnBuilder, Columns, MetricSpec, OptionSpec
 from ingress.options import Float, Int, Option, PathKind
-from ingress.transport import OUTPUTS
-from ingress.transport.base import Output
-from ingress.transport.plugin import OutputPlugin
+from ingress.outputs import OUTPUTS
+from ingress.outputs.base import Output
+from ingress.outputs.plugin import OutputPlugin
 
 
 # --------------------------------------------------------------------------- the collector

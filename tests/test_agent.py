@@ -13,7 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from ingress.agent import Agent, Binding, plan_collectors, sample_json
+from ingress.agent import Agent
+from ingress.collect.plan import Binding, plan_collectors
+from ingress.outputs.jsonfmt import sample_json
 from ingress.collect.base import COUNTER, GAUGE, Columns, SeriesTable
 from ingress.config import loads
 from ingress.errors import IngressError, RetryableError
@@ -386,7 +388,7 @@ def test_plan_shares_collectors_with_equal_options():
 
 
 def test_health_options_are_the_collectors_check_tables():
-    from ingress.agent import collector_options
+    from ingress.collect.plan import collector_options
 
     s = loads("""
 [[tenants]]

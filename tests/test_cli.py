@@ -140,7 +140,7 @@ def test_run_duration_spools_delivers_decodes_and_reports(tmp_path):
     assert data.stat().st_mode & 0o777 == 0o700
 
     # The file output wrote acme's batches; decode one with the CLI.
-    from ingress.transport.file import read_batches
+    from ingress.outputs.file import read_batches
 
     files = sorted((data / "out" / "acme").iterdir())
     assert files
@@ -222,7 +222,7 @@ def test_run_delivers_to_the_reference_sink_with_each_tenants_credential(tmp_pat
     """Agent -> HTTP output -> sink over loopback; credentials from env and from a key file."""
     from ingress import wire
     from ingress.sink import SinkServer
-    from ingress.transport.file import read_batches
+    from ingress.outputs.file import read_batches
 
     keys = tmp_path / "keys.toml"
     keys.write_text('[tenants]\nacme = "acme-key"\nglobex = "globex-key"\n')

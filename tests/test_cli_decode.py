@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from ingress import wire
 from ingress.cli import main
-from ingress.sink import SinkStore
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.file import FileOutput
+from ingress.sink_store.files import SinkStore
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.file import FileOutput
 
 from test_cli import ingress_cmd, one_error_line
 

@@ -1,4 +1,4 @@
-"""The one JSON sample line (ingress.transport.jsonfmt): ``--once``, ``decode`` and the
+"""The one JSON sample line (ingress.outputs.jsonfmt): ``--once``, ``decode`` and the
 json output format build it in one place, so they agree on every sample."""
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingress import wire
-from ingress.agent import sample_json as agent_sample_json
-from ingress.transport.jsonfmt import batch_rows, sample_json, sample_lines, sample_row
+from ingress.outputs.jsonfmt import batch_rows, sample_json, sample_lines, sample_row
 
 names = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x2FF, blacklist_characters="{}\\\""),
                 min_size=1, max_size=12)
@@ -25,7 +24,6 @@ def test_every_form_of_one_sample_is_the_same_object(name, tags, ts, value):
     assert list(row) == ["tenant", "name", "tags", "ts", "value", "host"]
     assert row["value"] == (value if math.isfinite(value) else None)
     assert json.loads(sample_json("acme", name, tags, ts, value, host="h")) == row
-    assert agent_sample_json is sample_json
 
 
 @given(vals=st.lists(values, min_size=1, max_size=20))

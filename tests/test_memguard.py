@@ -149,7 +149,7 @@ def test_scheduler_pauses_lowest_priority_and_resumes():
 
     class Calm:
         def __call__(self):
-            from ingress.collect.pressure import PressureSample
+            from ingress.collect.loadsource import PressureSample
             return PressureSample(0.0, 0.0, None, 0.0)
 
     s = Scheduler({"procs": C(0), "cpu": C(4)}, {"procs": 1.0, "cpu": 1.0}, load=Calm(), jitter=0.0, rng=1)

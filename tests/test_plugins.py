@@ -18,7 +18,7 @@ from ingress.collect import COLLECTORS
 from ingress.collect.plan import build_collectors, plan_collectors
 from ingress.config import ConfigError, loads
 from ingress.tenants import TenantSet
-from ingress.transport import OUTPUTS
+from ingress.outputs import OUTPUTS
 
 HERE = Path(__file__).resolve().parent
 
@@ -162,7 +162,7 @@ def test_kafka_topic_rule_is_one_rule(topic):
     Before, config.py and kafka.py each had a rule: a 250-character topic passed the
     output's and failed the configuration's, "{tenant" the other way round.
     """
-    from ingress.transport.kafka import KafkaOutput
+    from ingress.outputs.kafka import KafkaOutput
 
     text = f'[[tenants]]\nid = "a"\n[[outputs]]\ntype = "kafka"\nbrokers = "h:1"\ntopic = {toml_str(topic)}\n'
     try:
@@ -191,13 +191,13 @@ def test_output_keys_are_declared_by_their_plugin_only():
 def test_declaring_outputs_imports_no_client_library():
     code = ("import sys; from ingress import config; "
             "config.loads('[[tenants]]\\nid = \"a\"\\n[[outputs]]\\ntype = \"file\"\\n'); "
-            "from ingress.transport import OUTPUTS; OUTPUTS['kafka'].options; "
-            "print(sorted(m for m in ('confluent_kafka', 'ingress.transport.kafka', 'ingress.transport.http', "
+            "from ingress.outputs import OUTPUTS; OUTPUTS['kafka'].options; "
+            "print(sorted(m for m in ('confluent_kafka', 'ingress.outputs.kafka', 'ingress.outputs.http', "
             "'ingress.collect.processes') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=HERE)
     assert out.returncode == 0, out.stderr
     # kafka's declaration is loaded (asked for), its client library is not; nothing unused is
-    assert out.stdout.strip() == "['ingress.transport.kafka']"
+    assert out.stdout.strip() == "['ingress.outputs.kafka']"
 
 
 # --------------------------------------------------------------------------- INGRESS_PLUGINS

@@ -91,7 +91,7 @@ def test_ingress_errors_redact_their_message():
 
 
 def test_a_server_echoing_the_key_is_redacted_in_the_classified_error():
-    from ingress.transport.http import classify
+    from ingress.outputs.httpclient import classify
 
     logs.register_secret(SECRET)
     err = classify(401, f'{{"error": "bad key Bearer {SECRET}"}}'.encode(), None)

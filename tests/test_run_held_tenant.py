@@ -15,7 +15,7 @@ import pytest
 
 from ingress import wire
 from ingress.spool import Spool, TenantPolicy
-from ingress.transport.file import read_batches
+from ingress.outputs.file import read_batches
 
 
 def _tree(d: Path):

@@ -13,7 +13,7 @@ from ingress.config import ConfigError, loads
 from ingress.errors import TenantCheckError
 from ingress.secretref import SecretRef, parse_ref
 from ingress.tenants import TenantSet
-from ingress.transport.plugin import build_outputs
+from ingress.outputs.plugin import build_outputs
 
 TENANT = '[[tenants]]\nid = "acme"\napi_key_env = "ACME_KEY"\n\n'
 

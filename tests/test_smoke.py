@@ -26,7 +26,7 @@ def test_a_short_run_of_the_default_configuration_collects(tmp_path):
     import sys
 
     from ingress import config
-    from ingress.transport.file import read_batches
+    from ingress.outputs.file import read_batches
 
     text = config.default_text() + '\n[control]\nlisten = "127.0.0.1:0"\n'  # the default, on a free port
     assert config.loads(text).agent.interval_s == 10.0

@@ -5,7 +5,7 @@ out per tenant and pushes each share into that tenant's ring, under one lock
 (a few vectorised numpy calls per tenant). Flush side (the main thread only):
 :meth:`Pipeline.flush` drains every ring, has the :class:`~ingress.stages.Encoder`
 make single-tenant batches of at most ``max_samples`` samples and ``max_bytes``
-bytes, and hands each to a :data:`~ingress.stages.BatchSink` (the agent's
+bytes, and hands each to a :data:`~ingress.stages.SpoolAppend` (the agent's
 spool append), so no two drains ever race.
 """
 from __future__ import annotations
@@ -20,16 +20,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ingress.fanout import FanOut
-from ingress.transport.jsonfmt import sample_json  # noqa: F401 - its home is jsonfmt; kept importable here
 from ingress.logs import get_logger
 
 if TYPE_CHECKING:
     from ingress.collect.base import Columns
     from ingress.collect.plan import Binding
-    from ingress.stages import BatchSink, Encoder, Registry, Rings
+    from ingress.stages import SpoolAppend, Encoder, Registry, Rings
     from ingress.tenants import Tenant
 
-__all__ = ["Pipeline", "TenantStats", "sample_json"]
+__all__ = ["Pipeline", "TenantStats"]
 
 log = get_logger("ingress.agent")
 
@@ -46,7 +45,7 @@ class TenantStats:
 
 
 class Pipeline:
-    """Fan-out -> rings on the collector side; rings -> batches -> sink on the flush side.
+    """Fan-out -> rings on the collector side; rings -> batches -> the spool on the flush side.
 
     Parameters
     ----------
@@ -172,10 +171,10 @@ class Pipeline:
         with self._lock:
             return self.fanout.retry_refused()
 
-    def flush(self, sink: BatchSink) -> int:
-        """Drain every ring into batches and hand each to ``sink``; returns batches made.
+    def flush(self, append: SpoolAppend) -> int:
+        """Drain every ring into batches and hand each to ``append`` (the spool); returns batches made.
 
-        ``sink(tenant, batch_id, payload, sample_count, first_ts_ns)``. Only one
+        ``append(tenant, batch_id, payload, sample_count, first_ts_ns)``. Only one
         thread may flush. Ids the registry evicted before this drain began are
         released afterwards: no later batch can refer to them.
         """
@@ -187,7 +186,7 @@ class Pipeline:
                 n = self.rings.drain(t.index, self._s, self._ts, self._v, None)
                 if n == 0:
                     break
-                made += self._encode(t, self._s[:n], self._ts[:n], self._v[:n], sink)
+                made += self._encode(t, self._s[:n], self._ts[:n], self._v[:n], append)
                 if n < cap:
                     break
         self.registry.release(upto=epoch)
@@ -195,12 +194,12 @@ class Pipeline:
         return made
 
     def _encode(self, t: Tenant, sids: np.ndarray, ts: np.ndarray, vals: np.ndarray,
-                sink: BatchSink) -> int:
+                append: SpoolAppend) -> int:
         batch_id = os.urandom(16)
         payload = self.encoder.encode(t, sids, ts, vals, batch_id)
         if len(payload) > self.max_bytes and len(sids) > 1:
             h = len(sids) // 2
-            return (self._encode(t, sids[:h], ts[:h], vals[:h], sink)
-                    + self._encode(t, sids[h:], ts[h:], vals[h:], sink))
-        sink(t, batch_id, payload, len(sids), int(ts.min()))
+            return (self._encode(t, sids[:h], ts[:h], vals[:h], append)
+                    + self._encode(t, sids[h:], ts[h:], vals[h:], append))
+        append(t, batch_id, payload, len(sids), int(ts.min()))
         return 1

@@ -1,6 +1,6 @@
 """Plugin registries: collectors and outputs by name, imported on first use.
 
-``ingress.collect.COLLECTORS`` and ``ingress.transport.OUTPUTS`` are
+``ingress.collect.COLLECTORS`` and ``ingress.outputs.OUTPUTS`` are
 :class:`Registry` instances; each plugin is one registration line there::
 
     COLLECTORS.register("disk", "ingress.collect.disk:DiskCollector")

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ingress import assembly
 from ingress.errors import ConfigError, IngressError
 from ingress.logs import get_logger
 
@@ -173,10 +174,10 @@ def _policy(t: TenantSettings) -> Any:
 
 def _build_outputs(settings: Settings, names: set[str], credential: Any) -> list:
     """The outputs of ``settings`` named in ``names``, built by their plugins (not started);
-    what :func:`ingress.transport.plugin.build_outputs` does for all of them."""
+    what :func:`ingress.outputs.plugin.build_outputs` does for all of them."""
     from ingress.config import locate
-    from ingress.transport import OUTPUTS
-    from ingress.transport.plugin import BuildContext
+    from ingress.outputs import OUTPUTS
+    from ingress.outputs.plugin import BuildContext
 
     with_credential = {t.id for t in settings.tenants if t.api_key_env is not None or t.api_key_file is not None}
     outs = []
@@ -292,7 +293,7 @@ def _served(settings: Settings, tid: str) -> list[str]:
 
 
 def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
-    from ingress.transport import OUTPUTS
+    from ingress.outputs import OUTPUTS
     from ingress.tenants import TenantSet
 
     old = agent.settings
@@ -310,7 +311,7 @@ def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
     oc = changes["outputs"]
     tenants_only = {n for n in oc["changed"] if _only_tenants_differ(_by_name(old, n), _by_name(new, n))}
     restart_outs = set(oc["added"]) | (set(oc["changed"]) - tenants_only)
-    checker = agent._checker_for_reload()
+    checker = agent.checker if agent.checker is not None else assembly.tenant_checker(agent)
     started: list = []
     if agent._outputs_given is None and restart_outs:
         built = _build_outputs(new, restart_outs, checker.credential)
@@ -338,7 +339,7 @@ def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
             draining.pop(tid)  # no output left for it: an orphan from now on
     checker.update(_rules(new_tenants, draining))
     dl_limits = {t.id: (t.spool.deadletter_max_mb * MIB, t.spool.deadletter_retention_s) for t in new.tenants}
-    from ingress.transport import deadletter as dlmod
+    from ingress.outputs import deadletter as dlmod
 
     dlmod.shared_area(new.agent.data_dir, dl_limits, None)
     # Deliveries of outputs removed or rebuilt: drain what is in flight, then stop.
@@ -432,7 +433,8 @@ def _switch(agent: Agent, new: Settings, changes: dict) -> dict:
             _quietly(lambda: set_tenants(deliver_for, timeout=timeout))
     agent.deliveries, agent.outputs = keep_d, keep_o
     if started:
-        make = agent._default_delivery(checker) if agent._delivery_factory is None else agent._delivery_factory
+        make = (assembly.delivery_factory(agent, checker) if agent._delivery_factory is None
+                else agent._delivery_factory)
         for o in started:
             d = make(o)
             agent.outputs.append(o)
@@ -455,7 +457,7 @@ def _delivery_name(d: Any, o: Any) -> str | None:
 
 def _rules(tenants: Any, draining: Mapping[str, TenantSettings]) -> dict:
     from ingress.tenants import Tenant
-    from ingress.transport.validate import TenantRule
+    from ingress.outputs.validate import TenantRule
 
     rules = {t.id: TenantRule(enabled=t.enabled, credential=t.credential if t.has_credential else None)
              for t in tenants}

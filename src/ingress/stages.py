@@ -7,14 +7,14 @@ A batch's way through the agent, by the types it passes::
       -> Rings.push / Rings.drain       (per-tenant ring, flushed on the main thread)
       -> Encoder.encode                 (one tenant's samples -> batch bytes; its series
                                          dictionary from SeriesDictionaries)
-      -> BatchSink(tenant, id, payload, samples, first_ts) = Agent._spool_append
+      -> SpoolAppend(tenant, id, payload, samples, first_ts) = Agent._spool_append
       -> SpoolStage.append              (durable; the batch is accepted)
       -> DeliveryStage (notify)         (reads the spool, per tenant x output)
       -> OutputStage.submit(OutgoingBatch, done)
 
 The real classes (``ingress.buffer.RingSet``, ``SeriesRegistry``,
 ``ingress.wire.Encoder``, ``ingress.spool.Spool``,
-``ingress.transport.delivery.Delivery``, the outputs) satisfy these
+``ingress.outputs.delivery.Delivery``, the outputs) satisfy these
 structurally; tests pass fakes that do too. Nothing here is imported at run
 time by the hot path: the protocols are for readers and type checkers.
 """
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 
     from ingress.collect.base import Columns, SeriesTable
     from ingress.tenants import Tenant
-    from ingress.transport.base import OutgoingBatch
+    from ingress.outputs.base import OutgoingBatch
 
-__all__ = ["CollectorStage", "Rings", "SeriesDictionaries", "Registry", "Encoder", "BatchSink",
+__all__ = ["CollectorStage", "Rings", "SeriesDictionaries", "Registry", "Encoder", "SpoolAppend",
            "SpoolStage", "DeliveryStage", "OutputStage", "SchedulerStage"]
 
 
@@ -87,8 +87,8 @@ class Encoder(Protocol):
                batch_id: bytes) -> bytes: ...
 
 
-# sink(tenant, batch_id, payload, sample_count, first_ts_ns): where Pipeline.flush hands batches.
-BatchSink = Callable[["Tenant", bytes, bytes, int, int], None]
+# append(tenant, batch_id, payload, sample_count, first_ts_ns): where Pipeline.flush hands batches.
+SpoolAppend = Callable[["Tenant", bytes, bytes, int, int], None]
 
 
 class SpoolStage(Protocol):
@@ -101,7 +101,7 @@ class SpoolStage(Protocol):
 
 
 class DeliveryStage(Protocol):
-    """Moves spooled batches of its tenants to one output (``ingress.transport.delivery.Delivery``)."""
+    """Moves spooled batches of its tenants to one output (``ingress.outputs.delivery.Delivery``)."""
 
     def start(self) -> None: ...
 
@@ -111,7 +111,7 @@ class DeliveryStage(Protocol):
 
 
 class OutputStage(Protocol):
-    """Where batches leave the host (``ingress.transport.base.Output``)."""
+    """Where batches leave the host (``ingress.outputs.base.Output``)."""
 
     name: str
     type: str

@@ -11,7 +11,7 @@ Two ways to take from it:
   burst is allowed (it simply runs the bucket into debt), so no write is ever
   refused for being big.
 - :meth:`TokenBucket.try_take` *polices*: a tenant's outgoing quota
-  (:mod:`ingress.transport.validate`) takes its samples only when the bucket
+  (:mod:`ingress.outputs.validate`) takes its samples only when the bucket
   holds them and otherwise says how long until it would; nothing is taken on a
   refusal. A request larger than the burst passes when the bucket is full, so an
   oversized batch slows its tenant down instead of blocking it for ever.

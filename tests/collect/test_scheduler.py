@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from ingress.collect.base import Collector, Columns
-from ingress.collect.pressure import PressureSample
-from ingress.collect.scheduler import HIGH, HOLD, LOW, Scheduler, StretchLadder, Thresholds, classify
+from ingress.collect.loadsource import PressureSample
+from ingress.collect.scheduler import Scheduler
+from ingress.collect.stretch import HIGH, HOLD, LOW, StretchLadder, Thresholds, classify
 
 NS = 1_000_000_000
 SAFETY = 10.0  # seconds a test waits for a thread before it fails; never a timing assertion

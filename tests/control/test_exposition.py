@@ -168,7 +168,7 @@ def test_send_latency_histogram_parses_with_cumulative_buckets(tmp_path):
     Prometheus histogram whose buckets are cumulative and whose count is the batches sent."""
     from types import SimpleNamespace
 
-    from ingress.transport.delivery import SEND_LATENCY_BUCKETS
+    from ingress.outputs.pair import SEND_LATENCY_BUCKETS
 
     counts = [0] * (len(SEND_LATENCY_BUCKETS) + 1)
     counts[0], counts[3], counts[-1] = 2, 5, 1

@@ -20,7 +20,7 @@ import pytest
 
 from ingress.spool import Spool, TenantPolicy
 
-from transport.fakes import wait_for
+from outputs.fakes import wait_for
 
 from .conftest import Reply
 

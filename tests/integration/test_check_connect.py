@@ -89,7 +89,7 @@ _keys = st.text("abcdefghijklmnopqrstuvwxyz.", min_size=3, max_size=20).filter(
 def test_any_unknown_option_is_one_line_naming_it(tmp_path, key):
     from ingress.config import loads
     from ingress.errors import ConfigError
-    from ingress.transport import OUTPUTS
+    from ingress.outputs import OUTPUTS
 
     s = loads('[[tenants]]\nid = "acme"\n[[outputs]]\ntype = "kafka"\nbrokers = "127.0.0.1:9"\n'
               f'[outputs.options]\n"{key}" = "1"\n')

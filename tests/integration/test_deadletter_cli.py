@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ingress import cli, wire
 from ingress.spool import Spool, TenantPolicy
-from ingress.transport import deadletter as dl
-from ingress.transport.breaker import CircuitBreaker
-from ingress.transport.delivery import Delivery
-from ingress.transport.http import HttpOutput
-from ingress.transport.retry import Backoff
+from ingress.outputs import deadletter as dl
+from ingress.outputs.breaker import CircuitBreaker
+from ingress.outputs.delivery import Delivery
+from ingress.outputs.http import HttpOutput
+from ingress.outputs.retry import Backoff
 
-from transport.fakes import wait_for
+from outputs.fakes import wait_for
 
 from .conftest import Reply
 

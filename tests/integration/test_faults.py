@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from ingress.transport.breaker import CircuitBreaker
-from ingress.transport.delivery import Delivery
-from ingress.transport.file import FileOutput, read_batches
-from ingress.transport.http import HttpOutput
-from ingress.transport.kafka import KafkaOutput
-from ingress.transport.retry import Backoff
+from ingress.outputs.breaker import CircuitBreaker
+from ingress.outputs.delivery import Delivery
+from ingress.outputs.file import FileOutput, read_batches
+from ingress.outputs.http import HttpOutput
+from ingress.outputs.kafka import KafkaOutput
+from ingress.outputs.retry import Backoff
 
-from transport.fakes import FakeSpool, fill, wait_for
+from outputs.fakes import FakeSpool, fill, wait_for
 
 from .conftest import HANG, Reply, TopicReader
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from ingress.errors import PermanentError, RetryableError
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.http import HttpOutput
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.http import HttpOutput
 from ingress.errors import TenantCheckError
 
 from .conftest import HANG, Reply

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingress.errors import RetryableError
-from ingress.transport.delivery import Delivery
-from ingress.transport.http import HttpOutput
+from ingress.outputs.delivery import Delivery
+from ingress.outputs.http import HttpOutput
 
-from transport.fakes import FakeSpool, wait_for
+from outputs.fakes import FakeSpool, wait_for
 
 from .test_http import Results, batch
 
@@ -89,7 +89,7 @@ def test_dripping_server_is_cut_at_the_deadline(shape, caplog):
     head, answer = SHAPES[shape]
     srv = DripServer(head, answer, every=0.5)
     out = HttpOutput("drip", srv.url, timeout_s=1.0)
-    caplog.set_level(logging.WARNING, logger="ingress.transport.http")
+    caplog.set_level(logging.WARNING, logger="ingress.outputs.http")
     try:
         r = Results()
         b = batch("acme")
@@ -99,7 +99,7 @@ def test_dripping_server_is_cut_at_the_deadline(shape, caplog):
         assert isinstance(err, RetryableError), err
         assert "timed out after 1s" in str(err)
         assert srv.done == 0 and sent_then < len(answer)  # it ended before the drip would have
-        [w] = [rec for rec in caplog.records if rec.name == "ingress.transport.http"]
+        [w] = [rec for rec in caplog.records if rec.name == "ingress.outputs.http"]
         assert w.levelno == logging.WARNING
         assert "drip" in w.getMessage() and "acme" in w.getMessage() and "1s deadline" in w.getMessage()
     finally:

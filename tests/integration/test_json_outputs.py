@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from ingress import wire
 from ingress.errors import PermanentError
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.file import FileOutput
-from ingress.transport.http import HttpOutput
-from ingress.transport.jsonfmt import sample_dicts, sample_lines
-from ingress.transport.kafka import KafkaOutput
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.file import FileOutput
+from ingress.outputs.http import HttpOutput
+from ingress.outputs.jsonfmt import sample_dicts, sample_lines
+from ingress.outputs.kafka import KafkaOutput
 
 from .conftest import Reply
 from .test_http import send

@@ -5,12 +5,12 @@ import threading
 
 import pytest
 
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.delivery import Delivery
-from ingress.transport.kafka import KafkaOutput
-from ingress.transport.retry import Backoff
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.delivery import Delivery
+from ingress.outputs.kafka import KafkaOutput
+from ingress.outputs.retry import Backoff
 
-from transport.fakes import FakeSpool, wait_for
+from outputs.fakes import FakeSpool, wait_for
 
 pytestmark = pytest.mark.integration
 

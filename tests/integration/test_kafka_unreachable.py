@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.kafka import KafkaOutput, _LibLog
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.kafka import KafkaOutput, _LibLog
 
 from .conftest import Tansu, free_port
 
@@ -24,7 +24,7 @@ def poll_until(out, pred, budget_s):
 
 
 def test_closed_port_then_a_real_broker_on_it(tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="ingress.transport.kafka")
+    caplog.set_level(logging.DEBUG, logger="ingress.outputs.kafka")
     port = free_port()
     out = KafkaOutput("k", f"127.0.0.1:{port}", "it-unreachable-{tenant}")
     out.start()

@@ -11,12 +11,12 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as svc
 from ingress import __version__, wire
 from ingress.errors import PermanentError, RetryableError
 from ingress.spool import Spool, TenantPolicy
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.delivery import Delivery
-from ingress.transport.metricinfo import metric_table
-from ingress.transport.otlp import OtlpOutput
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.delivery import Delivery
+from ingress.outputs.metricinfo import metric_table
+from ingress.outputs.otlp import OtlpOutput
 
-from transport.fakes import wait_for
+from outputs.fakes import wait_for
 
 from .conftest import Reply
 from .test_http import send
@@ -137,7 +137,7 @@ def test_partial_success_is_acknowledged_counted_and_logged(http_server, caplog)
     resp.partial_success.error_message = "points too old"
     http_server.replies(Reply(200, resp.SerializeToString(), {"Content-Type": "application/x-protobuf"}))
     out = OtlpOutput("o", http_server.url)
-    with caplog.at_level("WARNING", logger="ingress.transport.otlp"):
+    with caplog.at_level("WARNING", logger="ingress.outputs.otlp"):
         assert send(out, batch("acme", *columns(5, 2))) is None
         assert send(out, batch("acme", *columns(5, 2))) is None  # a plain success: nothing counted
     assert out.rejected_points == 3 and out.partial_successes == 1

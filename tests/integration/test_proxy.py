@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ingress.proxy import proxy_for
-from ingress.transport.http import HttpOutput
+from ingress.outputs.http import HttpOutput
 
 from .test_http import _tls_sink, batch, pki, send  # noqa: F401 - pki is a fixture
 
@@ -119,7 +119,7 @@ def test_https_output_tunnels_with_connect_and_still_verifies_the_target(tmp_pat
     sink = _tls_sink(tmp_path, pki)
     try:
         from ingress import wire
-        from ingress.transport.base import OutgoingBatch
+        from ingress.outputs.base import OutgoingBatch
 
         bid = os.urandom(16)
         real = OutgoingBatch("acme", bid, wire.encode("acme", "web-1", [("cpu.user", {})], [0], [1], [1.0], bid),
@@ -166,7 +166,7 @@ def test_a_bad_proxy_variable_keeps_the_batch_and_names_the_variable(http_server
 def test_url_health_check_goes_through_the_proxy(proxy, monkeypatch):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from ingress.collect.health import parse_checks
+    from ingress.collect.healthchecks import parse_checks
 
     class Health(BaseHTTPRequestHandler):
         def log_message(self, *a):

@@ -23,7 +23,7 @@ import pytest
 
 from ingress import wire
 
-from transport.fakes import wait_for
+from outputs.fakes import wait_for
 
 from .conftest import Reply, ScriptedServer
 

@@ -22,11 +22,11 @@ import pytest
 from ingress import wire
 from ingress.errors import PermanentError, RetryableError
 from ingress.spool import Spool, TenantPolicy
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.delivery import Delivery
-from ingress.transport.remote_write import RemoteWriteOutput, metric_name
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.delivery import Delivery
+from ingress.outputs.remote_write import RemoteWriteOutput, metric_name
 
-from transport.fakes import wait_for
+from outputs.fakes import wait_for
 
 from .conftest import Reply, free_port
 from .test_http import send
@@ -118,7 +118,7 @@ def _same(a: float, b: float) -> bool:
 
 def expected(tenant, host, series, idx, ts, vals, tenant_label=None):
     """{frozenset(labels): [(ms, value)]} the batch should become, from the naming functions' rules."""
-    from ingress.transport.remote_write import series_labels
+    from ingress.outputs.remote_write import series_labels
 
     out: dict = {}
     for s, t, v in sorted(zip(idx, ts, vals), key=lambda x: (x[0], x[1])):

@@ -10,12 +10,12 @@ import pytest
 
 from ingress.errors import ConfigError, PermanentError
 from ingress.sink import SinkServer, load_keys
-from ingress.transport.base import OutgoingBatch
-from ingress.transport.delivery import Delivery
-from ingress.transport.file import read_batches
-from ingress.transport.http import HttpOutput
+from ingress.outputs.base import OutgoingBatch
+from ingress.outputs.delivery import Delivery
+from ingress.outputs.file import read_batches
+from ingress.outputs.http import HttpOutput
 
-from transport.fakes import FakeSpool, wait_for
+from outputs.fakes import FakeSpool, wait_for
 
 pytestmark = pytest.mark.integration
 

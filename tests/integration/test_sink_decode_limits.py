@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import wire_reference as ref
-from ingress import cli, wire
+from ingress import wire
+from ingress.cli import sink as sink_cli
 from ingress.sink import SinkServer
 
 pytestmark = pytest.mark.integration
@@ -96,7 +97,7 @@ def test_a_batch_over_any_limit_is_400_naming_it(sink_with, limit):
     under = q[limit] - 1 if limit != "max_ratio" else q[limit] * 0.99
     sink = sink_with(decode_limits=wire.DecodeLimits(**{limit: under}))
     flag = "--max-batch-" + limit[4:].replace("_", "-")
-    assert flag in {f for f, *_ in cli._SINK_LIMITS}
+    assert flag in {f for f, *_ in sink_cli._SINK_LIMITS}
     assert_refused_then_next_stored(sink, sink.address, data, flag)
     # at the limit itself the same batch is stored
     at = sink_with(decode_limits=wire.DecodeLimits(**{limit: q[limit]}))
@@ -110,8 +111,8 @@ def test_sink_refuses_a_decode_limits_of_the_wrong_type(tmp_path):
 
 def test_cli_flag_defaults_are_the_decode_limits_defaults():
     d = wire.DecodeLimits()
-    assert {f for _, f, *_ in cli._SINK_LIMITS} == set(wire.DecodeLimits.__slots__)
-    for flag, field, _, _, default in cli._SINK_LIMITS:
+    assert {f for _, f, *_ in sink_cli._SINK_LIMITS} == set(wire.DecodeLimits.__slots__)
+    for flag, field, _, _, default in sink_cli._SINK_LIMITS:
         assert default == str(getattr(d, field)), flag
 
 

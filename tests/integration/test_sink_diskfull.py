@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from transport.test_file_diskfull import run_on_tmpfs
+from outputs.test_file_diskfull import run_on_tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ CHILD = textwrap.dedent(r"""
     import hashlib, http.client, json, os, random, sys
     from ingress import wire
     from ingress.sink import SinkServer
-    from ingress.transport.file import read_batches
+    from ingress.outputs.file import read_batches
 
     root = sys.argv[1]
     os.makedirs(root)

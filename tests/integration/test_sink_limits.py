@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from ingress.sink import CONTENT_TYPE, SinkServer
 
-from transport.fakes import wait_for
+from outputs.fakes import wait_for
 
 from .test_sink import real_batch
 

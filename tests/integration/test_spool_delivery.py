@@ -6,11 +6,11 @@ import pytest
 
 from ingress.sink import SinkServer
 from ingress.spool import Spool, TenantPolicy
-from ingress.transport.delivery import Delivery
-from ingress.transport.file import FileOutput, read_batches
-from ingress.transport.http import HttpOutput
+from ingress.outputs.delivery import Delivery
+from ingress.outputs.file import FileOutput, read_batches
+from ingress.outputs.http import HttpOutput
 
-from transport.fakes import wait_for
+from outputs.fakes import wait_for
 
 from .conftest import HANG
 

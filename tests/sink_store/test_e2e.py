@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from ingress import wire
-from ingress.transport.file import read_batches
+from ingress.outputs.file import read_batches
 
 from integration.conftest import Tansu, TopicReader, free_port
 from sink_store.procs import dump_store, kill, metric, start_sinks, stop, stored, wait_consumed, wait_for

@@ -1,4 +1,5 @@
 # cython: language_level=3
+# Over 600 lines on purpose: one compilation unit, so the C compiler inlines the helpers into the hot loops.
 """Batch format v1: the compiled encoder/decoder behind ``ingress.wire``.
 
 One batch carries the samples of ONE tenant. All integers are little-endian.
@@ -64,8 +65,6 @@ index column, so the original order returns without a stored permutation.
 The hot loops run without the GIL on raw pointers into buffers allocated once
 per call; the series dictionary (strings) is per series and uses Python objects.
 """
-import sys
-
 import numpy as np
 cimport numpy as cnp
 
@@ -76,12 +75,11 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
+from ingress._core._pbutil cimport put_varint, require_little_endian
 from ingress.errors import DecodeLimitError, WireError
 
 cnp.import_array()
-
-if sys.byteorder != "little":  # the XOR codec stores words with memcpy
-    raise ImportError("ingress._core._codec supports little-endian machines only")
+require_little_endian(__name__)  # the XOR codec stores words with memcpy
 
 cdef extern from *:
     """
@@ -123,15 +121,6 @@ cdef inline int64_t unzz(uint64_t u) noexcept nogil:
     return <int64_t>((u >> 1) ^ (0 - (u & 1)))
 
 
-cdef inline uint8_t* put_varint(uint8_t* p, uint64_t v) noexcept nogil:
-    while v >= 0x80:
-        p[0] = <uint8_t>(v | 0x80)
-        v >>= 7
-        p += 1
-    p[0] = <uint8_t>v
-    return p + 1
-
-
 # Status codes of the nogil decoder; _raise() below is the one bridge to WireError.
 cdef enum:
     OK = 0
@@ -153,6 +142,15 @@ cdef struct Err:
     Py_ssize_t offset     # byte offset in the raw body
     int64_t a
     int64_t b
+
+
+cdef inline int fail(Err* err, int code, Py_ssize_t offset, int64_t a=0, int64_t b=0) noexcept nogil:
+    """Records where and why the body is bad (a, b: details for _raise); returns code."""
+    err.code = code
+    err.offset = offset
+    err.a = a
+    err.b = b
+    return code
 
 
 cdef inline int rd_varint(const uint8_t** pp, const uint8_t* end, uint64_t* out) noexcept nogil:
@@ -1009,74 +1007,66 @@ cdef int get_packed(const uint8_t** pp, const uint8_t* end, uint64_t* out,
 
 cdef int get_series(const uint8_t** pp, const uint8_t* end, uint8_t codec,
                     double* v, Py_ssize_t c, uint64_t* r) noexcept nogil:
+    """One series' c values (c >= 1) into v. Returns OK with pp[0] past the stream,
+    or a status with pp[0] where the stream went wrong (one exit for both)."""
     cdef const uint8_t* p = pp[0]
     cdef Py_ssize_t j
-    cdef uint64_t bits, x, u, dmin
-    cdef int64_t m
-    cdef double scale
-    cdef int rc, tz, nb, w
+    cdef uint64_t bits = 0, x, u, dmin = 0
+    cdef int64_t m = 0
+    cdef double scale = P10[codec & 0x0F]
+    cdef int rc = OK, tz, nb, w
     cdef uint8_t ctrl
     if codec == CODEC_CONST:
         if end - p < 8:
-            return E_TRUNC
-        memcpy(&bits, p, 8)
-        p += 8
-        for j in range(c):
-            v[j] = ingress_float(bits)
+            rc = E_TRUNC
+        else:
+            memcpy(&bits, p, 8)
+            p += 8
+            for j in range(c):
+                v[j] = ingress_float(bits)
     elif codec & 0xF0 == CODEC_DEC:
-        scale = P10[codec & 0x0F]
-        m = 0
         for j in range(c):
             rc = rd_varint(&p, end, &u)
             if rc:
-                pp[0] = p
-                return rc
+                break
             m = <int64_t>(<uint64_t>m + <uint64_t>unzz(u))
             v[j] = <double>m / scale
     elif codec & 0xF0 == CODEC_DEC_FOR:
-        scale = P10[codec & 0x0F]
         rc = rd_varint(&p, end, &u)
         if rc == OK and c > 1:
             rc = rd_varint(&p, end, &dmin)
-        if rc:
-            pp[0] = p
-            return rc
-        m = unzz(u)
-        v[0] = <double>m / scale
-        if c > 1:
-            if p >= end:
-                pp[0] = p
-                return E_TRUNC
-            w = p[0]
-            if w > 64:
-                pp[0] = p
-                return E_WIDTH
-            p += 1
-            rc = get_packed(&p, end, r, c - 1, w)
-            if rc:
-                pp[0] = p
-                return rc
+            if rc == OK and p >= end:
+                rc = E_TRUNC
+            elif rc == OK and p[0] > 64:
+                rc = E_WIDTH
+            elif rc == OK:
+                w = p[0]
+                p += 1
+                rc = get_packed(&p, end, r, c - 1, w)
+        if rc == OK:
+            m = unzz(u)
+            v[0] = <double>m / scale
             dmin = <uint64_t>unzz(dmin)
             for j in range(1, c):
                 m = <int64_t>(<uint64_t>m + dmin + r[j - 1])
                 v[j] = <double>m / scale
     elif codec == CODEC_XOR:
-        bits = 0
         for j in range(c):
             if p >= end:
-                pp[0] = p
-                return E_TRUNC
+                rc = E_TRUNC
+                break
             ctrl = p[0]
             p += 1
             if ctrl:
                 tz = ctrl >> 4
                 nb = ctrl & 0x0F
                 if nb == 0 or tz + nb > 8:
-                    pp[0] = p - 1
-                    return E_XOR
+                    p -= 1
+                    rc = E_XOR
+                    break
                 if end - p < nb:
-                    pp[0] = p
-                    return E_TRUNC
+                    rc = E_TRUNC
+                    break
                 x = 0
                 memcpy(&x, p, nb)
                 p += nb
@@ -1084,30 +1074,27 @@ cdef int get_series(const uint8_t** pp, const uint8_t* end, uint8_t codec,
             v[j] = ingress_float(bits)
     elif codec == CODEC_XOR_FOR:
         if end - p < (10 if c > 1 else 8):
-            pp[0] = p
-            return E_TRUNC
-        memcpy(&bits, p, 8)
-        v[0] = ingress_float(bits)
-        if c > 1:
-            tz = p[8]
-            w = p[9]
-            if tz + w > 64:
-                pp[0] = p + 8
-                return E_WIDTH
-            p += 10
-            rc = get_packed(&p, end, r, c - 1, w)
-            if rc:
-                pp[0] = p
-                return rc
-            for j in range(1, c):
-                bits ^= r[j - 1] << tz
-                v[j] = ingress_float(bits)
+            rc = E_TRUNC
         else:
+            memcpy(&bits, p, 8)
             p += 8
+            v[0] = ingress_float(bits)
+            if c > 1:
+                tz = p[0]
+                w = p[1]
+                if tz + w > 64:
+                    rc = E_WIDTH
+                else:
+                    p += 2
+                    rc = get_packed(&p, end, r, c - 1, w)
+                    if rc == OK:
+                        for j in range(1, c):
+                            bits ^= r[j - 1] << tz
+                            v[j] = ingress_float(bits)
     else:
-        return E_CODEC
+        rc = E_CODEC
     pp[0] = p
-    return OK
+    return rc
 
 
 cdef int _decode(const uint8_t* base, const uint8_t* p, const uint8_t* end,
@@ -1126,48 +1113,32 @@ cdef int _decode(const uint8_t* base, const uint8_t* p, const uint8_t* end,
     for i in range(n):
         rc = rd_varint(&p, end, &u)
         if rc:
-            err.code = rc
-            err.offset = p - base
-            return rc
+            return fail(err, rc, p - base)
         cur = <int64_t>(<uint64_t>cur + <uint64_t>unzz(u))
         if cur < 0 or cur >= nser:
-            err.code = E_INDEX
-            err.offset = p - base
-            err.a = i
-            err.b = cur
-            return E_INDEX
+            return fail(err, E_INDEX, p - base, i, cur)
         oidx[i] = <uint32_t>cur
         start[cur + 1] += 1
     # timestamps
     err.section = b"timestamps"
     if p >= end:
-        err.code = E_TRUNC
-        err.offset = p - base
-        return E_TRUNC
+        return fail(err, E_TRUNC, p - base)
     mode = p[0]
     p += 1
     if mode == TS_SAMPLES:
         for i in range(n):
             rc = rd_varint(&p, end, &u)
             if rc:
-                err.code = rc
-                err.offset = p - base
-                return rc
+                return fail(err, rc, p - base)
             prev_d += <uint64_t>unzz(u)
             prev_t += prev_d
             ots[i] = <int64_t>prev_t
     elif mode == TS_RUNS:
         rc = rd_varint(&p, end, &u)
         if rc:
-            err.code = rc
-            err.offset = p - base
-            return rc
+            return fail(err, rc, p - base)
         if u > <uint64_t>n or u > <uint64_t>(end - p) // 2:
-            err.code = E_COUNT
-            err.offset = p - base
-            err.a = <int64_t>u
-            err.b = n
-            return E_COUNT
+            return fail(err, E_COUNT, p - base, <int64_t>u, n)
         runs = <Py_ssize_t>u
         filled = 0
         for j in range(runs):
@@ -1175,31 +1146,18 @@ cdef int _decode(const uint8_t* base, const uint8_t* p, const uint8_t* end,
             if rc == OK:
                 rc = rd_varint(&p, end, &u)
             if rc:
-                err.code = rc
-                err.offset = p - base
-                return rc
+                return fail(err, rc, p - base)
             if ln == 0 or ln > <uint64_t>(n - filled):
-                err.code = E_RUNS
-                err.offset = p - base
-                err.a = j
-                err.b = <int64_t>ln
-                return E_RUNS
+                return fail(err, E_RUNS, p - base, j, <int64_t>ln)
             prev_d += <uint64_t>unzz(u)
             prev_t += prev_d
             for i in range(filled, filled + <Py_ssize_t>ln):
                 ots[i] = <int64_t>prev_t
             filled += <Py_ssize_t>ln
         if filled != n:
-            err.code = E_RUNS
-            err.offset = p - base
-            err.a = -1
-            err.b = filled
-            return E_RUNS
+            return fail(err, E_RUNS, p - base, -1, filled)
     else:
-        err.code = E_TS_MODE
-        err.offset = p - 1 - base
-        err.a = mode
-        return E_TS_MODE
+        return fail(err, E_TS_MODE, p - 1 - base, mode, 0)
     # values
     err.section = b"values"
     filled = 0
@@ -1208,26 +1166,17 @@ cdef int _decode(const uint8_t* base, const uint8_t* p, const uint8_t* end,
             filled += 1
         start[s + 1] += start[s]
     if end - p < filled:
-        err.code = E_TRUNC
-        err.offset = end - base
-        return E_TRUNC
+        return fail(err, E_TRUNC, end - base)
     codecs = p
     p += filled
     for s in range(nser):
         if start[s + 1] > start[s]:
             rc = get_series(&p, end, codecs[0], tmp + start[s], start[s + 1] - start[s], scratch)
             if rc:
-                err.code = rc
-                err.offset = p - base
-                err.a = s
-                err.b = codecs[0]
-                return rc
+                return fail(err, rc, p - base, s, codecs[0])
             codecs += 1
     if p != end:
-        err.code = E_TRAILING
-        err.offset = p - base
-        err.a = end - p
-        return E_TRAILING
+        return fail(err, E_TRAILING, p - base, end - p, 0)
     memcpy(cursor, start, nser * sizeof(int64_t))
     for i in range(n):
         s = oidx[i]

@@ -27,20 +27,14 @@ each series in time order (ties in sample order).
 The sample loops run without the GIL; the output is one bytes object allocated
 at its exact size after a sizing pass.
 """
-import sys
-
-import numpy as np
-cimport numpy as cnp
-
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
-from ingress._core._pbutil cimport TsPos, bits_of, group_by_series, put_bytes, put_fixed64, put_varint, varint_size
+from ingress._core._pbutil cimport (
+    Groups, bits_of, counting_sort, field_len, group_by_series, groups_alloc, groups_free, new_message,
+    put_bytes, put_fixed64, put_varint, require_little_endian,
+)
 
-cnp.import_array()
-
-if sys.byteorder != "little":
-    raise ImportError("ingress._core._otlp supports little-endian machines only")
+require_little_endian(__name__)
 
 cdef enum:
     K_GAUGE = 0
@@ -48,11 +42,6 @@ cdef enum:
 
 GAUGE = K_GAUGE
 SUM = K_SUM  # monotonic cumulative sum (a counter)
-
-
-cdef inline Py_ssize_t field_len(Py_ssize_t body) noexcept nogil:
-    """Bytes of a one-byte-tag length-delimited field holding ``body`` bytes."""
-    return 1 + varint_size(<uint64_t>body) + body
 
 
 def _check_ranges(const int64_t[::1] off, Py_ssize_t size, str what):
@@ -119,20 +108,15 @@ def encode_export_request(const uint8_t[::1] resource, const uint8_t[::1] scope,
         if metric_kinds[m] > K_SUM:
             raise ValueError(f"metric_kinds[{m}] = {metric_kinds[m]} is neither GAUGE (0) nor SUM (1)")
 
-    cdef cnp.ndarray start_a = np.empty(n_series + 1, np.int64)
-    cdef cnp.ndarray cursor_a = np.empty(n_series + 1, np.int64)
-    cdef cnp.ndarray order_a = np.empty(max(n, 1), np.uint32)
-    cdef cnp.ndarray scratch_a = np.empty(max(n, 1) * sizeof(TsPos), np.uint8)
-    cdef cnp.ndarray mstart_a = np.zeros(n_metrics + 1, np.int64)
-    cdef cnp.ndarray mcursor_a = np.empty(n_metrics + 1, np.int64)
-    cdef cnp.ndarray morder_a = np.empty(max(n_series, 1), np.uint32)
-    cdef cnp.ndarray mbody_a = np.zeros(n_metrics + 1, np.int64)
-    cdef int64_t* start = <int64_t*>cnp.PyArray_DATA(start_a)
-    cdef uint32_t* order = <uint32_t*>cnp.PyArray_DATA(order_a)
-    cdef int64_t* mstart = <int64_t*>cnp.PyArray_DATA(mstart_a)
-    cdef int64_t* mcursor = <int64_t*>cnp.PyArray_DATA(mcursor_a)
-    cdef uint32_t* morder = <uint32_t*>cnp.PyArray_DATA(morder_a)
-    cdef int64_t* mbody = <int64_t*>cnp.PyArray_DATA(mbody_a)
+    # one block: samples grouped by series; in extra, series grouped by metric and metric bodies
+    cdef Groups g
+    groups_alloc(&g, n, n_series, 3 * (n_metrics + 1) + (n_series + 1) // 2)
+    cdef int64_t* start = g.start
+    cdef uint32_t* order = g.order
+    cdef int64_t* mstart = g.extra
+    cdef int64_t* mcursor = mstart + (n_metrics + 1)
+    cdef int64_t* mbody = mcursor + (n_metrics + 1)
+    cdef uint32_t* morder = <uint32_t*>(mbody + (n_metrics + 1))
     cdef const uint32_t* ip = &series_index[0] if n else NULL
     cdef const int64_t* tp = &timestamps[0] if n else NULL
     cdef const double* vp = &values[0] if n else NULL
@@ -144,75 +128,68 @@ def encode_export_request(const uint8_t[::1] resource, const uint8_t[::1] scope,
     cdef const uint8_t* kp = &metric_kinds[0] if n_metrics else NULL
     cdef Py_ssize_t nres = resource.shape[0], nscope = scope.shape[0]
     cdef uint32_t j
-    sm = rm = total = 0
-    with nogil:
-        bad = group_by_series(ip, tp, n, n_series, start, <int64_t*>cnp.PyArray_DATA(cursor_a), order,
-                              <TsPos*>cnp.PyArray_DATA(scratch_a))
-        if bad < 0:
-            # series grouped by metric (counting sort, series order kept)
-            for s in range(n_series):
-                mstart[smp[s] + 1] += 1
-            for m in range(n_metrics):
-                mstart[m + 1] += mstart[m]
-            for m in range(n_metrics):
-                mcursor[m] = mstart[m]
-            for s in range(n_series):
-                morder[mcursor[smp[s]]] = <uint32_t>s
-                mcursor[smp[s]] += 1
-            sm = nscope
-            for m in range(n_metrics):
-                body = 0
-                for k in range(mstart[m], mstart[m + 1]):
-                    s = morder[k]
-                    dp = (ao[s + 1] - ao[s]) + 18  # attributes, time (1 + 8), value (1 + 8)
-                    body += (start[s + 1] - start[s]) * field_len(dp)
-                if body == 0:
-                    mbody[m] = -1  # no samples: the metric is left out
-                    continue
-                if kp[m] == K_SUM:
-                    body += 4  # aggregation_temporality = CUMULATIVE, is_monotonic = true
-                mbody[m] = body
-                sm += field_len((ho[m + 1] - ho[m]) + field_len(body))
-            rm = nres + field_len(sm)
-            total = field_len(rm)
-    if bad >= 0:
-        raise ValueError(f"series_index[{bad}] = {series_index[bad]} is out of range for {n_series} series")
-    out = PyBytes_FromStringAndSize(NULL, total)
-    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
-    cdef double v
+    cdef uint8_t* p
     cdef const uint8_t* rp = &resource[0] if nres else NULL
     cdef const uint8_t* scp = &scope[0] if nscope else NULL
-    with nogil:
-        p[0] = 0x0a  # ExportMetricsServiceRequest.resource_metrics
-        p = put_varint(p + 1, <uint64_t>rm)
-        p = put_bytes(p, rp, nres)
-        p[0] = 0x12  # ResourceMetrics.scope_metrics
-        p = put_varint(p + 1, <uint64_t>sm)
-        p = put_bytes(p, scp, nscope)
-        for m in range(n_metrics):
-            if mbody[m] < 0:
-                continue
-            p[0] = 0x12  # ScopeMetrics.metrics
-            p = put_varint(p + 1, <uint64_t>((ho[m + 1] - ho[m]) + field_len(mbody[m])))
-            p = put_bytes(p, hp + ho[m], ho[m + 1] - ho[m])
-            p[0] = 0x3a if kp[m] == K_SUM else 0x2a  # Metric.sum (7) / Metric.gauge (5)
-            p = put_varint(p + 1, <uint64_t>mbody[m])
-            for k in range(mstart[m], mstart[m + 1]):
-                s = morder[k]
-                dp = (ao[s + 1] - ao[s]) + 18
-                for a in range(start[s], start[s + 1]):
-                    j = order[a]
-                    p[0] = 0x0a  # data_points
-                    p = put_varint(p + 1, <uint64_t>dp)
-                    p[0] = 0x19  # time_unix_nano, fixed64
-                    p = put_fixed64(p + 1, <uint64_t>tp[j])
-                    p[0] = 0x21  # as_double
-                    p = put_fixed64(p + 1, bits_of(vp[j]))
-                    p = put_bytes(p, ap + ao[s], ao[s + 1] - ao[s])
-            if kp[m] == K_SUM:
-                p[0] = 0x10  # aggregation_temporality
-                p[1] = 2     # AGGREGATION_TEMPORALITY_CUMULATIVE
-                p[2] = 0x18  # is_monotonic
-                p[3] = 1
-                p += 4
-    return out
+    try:
+        sm = rm = total = 0
+        with nogil:
+            bad = group_by_series(&g, ip, tp, n, n_series)
+            if bad < 0:
+                # series grouped by metric, series order kept (series_metric is checked above)
+                counting_sort(smp, n_series, n_metrics, mstart, mcursor, morder)
+                sm = nscope
+                for m in range(n_metrics):
+                    body = 0
+                    for k in range(mstart[m], mstart[m + 1]):
+                        s = morder[k]
+                        dp = (ao[s + 1] - ao[s]) + 18  # attributes, time (1 + 8), value (1 + 8)
+                        body += (start[s + 1] - start[s]) * field_len(dp)
+                    if body == 0:
+                        mbody[m] = -1  # no samples: the metric is left out
+                        continue
+                    if kp[m] == K_SUM:
+                        body += 4  # aggregation_temporality = CUMULATIVE, is_monotonic = true
+                    mbody[m] = body
+                    sm += field_len((ho[m + 1] - ho[m]) + field_len(body))
+                rm = nres + field_len(sm)
+                total = field_len(rm)
+        if bad >= 0:
+            raise ValueError(f"series_index[{bad}] = {series_index[bad]} is out of range for {n_series} series")
+        out = new_message(total, &p)
+        with nogil:
+            p[0] = 0x0a  # ExportMetricsServiceRequest.resource_metrics
+            p = put_varint(p + 1, <uint64_t>rm)
+            p = put_bytes(p, rp, nres)
+            p[0] = 0x12  # ResourceMetrics.scope_metrics
+            p = put_varint(p + 1, <uint64_t>sm)
+            p = put_bytes(p, scp, nscope)
+            for m in range(n_metrics):
+                if mbody[m] < 0:
+                    continue
+                p[0] = 0x12  # ScopeMetrics.metrics
+                p = put_varint(p + 1, <uint64_t>((ho[m + 1] - ho[m]) + field_len(mbody[m])))
+                p = put_bytes(p, hp + ho[m], ho[m + 1] - ho[m])
+                p[0] = 0x3a if kp[m] == K_SUM else 0x2a  # Metric.sum (7) / Metric.gauge (5)
+                p = put_varint(p + 1, <uint64_t>mbody[m])
+                for k in range(mstart[m], mstart[m + 1]):
+                    s = morder[k]
+                    dp = (ao[s + 1] - ao[s]) + 18
+                    for a in range(start[s], start[s + 1]):
+                        j = order[a]
+                        p[0] = 0x0a  # data_points
+                        p = put_varint(p + 1, <uint64_t>dp)
+                        p[0] = 0x19  # time_unix_nano, fixed64
+                        p = put_fixed64(p + 1, <uint64_t>tp[j])
+                        p[0] = 0x21  # as_double
+                        p = put_fixed64(p + 1, bits_of(vp[j]))
+                        p = put_bytes(p, ap + ao[s], ao[s + 1] - ao[s])
+                if kp[m] == K_SUM:
+                    p[0] = 0x10  # aggregation_temporality
+                    p[1] = 2     # AGGREGATION_TEMPORALITY_CUMULATIVE
+                    p[2] = 0x18  # is_monotonic
+                    p[3] = 1
+                    p += 4
+        return out
+    finally:
+        groups_free(&g)

@@ -1,4 +1,5 @@
 # cython: language_level=3
+# Over 600 lines on purpose: one compilation unit, so the parsers inline into the per-pid read loops.
 """Compiled readers for the per-process files under /proc.
 
 Why compiled: a host runs hundreds to thousands of processes, and the

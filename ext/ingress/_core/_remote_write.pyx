@@ -22,20 +22,14 @@ timestamp of 0) are left out, as protobuf's own encoders do.
 The sample loops run without the GIL over the columns; the output is one bytes
 object allocated at its exact size after a sizing pass.
 """
-import sys
-
-import numpy as np
-cimport numpy as cnp
-
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
-from ingress._core._pbutil cimport TsPos, bits_of, group_by_series, put_bytes, put_fixed64, put_varint, varint_size
+from ingress._core._pbutil cimport (
+    Groups, bits_of, field_len, group_by_series, groups_alloc, groups_free, new_message, put_bytes,
+    put_fixed64, put_varint, require_little_endian, varint_size,
+)
 
-cnp.import_array()
-
-if sys.byteorder != "little":
-    raise ImportError("ingress._core._remote_write supports little-endian machines only")
+require_little_endian(__name__)
 
 
 cdef inline int64_t floor_ms(int64_t ns) noexcept nogil:
@@ -94,15 +88,6 @@ def encode_write_request(const uint8_t[::1] labels, const int64_t[::1] label_off
         if label_offsets[s] < 0 or label_offsets[s] > label_offsets[s + 1] or label_offsets[s + 1] > nl:
             raise ValueError(f"label_offsets[{s}:{s + 2}] = {label_offsets[s]}, {label_offsets[s + 1]} "
                              f"is not a range within the {nl} bytes of labels")
-    cdef cnp.ndarray start_a = np.empty(n_series + 1, np.int64)
-    cdef cnp.ndarray cursor_a = np.empty(n_series + 1, np.int64)
-    cdef cnp.ndarray order_a = np.empty(max(n, 1), np.uint32)
-    cdef cnp.ndarray scratch_a = np.empty(max(n, 1) * sizeof(TsPos), np.uint8)
-    cdef cnp.ndarray tslen_a = np.zeros(n_series + 1, np.int64)
-    cdef int64_t* start = <int64_t*>cnp.PyArray_DATA(start_a)
-    cdef int64_t* kept_end = <int64_t*>cnp.PyArray_DATA(cursor_a)
-    cdef uint32_t* order = <uint32_t*>cnp.PyArray_DATA(order_a)
-    cdef int64_t* tslen = <int64_t*>cnp.PyArray_DATA(tslen_a)
     cdef const uint32_t* ip = &series_index[0] if n else NULL
     cdef const int64_t* tp = &timestamps[0] if n else NULL
     cdef const double* vp = &values[0] if n else NULL
@@ -111,13 +96,19 @@ def encode_write_request(const uint8_t[::1] labels, const int64_t[::1] label_off
     cdef int64_t ms, next_ms
     cdef uint32_t j
     cdef Py_ssize_t samples_out = 0
-    total = 0
-    with nogil:
-        bad = group_by_series(ip, tp, n, n_series, start, kept_end, order,
-                              <TsPos*>cnp.PyArray_DATA(scratch_a))
-        if bad < 0:
-            total = 0
-            for s in range(n_series):
+    cdef Groups g
+    cdef double v
+    cdef uint8_t* p
+    groups_alloc(&g, n, n_series, n_series)
+    cdef int64_t* start = g.start
+    cdef int64_t* kept_end = g.cursor  # per series, the end of its samples after collapsing
+    cdef uint32_t* order = g.order
+    cdef int64_t* tslen = g.extra  # per series with samples, its TimeSeries body
+    try:
+        total = 0
+        with nogil:
+            bad = group_by_series(&g, ip, tp, n, n_series)
+            for s in range(n_series if bad < 0 else 0):
                 a = start[s]
                 b = start[s + 1]
                 # collapse samples in the same millisecond to the last one (in place)
@@ -137,34 +128,34 @@ def encode_write_request(const uint8_t[::1] labels, const int64_t[::1] label_off
                 for k in range(a, kept):
                     j = order[k]
                     slen = sample_len(vp[j], floor_ms(tp[j]))
-                    body += 1 + varint_size(<uint64_t>slen) + slen
+                    body += field_len(slen)
                 tslen[s] = body
-                total += 1 + varint_size(<uint64_t>body) + body
+                total += field_len(body)
                 samples_out += kept - a
-    if bad >= 0:
-        raise ValueError(f"series_index[{bad}] = {series_index[bad]} is out of range for {n_series} series")
-    out = PyBytes_FromStringAndSize(NULL, total)
-    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
-    cdef double v
-    with nogil:
-        for s in range(n_series):
-            a = start[s]
-            if kept_end[s] == a:
-                continue
-            p[0] = 0x0a
-            p = put_varint(p + 1, <uint64_t>tslen[s])
-            p = put_bytes(p, lp + lo[s], lo[s + 1] - lo[s])
-            for k in range(a, kept_end[s]):
-                j = order[k]
-                v = vp[j]
-                ms = floor_ms(tp[j])
-                slen = sample_len(v, ms)
-                p[0] = 0x12
-                p = put_varint(p + 1, <uint64_t>slen)
-                if bits_of(v) != 0:
-                    p[0] = 0x09
-                    p = put_fixed64(p + 1, bits_of(v))
-                if ms != 0:
-                    p[0] = 0x10
-                    p = put_varint(p + 1, <uint64_t>ms)
-    return out, samples_out
+        if bad >= 0:
+            raise ValueError(f"series_index[{bad}] = {series_index[bad]} is out of range for {n_series} series")
+        out = new_message(total, &p)
+        with nogil:
+            for s in range(n_series):
+                a = start[s]
+                if kept_end[s] == a:
+                    continue
+                p[0] = 0x0a
+                p = put_varint(p + 1, <uint64_t>tslen[s])
+                p = put_bytes(p, lp + lo[s], lo[s + 1] - lo[s])
+                for k in range(a, kept_end[s]):
+                    j = order[k]
+                    v = vp[j]
+                    ms = floor_ms(tp[j])
+                    slen = sample_len(v, ms)
+                    p[0] = 0x12
+                    p = put_varint(p + 1, <uint64_t>slen)
+                    if bits_of(v) != 0:
+                        p[0] = 0x09
+                        p = put_fixed64(p + 1, bits_of(v))
+                    if ms != 0:
+                        p[0] = 0x10
+                        p = put_varint(p + 1, <uint64_t>ms)
+        return out, samples_out
+    finally:
+        groups_free(&g)

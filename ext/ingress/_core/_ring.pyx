@@ -37,19 +37,9 @@ from cpython.pythread cimport (
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-from ingress._core._sample cimport Sample, SampleWords
+from ingress._core._sample cimport INGRESS_LE, Sample, gather, scatter
 
 import numpy as _np
-
-cdef extern from *:
-    """
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    #define INGRESS_RING_LE 1
-    #else
-    #define INGRESS_RING_LE 0
-    #endif
-    """
-    const bint INGRESS_RING_LE
 
 # Blocks at least this long are copied with the GIL released (see module doc).
 cdef enum:
@@ -76,8 +66,8 @@ cdef inline bint _format_ok(const char* f, char cls) noexcept:
     # checked separately, so 'L' on a 4-byte-long platform is fine too).
     if f == NULL:
         return cls == b'u'  # PyBUF_FORMAT not honoured: bytes, treat as uint8
-    if f[0] == b'@' or f[0] == b'=' or (f[0] == b'<' and INGRESS_RING_LE) or (
-            (f[0] == b'>' or f[0] == b'!') and not INGRESS_RING_LE):
+    if f[0] == b'@' or f[0] == b'=' or (f[0] == b'<' and INGRESS_LE) or (
+            (f[0] == b'>' or f[0] == b'!') and not INGRESS_LE):
         f += 1
     if f[0] == 0 or f[1] != 0:
         return False
@@ -131,56 +121,61 @@ cdef inline void _lock(PyThread_type_lock lk) noexcept:
             PyThread_acquire_lock(lk, WAIT_LOCK)
 
 
-cdef void _scatter(Sample* dst, Py_ssize_t n,
-                   const uint32_t* s, const int64_t* ts, Py_ssize_t ts_step,
-                   const double* v, const uint8_t* k, Py_ssize_t k_step,
-                   uint16_t tenant) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef SampleWords* w = <SampleWords*> dst
-    cdef uint64_t tt = (<uint64_t> tenant) << 32
-    if INGRESS_RING_LE:
-        # Field-by-field stores are four narrow writes per sample and the compiler
-        # will not merge them; one word for series/tenant/kind runs ~2x faster.
-        for i in range(n):
-            w[i].ts = ts[i * ts_step]
-            w[i].value = v[i]
-            w[i].tail = (<uint64_t> s[i]) | tt | ((<uint64_t> k[i * k_step]) << 48)
-    else:
-        for i in range(n):
-            dst[i].ts = ts[i * ts_step]
-            dst[i].value = v[i]
-            dst[i].series = s[i]
-            dst[i].tenant = tenant
-            dst[i].kind = k[i * k_step]
-            dst[i]._pad = 0
+cdef struct Ring:
+    # One tenant's ring: slots off .. off+cap-1 of the pool, oldest at head, size live.
+    int64_t cap         # slots; positions wrap at it
+    int64_t limit       # how many it may hold now (<= cap): the memory guard lowers it
+    int64_t off
+    int64_t head
+    int64_t size
+    uint64_t dropped    # cumulative counters since construction
+    uint64_t pushed
+    uint64_t drained
+    PyThread_type_lock lock
 
 
-cdef void _gather(const Sample* src, Py_ssize_t n,
-                  uint32_t* s, int64_t* ts, double* v, uint8_t* k) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef const SampleWords* w = <const SampleWords*> src
-    cdef uint64_t tail
-    if INGRESS_RING_LE:
-        if k != NULL:
-            for i in range(n):
-                tail = w[i].tail
-                s[i] = <uint32_t> tail
-                ts[i] = w[i].ts
-                v[i] = w[i].value
-                k[i] = <uint8_t> (tail >> 48)
-        else:
-            for i in range(n):
-                s[i] = <uint32_t> w[i].tail
-                ts[i] = w[i].ts
-                v[i] = w[i].value
-    else:
-        for i in range(n):
-            s[i] = src[i].series
-            ts[i] = src[i].ts
-            v[i] = src[i].value
-        if k != NULL:
-            for i in range(n):
-                k[i] = src[i].kind
+cdef struct Block:
+    # The columns of one push (read) or drain (written), already offset by ``start``;
+    # a step of 0 broadcasts a scalar. ``n``: samples to push, or room to drain into.
+    uint32_t* s
+    int64_t* ts
+    double* v
+    uint8_t* k          # NULL: a drain without kinds
+    Py_ssize_t ts_step
+    Py_ssize_t k_step
+    Py_ssize_t n
+    bint push
+
+
+cdef struct Views:
+    # The argument buffers of one push or drain (see _views_init, _release).
+    Py_buffer s
+    Py_buffer ts
+    Py_buffer v
+    Py_buffer k
+
+
+cdef extern from *:
+    """
+    static inline void ingress_buffer_unset(Py_buffer* v) { v->obj = NULL; }
+    """
+    void _unset "ingress_buffer_unset"(Py_buffer* v) noexcept
+
+
+cdef inline void _views_init(Views* b) noexcept:
+    # Each view's obj cleared (zeroing all 320 bytes costs a rep stos per
+    # call): releasing a view never acquired is then a no-op.
+    _unset(&b.s)
+    _unset(&b.ts)
+    _unset(&b.v)
+    _unset(&b.k)
+
+
+cdef inline void _release(Views* b) noexcept:
+    PyBuffer_Release(&b.s)
+    PyBuffer_Release(&b.ts)
+    PyBuffer_Release(&b.v)
+    PyBuffer_Release(&b.k)
 
 
 @cython.final
@@ -206,17 +201,9 @@ cdef class RingSet:
     """
 
     cdef Sample* _pool
+    cdef Ring* _r
     cdef Py_ssize_t _n
     cdef Py_ssize_t _total
-    cdef int64_t* _cap
-    cdef int64_t* _limit
-    cdef int64_t* _off
-    cdef int64_t* _head
-    cdef int64_t* _size
-    cdef uint64_t* _dropped
-    cdef uint64_t* _pushed
-    cdef uint64_t* _drained
-    cdef PyThread_type_lock* _locks
     cdef bint _drop_newest
 
     def __cinit__(self, Py_ssize_t n_tenants, budget_bytes, policy="drop_oldest", weights=None):
@@ -251,26 +238,15 @@ cdef class RingSet:
                 raise ValueError(
                     f"budget_bytes: {budget} leaves tenant {t} no slot "
                     f"({total} samples of {sizeof(Sample)} bytes for {n_tenants} tenants)")
+        self._r = <Ring*> PyMem_Calloc(n_tenants, sizeof(Ring))
+        if self._r == NULL:
+            raise MemoryError()
         self._n = n_tenants
         self._drop_newest = policy == "drop_newest"
-        self._cap = <int64_t*> PyMem_Calloc(n_tenants, sizeof(int64_t))
-        self._limit = <int64_t*> PyMem_Calloc(n_tenants, sizeof(int64_t))
-        self._off = <int64_t*> PyMem_Calloc(n_tenants, sizeof(int64_t))
-        self._head = <int64_t*> PyMem_Calloc(n_tenants, sizeof(int64_t))
-        self._size = <int64_t*> PyMem_Calloc(n_tenants, sizeof(int64_t))
-        self._dropped = <uint64_t*> PyMem_Calloc(n_tenants, sizeof(uint64_t))
-        self._pushed = <uint64_t*> PyMem_Calloc(n_tenants, sizeof(uint64_t))
-        self._drained = <uint64_t*> PyMem_Calloc(n_tenants, sizeof(uint64_t))
-        self._locks = <PyThread_type_lock*> PyMem_Calloc(n_tenants, sizeof(PyThread_type_lock))
-        if (self._cap == NULL or self._limit == NULL or self._off == NULL or self._head == NULL or self._size == NULL
-                or self._dropped == NULL or self._pushed == NULL or self._drained == NULL
-                or self._locks == NULL):
-            raise MemoryError()
         off = 0
         for t in range(n_tenants):
-            self._cap[t] = caps[t]
-            self._limit[t] = caps[t]
-            self._off[t] = off
+            self._r[t].cap = self._r[t].limit = caps[t]
+            self._r[t].off = off
             off += caps[t]
         self._total = off
         # calloc: pages are mapped lazily but the address space and the limit are
@@ -279,47 +255,40 @@ cdef class RingSet:
         if self._pool == NULL:
             raise MemoryError(f"budget_bytes: cannot allocate {self._total * sizeof(Sample)} bytes")
         for t in range(n_tenants):
-            self._locks[t] = PyThread_allocate_lock()
-            if self._locks[t] == NULL:
+            self._r[t].lock = PyThread_allocate_lock()
+            if self._r[t].lock == NULL:
                 raise MemoryError("cannot allocate a ring lock")
 
     def __dealloc__(self):
         cdef Py_ssize_t t
-        if self._locks != NULL:
+        if self._r != NULL:
             for t in range(self._n):
-                if self._locks[t] != NULL:
-                    PyThread_free_lock(self._locks[t])
-        PyMem_Free(self._locks)
+                if self._r[t].lock != NULL:
+                    PyThread_free_lock(self._r[t].lock)
+        PyMem_Free(self._r)
         PyMem_Free(self._pool)
-        PyMem_Free(self._cap)
-        PyMem_Free(self._limit)
-        PyMem_Free(self._off)
-        PyMem_Free(self._head)
-        PyMem_Free(self._size)
-        PyMem_Free(self._dropped)
-        PyMem_Free(self._pushed)
-        PyMem_Free(self._drained)
 
     # -- the hot path -------------------------------------------------------------
 
-    cdef inline int _check_tenant(self, Py_ssize_t t) except -1:
+    cdef inline Ring* _ring(self, Py_ssize_t t) except NULL:
         if <size_t> t >= <size_t> self._n:
             raise IndexError(f"t: tenant index {t} is not in 0..{self._n - 1}")
-        return 0
+        return self._r + t
 
-    cdef int64_t _push_locked(self, Py_ssize_t t, Py_ssize_t n,
-                              const uint32_t* s, const int64_t* ts, Py_ssize_t ts_step,
-                              const double* v, const uint8_t* k, Py_ssize_t k_step) noexcept nogil:
-        # `cap` is the ring's size (positions wrap at it); `lim` (<= cap) is how many
-        # samples it may hold now: the soft limit the memory guard lowers.
-        cdef int64_t cap = self._cap[t]
-        cdef int64_t lim = self._limit[t]
-        cdef int64_t head = self._head[t]
-        cdef int64_t size = self._size[t]
+    cdef int64_t _push_locked(self, Ring* r, const Block* b) noexcept nogil:
+        cdef const uint32_t* s = b.s
+        cdef const int64_t* ts = b.ts
+        cdef const double* v = b.v
+        cdef const uint8_t* k = b.k
+        cdef Py_ssize_t ts_step = b.ts_step, k_step = b.k_step, n = b.n
+        cdef int64_t cap = r.cap
+        cdef int64_t lim = r.limit
+        cdef int64_t head = r.head
+        cdef int64_t size = r.size
         cdef int64_t dropped = 0
         cdef int64_t over, tail, first, room
-        cdef Sample* ring = self._pool + self._off[t]
-        cdef uint16_t tenant = <uint16_t> t
+        cdef Sample* ring = self._pool + r.off
+        cdef uint16_t tenant = <uint16_t> (r - self._r)
         if self._drop_newest:
             room = lim - size
             if room < 0:
@@ -352,46 +321,61 @@ cdef class RingSet:
             first = cap - tail
             if first > n:
                 first = n
-            _scatter(ring + tail, first, s, ts, ts_step, v, k, k_step, tenant)
+            scatter(ring + tail, first, s, ts, ts_step, v, k, k_step, tenant)
             if n > first:
-                _scatter(ring, n - first, s + first, ts + first * ts_step, ts_step,
+                scatter(ring, n - first, s + first, ts + first * ts_step, ts_step,
                          v + first, k + first * k_step, k_step, tenant)
-        self._head[t] = head
-        self._size[t] = size + n
-        self._dropped[t] += <uint64_t> dropped
-        self._pushed[t] += <uint64_t> n
+        r.head = head
+        r.size = size + n
+        r.dropped += <uint64_t> dropped
+        r.pushed += <uint64_t> n
         return dropped
 
-    cdef int64_t _drain_locked(self, Py_ssize_t t, Py_ssize_t room,
-                               uint32_t* s, int64_t* ts, double* v, uint8_t* k) noexcept nogil:
-        cdef int64_t cap = self._cap[t]
-        cdef int64_t head = self._head[t]
-        cdef int64_t n = self._size[t]
+    cdef int64_t _drain_locked(self, Ring* r, const Block* b) noexcept nogil:
+        cdef int64_t cap = r.cap
+        cdef int64_t head = r.head
+        cdef int64_t n = r.size
         cdef int64_t first
-        cdef Sample* ring = self._pool + self._off[t]
-        if n > room:
-            n = room
+        cdef Sample* ring = self._pool + r.off
+        if n > b.n:
+            n = b.n
         if n <= 0:
             return 0
         first = cap - head
         if first > n:
             first = n
-        _gather(ring + head, first, s, ts, v, k)
+        gather(ring + head, first, b.s, b.ts, b.v, b.k)
         if n > first:
-            _gather(ring, n - first, s + first, ts + first, v + first,
-                    k + first if k != NULL else NULL)
+            gather(ring, n - first, b.s + first, b.ts + first, b.v + first,
+                    b.k + first if b.k != NULL else NULL)
         head += n
         if head >= cap:
             head -= cap
-        self._size[t] -= n
-        if self._size[t] == 0:
+        r.size -= n
+        if r.size == 0:
             # An emptied ring starts again at its first slot: a ring that is
             # drained every flush then only ever touches the pages one flush
             # interval needs, so its resident memory stays at that, not at the
             # whole budget, and those pages stay warm in the cache.
             head = 0
-        self._head[t] = head
-        self._drained[t] += <uint64_t> n
+        r.head = head
+        r.drained += <uint64_t> n
+        return n
+
+    cdef inline int64_t _locked(self, Ring* r, const Block* b) noexcept:
+        # The one place a ring's lock is taken for a push or a drain: blocks of
+        # _NOGIL_MIN samples or more are copied with the GIL released, smaller
+        # ones with it held (see the module doc).
+        cdef int64_t n
+        if b.n >= _NOGIL_MIN and (b.push or r.size >= _NOGIL_MIN):
+            with nogil:
+                PyThread_acquire_lock(r.lock, WAIT_LOCK)
+                n = self._push_locked(r, b) if b.push else self._drain_locked(r, b)
+                PyThread_release_lock(r.lock)
+        else:
+            _lock(r.lock)
+            n = self._push_locked(r, b) if b.push else self._drain_locked(r, b)
+            PyThread_release_lock(r.lock)
         return n
 
     def push(self, Py_ssize_t t, series, ts, values, kinds):
@@ -425,67 +409,44 @@ cdef class RingSet:
         IndexError
             ``t`` is not a tenant index.
         """
-        cdef Py_buffer sb, tb, vb, kb
+        cdef Views w
+        cdef Block b
         cdef int64_t ts_scalar = 0
         cdef uint8_t k_scalar = 0
-        cdef const int64_t* ts_p = &ts_scalar
-        cdef const uint8_t* k_p = &k_scalar
-        cdef Py_ssize_t ts_step = 0, k_step = 0, n
-        cdef int64_t dropped
-        cdef PyThread_type_lock lk
-        self._check_tenant(t)
-        # Zeroed views make PyBuffer_Release a no-op for the ones never acquired.
-        memset(&sb, 0, sizeof(Py_buffer))
-        memset(&tb, 0, sizeof(Py_buffer))
-        memset(&vb, 0, sizeof(Py_buffer))
-        memset(&kb, 0, sizeof(Py_buffer))
+        cdef Ring* r = self._ring(t)
+        _views_init(&w)
+        b.ts, b.ts_step, b.k, b.k_step, b.push = &ts_scalar, 0, &k_scalar, 0, True
         try:
-            _acquire(series, &sb, False, b'u', 4, "series")
-            n = sb.len >> 2
-            _acquire(values, &vb, False, b'f', 8, "values")
-            if vb.len >> 3 != n:
-                raise ValueError(f"values: length {vb.len >> 3} != len(series) {n}")
+            _acquire(series, &w.s, False, b'u', 4, "series")
+            b.n = w.s.len >> 2
+            _acquire(values, &w.v, False, b'f', 8, "values")
+            if w.v.len >> 3 != b.n:
+                raise ValueError(f"values: length {w.v.len >> 3} != len(series) {b.n}")
             if _is_scalar(ts):
                 try:
                     ts_scalar = ts
                 except OverflowError:
                     raise ValueError(f"ts: {ts} does not fit in int64") from None
             else:
-                _acquire(ts, &tb, False, b's', 8, "ts")
-                if tb.len >> 3 != n:
-                    raise ValueError(f"ts: length {tb.len >> 3} != len(series) {n}")
-                ts_p = <const int64_t*> tb.buf
-                ts_step = 1
+                _acquire(ts, &w.ts, False, b's', 8, "ts")
+                if w.ts.len >> 3 != b.n:
+                    raise ValueError(f"ts: length {w.ts.len >> 3} != len(series) {b.n}")
+                b.ts, b.ts_step = <int64_t*> w.ts.buf, 1
             if _is_scalar(kinds):
                 if not 0 <= kinds <= 255:
                     raise ValueError(f"kinds: {kinds} does not fit in uint8")
                 k_scalar = kinds
             else:
-                _acquire(kinds, &kb, False, b'u', 1, "kinds")
-                if kb.len != n:
-                    raise ValueError(f"kinds: length {kb.len} != len(series) {n}")
-                k_p = <const uint8_t*> kb.buf
-                k_step = 1
-            if n == 0:
+                _acquire(kinds, &w.k, False, b'u', 1, "kinds")
+                if w.k.len != b.n:
+                    raise ValueError(f"kinds: length {w.k.len} != len(series) {b.n}")
+                b.k, b.k_step = <uint8_t*> w.k.buf, 1
+            if b.n == 0:
                 return 0
-            lk = self._locks[t]
-            if n >= _NOGIL_MIN:
-                with nogil:
-                    PyThread_acquire_lock(lk, WAIT_LOCK)
-                    dropped = self._push_locked(t, n, <const uint32_t*> sb.buf, ts_p, ts_step,
-                                                <const double*> vb.buf, k_p, k_step)
-                    PyThread_release_lock(lk)
-            else:
-                _lock(lk)
-                dropped = self._push_locked(t, n, <const uint32_t*> sb.buf, ts_p, ts_step,
-                                            <const double*> vb.buf, k_p, k_step)
-                PyThread_release_lock(lk)
-            return dropped
+            b.s, b.v = <uint32_t*> w.s.buf, <double*> w.v.buf
+            return self._locked(r, &b)
         finally:
-            PyBuffer_Release(&sb)
-            PyBuffer_Release(&tb)
-            PyBuffer_Release(&vb)
-            PyBuffer_Release(&kb)
+            _release(&w)
 
     def drain(self, Py_ssize_t t, out_series, out_ts, out_values, out_kinds, Py_ssize_t start=0):
         """Move the oldest samples of tenant ``t`` into caller-owned columns.
@@ -515,63 +476,42 @@ cdef class RingSet:
         IndexError
             ``t`` is not a tenant index.
         """
-        cdef Py_buffer sb, tb, vb, kb
-        cdef uint8_t* k_p = NULL
-        cdef Py_ssize_t room, length
-        cdef int64_t n
-        cdef PyThread_type_lock lk
-        self._check_tenant(t)
-        # Zeroed views make PyBuffer_Release a no-op for the ones never acquired.
-        memset(&sb, 0, sizeof(Py_buffer))
-        memset(&tb, 0, sizeof(Py_buffer))
-        memset(&vb, 0, sizeof(Py_buffer))
-        memset(&kb, 0, sizeof(Py_buffer))
+        cdef Views w
+        cdef Block b
+        cdef Py_ssize_t length
+        cdef Ring* r = self._ring(t)
+        _views_init(&w)
+        b.k, b.push = NULL, False
         try:
-            _acquire(out_series, &sb, True, b'u', 4, "out_series")
-            length = sb.len >> 2
-            _acquire(out_ts, &tb, True, b's', 8, "out_ts")
-            if tb.len >> 3 != length:
-                raise ValueError(f"out_ts: length {tb.len >> 3} != len(out_series) {length}")
-            _acquire(out_values, &vb, True, b'f', 8, "out_values")
-            if vb.len >> 3 != length:
-                raise ValueError(f"out_values: length {vb.len >> 3} != len(out_series) {length}")
+            _acquire(out_series, &w.s, True, b'u', 4, "out_series")
+            length = w.s.len >> 2
+            _acquire(out_ts, &w.ts, True, b's', 8, "out_ts")
+            if w.ts.len >> 3 != length:
+                raise ValueError(f"out_ts: length {w.ts.len >> 3} != len(out_series) {length}")
+            _acquire(out_values, &w.v, True, b'f', 8, "out_values")
+            if w.v.len >> 3 != length:
+                raise ValueError(f"out_values: length {w.v.len >> 3} != len(out_series) {length}")
             if out_kinds is not None:
-                _acquire(out_kinds, &kb, True, b'u', 1, "out_kinds")
-                if kb.len != length:
-                    raise ValueError(f"out_kinds: length {kb.len} != len(out_series) {length}")
-                k_p = (<uint8_t*> kb.buf) + start
+                _acquire(out_kinds, &w.k, True, b'u', 1, "out_kinds")
+                if w.k.len != length:
+                    raise ValueError(f"out_kinds: length {w.k.len} != len(out_series) {length}")
+                b.k = (<uint8_t*> w.k.buf) + start
             if start < 0 or start > length:
                 raise ValueError(f"start: {start} is not in 0..{length}")
-            room = length - start
-            if room == 0 or self._size[t] == 0:
+            b.n = length - start
+            if b.n == 0 or r.size == 0:
                 return 0
-            lk = self._locks[t]
-            if room >= _NOGIL_MIN and self._size[t] >= _NOGIL_MIN:
-                with nogil:
-                    PyThread_acquire_lock(lk, WAIT_LOCK)
-                    n = self._drain_locked(t, room, (<uint32_t*> sb.buf) + start,
-                                           (<int64_t*> tb.buf) + start,
-                                           (<double*> vb.buf) + start, k_p)
-                    PyThread_release_lock(lk)
-            else:
-                _lock(lk)
-                n = self._drain_locked(t, room, (<uint32_t*> sb.buf) + start,
-                                       (<int64_t*> tb.buf) + start,
-                                       (<double*> vb.buf) + start, k_p)
-                PyThread_release_lock(lk)
-            return n
+            b.s, b.ts = (<uint32_t*> w.s.buf) + start, (<int64_t*> w.ts.buf) + start
+            b.v = (<double*> w.v.buf) + start
+            return self._locked(r, &b)
         finally:
-            PyBuffer_Release(&sb)
-            PyBuffer_Release(&tb)
-            PyBuffer_Release(&vb)
-            PyBuffer_Release(&kb)
+            _release(&w)
 
     # -- state ----------------------------------------------------------------------
 
     def size(self, Py_ssize_t t):
         """Samples waiting in tenant ``t``'s ring."""
-        self._check_tenant(t)
-        return self._size[t]
+        return self._ring(t).size
 
     def set_limit(self, Py_ssize_t t, int64_t n):
         """Let tenant ``t``'s ring hold at most ``n`` samples (clamped to 1..capacity).
@@ -580,52 +520,41 @@ cdef class RingSet:
         the policy (counted in ``dropped``). Samples already held above a
         lowered limit stay until drained. Returns the limit in force.
         """
-        self._check_tenant(t)
-        if n < 1:
-            n = 1
-        if n > self._cap[t]:
-            n = self._cap[t]
-        _lock(self._locks[t])
-        self._limit[t] = n
-        PyThread_release_lock(self._locks[t])
+        cdef Ring* r = self._ring(t)
+        n = max(1, min(n, r.cap))
+        _lock(r.lock)
+        r.limit = n
+        PyThread_release_lock(r.lock)
         return n
 
     def limit(self, Py_ssize_t t):
         """Samples tenant ``t``'s ring may hold now (its capacity unless lowered)."""
-        self._check_tenant(t)
-        return self._limit[t]
+        return self._ring(t).limit
 
     def capacity(self, Py_ssize_t t):
         """Slots in tenant ``t``'s ring (fixed at construction)."""
-        self._check_tenant(t)
-        return self._cap[t]
+        return self._ring(t).cap
 
     def dropped(self, Py_ssize_t t):
         """Samples tenant ``t``'s ring has dropped since construction (cumulative)."""
-        self._check_tenant(t)
-        return self._dropped[t]
+        return self._ring(t).dropped
 
     def pushed(self, Py_ssize_t t):
         """Samples accepted into tenant ``t``'s ring since construction (cumulative)."""
-        self._check_tenant(t)
-        return self._pushed[t]
+        return self._ring(t).pushed
 
     def drained(self, Py_ssize_t t):
         """Samples drained from tenant ``t``'s ring since construction (cumulative)."""
-        self._check_tenant(t)
-        return self._drained[t]
+        return self._ring(t).drained
 
     def clear(self, Py_ssize_t t):
         """Forget every sample waiting in tenant ``t``'s ring; returns how many (not counted as dropped)."""
-        cdef int64_t n
-        self._check_tenant(t)
-        _lock(self._locks[t])
-        n = self._size[t]
-        self._size[t] = 0
-        self._head[t] = 0
-        PyThread_release_lock(self._locks[t])
+        cdef Ring* r = self._ring(t)
+        _lock(r.lock)
+        n = r.size
+        r.size = r.head = 0
+        PyThread_release_lock(r.lock)
         return n
-
     @property
     def n_tenants(self):
         """Number of tenants (rings)."""

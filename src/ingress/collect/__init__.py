@@ -24,7 +24,7 @@ COLLECTORS.register("disk", "ingress.collect.disk:DiskCollector")
 COLLECTORS.register("network", "ingress.collect.network:NetworkCollector")
 COLLECTORS.register("connections", "ingress.collect.connections:ConnectionsCollector")
 COLLECTORS.register("processes", "ingress.collect.processes:ProcessesCollector")
-COLLECTORS.register("health", "ingress.collect.health:HealthCollector")
+COLLECTORS.register("health", "ingress.collect.healthchecks:HealthCollector")
 COLLECTORS.register("agent", "ingress.collect.agent_self:AgentCollector")
 
 __all__ = ["COLLECTORS"]

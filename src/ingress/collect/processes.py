@@ -16,7 +16,7 @@ How a pass works, and why it is cheap:
    key, so a pid the kernel hands to a new process is never mistaken for the
    old one: its CPU rate starts afresh and its cached metadata is not reused.
    CPU rates are matched to the previous pass with one ``searchsorted``.
-3. Selection (vectorised): processes whose name matches a ``match`` glob, whose
+3. Selection (vectorised, ``ingress.collect.procview``): processes whose name matches a ``match`` glob, whose
    user is in ``users`` and whose command line matches the ``cmdline`` regex
    (every filter that is set must pass), plus the ``top`` N by CPU and the top
    N by resident memory. Kernel threads are left out unless
@@ -50,15 +50,14 @@ import errno
 import logging
 import os
 import pwd
-import re
 from collections import OrderedDict
-from fnmatch import fnmatchcase
 
 import numpy as np
 
 from ingress._core import _procfs as pf
 from ingress.collect._util import fd_budget, read_bytes
 from ingress.collect.base import COUNTER, GAUGE, Collector, ColumnBuilder, Columns, MetricSpec, OptionSpec
+from ingress.collect.procview import SELECTORS, View, make_view, select
 from ingress.errors import ConfigError
 from ingress.options import Bool, Int, Regex, Str, StrList
 
@@ -112,20 +111,6 @@ def _skip_reason(e: int) -> int:
     if e in (errno.EACCES, errno.EPERM):
         return 1
     return 2
-
-
-_SELECTORS = ("match", "users", "cmdline", "top")
-
-
-class _View:
-    """One tenant's selection (or the collector's own, without views)."""
-
-    __slots__ = ("name", "globs", "uids", "users", "cmd_re", "top", "name_ok", "index")
-
-    def __init__(self, index, name, globs, uids, users, cmd_re, top) -> None:
-        self.index, self.name = index, name
-        self.globs, self.uids, self.users, self.cmd_re, self.top = globs, uids, users, cmd_re, top
-        self.name_ok: dict[bytes, bool] = {}
 
 
 class ProcessesCollector(Collector):
@@ -198,7 +183,7 @@ class ProcessesCollector(Collector):
     @classmethod
     def tenant_options(cls, tenant) -> dict:
         given = super().tenant_options(tenant)
-        view = {o.name: given.pop(o.name, o.default) for o in cls.options if o.name in _SELECTORS}
+        view = {o.name: given.pop(o.name, o.default) for o in cls.options if o.name in SELECTORS}
         return {**given, "views": {tenant.id: view}}
 
     def __init__(self, settings=None) -> None:
@@ -212,8 +197,8 @@ class ProcessesCollector(Collector):
                                   f"{'non-negative' if low == 0 else 'positive'} integer")
         if not isinstance(o["views"], dict):
             raise ConfigError(f"collector 'processes': option views: {o['views']!r} is not a table")
-        views = sorted(o["views"].items()) if o["views"] else [(None, {k: o[k] for k in _SELECTORS})]
-        self._views = [self._view(i, name, sel) for i, (name, sel) in enumerate(views)]
+        views = sorted(o["views"].items()) if o["views"] else [(None, {k: o[k] for k in SELECTORS})]
+        self._views = [make_view(i, name, sel, self._defaults) for i, (name, sel) in enumerate(views)]
         self.hz = float(os.sysconf("SC_CLK_TCK"))
         self.page_size = float(os.sysconf("SC_PAGE_SIZE"))
         self._root = os.fsencode(self.settings.proc_root)
@@ -248,42 +233,6 @@ class ProcessesCollector(Collector):
         self._out = ColumnBuilder(1024)
 
     # -- setup -------------------------------------------------------------------------------
-    def _view(self, index: int, name: str | None, sel) -> "_View":
-        where = "collector 'processes'" + ("" if name is None else f": view {name!r}")
-        if not isinstance(sel, dict):
-            raise ConfigError(f"{where}: {sel!r} is not a table of {', '.join(_SELECTORS)}")
-        unknown = sorted(set(sel) - set(_SELECTORS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown selector(s) {', '.join(map(repr, unknown))}; "
-                              f"known: {', '.join(_SELECTORS)}")
-        sel = {**{k: self._defaults[k] for k in _SELECTORS}, **sel}
-        top = sel["top"]
-        if not isinstance(top, int) or isinstance(top, bool) or top < 0:
-            raise ConfigError(f"{where}: option top: {top!r} is not a non-negative integer")
-        try:
-            cmd_re = re.compile(sel["cmdline"]) if sel["cmdline"] else None
-        except re.error as e:
-            raise ConfigError(f"{where}: option cmdline: {sel['cmdline']!r} is not a valid "
-                              f"regular expression: {e}") from None
-        return _View(index, None if name is None else str(name), [str(g) for g in sel["match"]],
-                     self._resolve_users(sel["users"]), bool(sel["users"]), cmd_re, top)
-
-    @staticmethod
-    def _resolve_users(users) -> np.ndarray:
-        uids = []
-        for u in users:
-            s = str(u)
-            if s.isdigit():
-                uids.append(int(s))
-                continue
-            try:
-                uids.append(pwd.getpwnam(s).pw_uid)
-            except KeyError:
-                # A user that does not exist on this host matches nothing here; not an error,
-                # since one tenant configuration serves many hosts.
-                log.warning("processes: user %r does not exist on this host; it matches no process", s)
-        return np.array(uids, np.int64)
-
     def _read_btime(self) -> float:
         data = read_bytes(os.path.join(self.settings.proc_root, "stat")) or b""
         for line in data.split(b"\n"):
@@ -328,7 +277,7 @@ class ProcessesCollector(Collector):
             self._meta.popitem(last=False)
         return cmd
 
-    def _cmd_ok(self, view: _View, key: int) -> bool:
+    def _cmd_ok(self, view: View, key: int) -> bool:
         cmd = self.cmdline(key)
         if cmd is None:
             return False
@@ -362,59 +311,6 @@ class ProcessesCollector(Collector):
             self._count_skips(err[~ok])
             return pids[ok], self._stat[:n][ok], self._comm[:n][ok].view(f"S{pf.COMM_LEN_}").ravel()
         return pids.copy(), self._stat[:n].copy(), self._comm[:n].view(f"S{pf.COMM_LEN_}").ravel().copy()
-
-    def _select(self, keys, comm, st, rate, eligible) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """The union of every view's selection (indices), and per view its share of it.
-
-        With one view the second item is ``None``. Otherwise it holds, per view, a
-        boolean mask over the union: the processes that view selected.
-        """
-        names = np.unique(comm, return_inverse=True) if any(v.globs for v in self._views) else None
-        masks = [self._select_view(v, keys, names, st, rate, eligible) for v in self._views]
-        union = masks[0] if len(masks) == 1 else np.logical_or.reduce(masks)
-        sel = np.flatnonzero(union)
-        if len(masks) == 1:
-            return sel, None
-        return sel, [m[sel] for m in masks]
-
-    def _select_view(self, v: _View, keys, names, st, rate, eligible) -> np.ndarray:
-        n = len(keys)
-        filters = bool(v.globs) or v.users or v.cmd_re is not None
-        matched = np.zeros(n, bool)
-        if filters:
-            matched = eligible.copy()
-            if v.globs:
-                uniq, inv = names  # np.unique(comm, return_inverse=True), once per pass
-                ok = np.fromiter((self._name_matches(v, u) for u in uniq.tolist()), bool, len(uniq))
-                matched &= ok[inv]
-            if v.users:  # configured users that do not exist here leave uids empty: nothing matches
-                matched &= np.isin(st[:, pf.ST_UID], v.uids)
-            if v.cmd_re is not None:
-                for i in np.flatnonzero(matched).tolist():
-                    matched[i] = self._cmd_ok(v, int(keys[i]))
-        top = v.top
-        sel = matched
-        if top > 0:
-            cand = np.flatnonzero(eligible & (np.nan_to_num(rate) > 0))
-            if len(cand) > top:
-                cand = cand[np.argpartition(-rate[cand], top - 1)[:top]]
-            sel[cand] = True
-            rss = st[:, pf.ST_RSS]
-            cand = np.flatnonzero(eligible & (rss > 0))
-            if len(cand) > top:
-                cand = cand[np.argpartition(-rss[cand], top - 1)[:top]]
-            sel[cand] = True
-        return sel
-
-    def _name_matches(self, v: _View, name: bytes) -> bool:
-        hit = v.name_ok.get(name)
-        if hit is None:
-            s = name.decode("utf-8", "replace")
-            hit = any(fnmatchcase(s, g) for g in v.globs)
-            if len(v.name_ok) > 65536:  # names come and go on busy build hosts
-                v.name_ok.clear()
-            v.name_ok[name] = hit
-        return hit
 
     def _ids_for(self, skeys, sppid, scomm, suid) -> np.ndarray:
         sig = (skeys, sppid, scomm, suid)
@@ -540,7 +436,7 @@ class ProcessesCollector(Collector):
 
         kthread = (st[:, pf.ST_FLAGS] & PF_KTHREAD) != 0
         eligible = np.ones(len(keys), bool) if self.opts["kernel_threads"] else ~kthread
-        sel, shares = self._select(keys, comm, st, rate, eligible)
+        sel, shares = select(self._views, keys, comm, st, rate, eligible, self._cmd_ok)
         drop = None
 
         # per-process series of the selection

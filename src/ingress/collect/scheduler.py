@@ -21,7 +21,7 @@ Design (docs/scheduling.md has the long form and the state diagram)::
 * Every ``sample_every`` seconds ``tick`` reads the load source. Above any high
   threshold (agent CPU over its budget, host CPU, CPU pressure, load per core)
   the scheduler doubles the interval of one priority class, lowest priority
-  first (:class:`StretchLadder`); once every reading is below its low threshold
+  first (:class:`~ingress.collect.stretch.StretchLadder`); once every reading is below its low threshold
   it undoes the most recent step. Stretching waits ``stretch_dwell_s`` after any
   change and restoring waits ``restore_dwell_s``, so a load hovering around a
   threshold does not make the intervals flip-flop.
@@ -42,166 +42,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ingress.collect.base import Collector, Columns
-from ingress.collect.pressure import LoadSource, PressureSample, ProcPressure
+from ingress.collect.loadsource import LoadSource, PressureSample, ProcPressure
+from ingress.collect.stretch import NS, Governor, StretchLadder, Thresholds
 
 log = logging.getLogger("ingress.collect")
 
-__all__ = ["Scheduler", "Due", "Thresholds", "StretchLadder", "classify", "HIGH", "LOW", "HOLD"]
+__all__ = ["Scheduler", "Due"]
 
-NS = 1_000_000_000
 FIRST_PASS_WITHIN_NS = NS  # the first pass of a started agent comes within this
 HANDOFF_WAIT_S = 0.05  # how long one pass of a grid point may hold up the next (see _dispatch_in_turn)
-
-HIGH = "high"
-LOW = "low"
-HOLD = "hold"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """When load counts as high (stretch) or low (restore), and how long to dwell.
-
-    The agent CPU thresholds are fractions of ``cpu_budget_percent``
-    (``agent.limits.cpu_percent``); the others are absolute. Between a pair's
-    low and high value the scheduler holds what it has: that band is the
-    hysteresis.
-
-    Attributes
-    ----------
-    agent_cpu_high, agent_cpu_low
-        Agent CPU above ``high x budget`` is pressure; below ``low x budget`` is calm.
-    host_cpu_high, host_cpu_low
-        Host CPU busy %, 0-100.
-    psi_high, psi_low
-        ``/proc/pressure/cpu`` ``some avg10`` %; ignored where the kernel has no PSI.
-    load_high, load_low
-        1-minute load average per CPU.
-    throttled_high, throttled_low
-        % of the agent's cgroup CPU periods throttled by its quota; ignored
-        without a quota.
-    stretch_dwell_s
-        Minimum time after any change before the next stretch step.
-    restore_dwell_s
-        Minimum time after any change before the next restore step; longer than
-        ``stretch_dwell_s`` so that the agent backs off fast and returns slowly.
-    """
-
-    agent_cpu_high: float = 1.0
-    agent_cpu_low: float = 0.6
-    host_cpu_high: float = 95.0
-    host_cpu_low: float = 85.0
-    psi_high: float = 50.0
-    psi_low: float = 25.0
-    load_high: float = 2.0
-    load_low: float = 1.25
-    throttled_high: float = 20.0
-    throttled_low: float = 5.0
-    stretch_dwell_s: float = 15.0
-    restore_dwell_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        for key in ("agent_cpu", "host_cpu", "psi", "load", "throttled"):
-            lo, hi = getattr(self, f"{key}_low"), getattr(self, f"{key}_high")
-            if not 0 <= lo < hi:
-                raise ValueError(f"thresholds: {key}_low={lo} must be >= 0 and below {key}_high={hi}")
-        for key in ("stretch_dwell_s", "restore_dwell_s"):
-            if not getattr(self, key) >= 0:
-                raise ValueError(f"thresholds: {key}={getattr(self, key)} must be >= 0")
-
-
-def classify(sample: PressureSample, cpu_budget_percent: float, th: Thresholds) -> tuple[str, str]:
-    """Classify one sample as ``HIGH``, ``LOW`` or ``HOLD``, with a reason.
-
-    High when any reading is above its high threshold (the reason lists each
-    one); low only when every reading is below its low threshold; otherwise hold.
-    """
-    a_hi, a_lo = cpu_budget_percent * th.agent_cpu_high, cpu_budget_percent * th.agent_cpu_low
-    s = sample
-    high = []
-    if s.agent_cpu_percent > a_hi:
-        high.append(f"agent cpu {s.agent_cpu_percent:.1f}% > budget {a_hi:.1f}%")
-    if s.host_cpu_percent > th.host_cpu_high:
-        high.append(f"host cpu {s.host_cpu_percent:.1f}% > {th.host_cpu_high:g}%")
-    if s.psi_cpu_some_avg10 is not None and s.psi_cpu_some_avg10 > th.psi_high:
-        high.append(f"cpu pressure {s.psi_cpu_some_avg10:.1f}% > {th.psi_high:g}%")
-    if s.load_per_core > th.load_high:
-        high.append(f"load per core {s.load_per_core:.2f} > {th.load_high:g}")
-    thr = s.cgroup_throttled_percent
-    if thr is not None and thr > th.throttled_high:
-        high.append(f"cgroup throttled in {thr:.1f}% of periods > {th.throttled_high:g}%")
-    if high:
-        return HIGH, "; ".join(high)
-    calm = (
-        s.agent_cpu_percent < a_lo
-        and s.host_cpu_percent < th.host_cpu_low
-        and (s.psi_cpu_some_avg10 is None or s.psi_cpu_some_avg10 < th.psi_low)
-        and s.load_per_core < th.load_low
-        and (thr is None or thr < th.throttled_low)
-    )
-    if calm:
-        return LOW, (
-            f"pressure eased: agent cpu {s.agent_cpu_percent:.1f}% < {a_lo:.1f}%, "
-            f"host cpu {s.host_cpu_percent:.1f}% < {th.host_cpu_low:g}%, "
-            f"load per core {s.load_per_core:.2f} < {th.load_low:g}"
-        )
-    return HOLD, "between the low and high thresholds"
-
-
-class StretchLadder:
-    """Which priority class the next stretch step doubles, and how to undo it.
-
-    Every priority class has an exponent ``e``: its collectors run every
-    ``base x 2**e`` seconds, clamped to ``[min_ns, max_ns]``. A stretch step
-    doubles the lowest-priority class that is not yet at ``max`` everywhere and
-    not already a doubling ahead of the next higher class that can still grow.
-    With classes 0..4 the steps go 0, 1, 0, 2, 1, 0, 3, 2, 1, 0, 4, ...: the
-    lowest priority is always stretched the most, and the highest (health, cpu)
-    only once every other class has been doubled. Restoring undoes the steps in
-    reverse (last in, first out), so the highest priority comes back first.
-    """
-
-    def __init__(self, priorities: Mapping[str, int], base_ns: Mapping[str, int], min_ns: int, max_ns: int) -> None:
-        self._prio = dict(priorities)
-        self._base = {n: min(max(int(b), min_ns), max_ns) for n, b in base_ns.items()}
-        self._min, self._max = min_ns, max_ns
-        self.classes = sorted(set(self._prio.values()))
-        self._members = {p: sorted(n for n, q in self._prio.items() if q == p) for p in self.classes}
-        self.exponent = {p: 0 for p in self.classes}
-        self.steps: list[int] = []
-
-    def interval_ns(self, name: str) -> int:
-        """The current interval of one collector, in nanoseconds."""
-        v = self._base[name] << self.exponent[self._prio[name]]
-        return min(max(v, self._min), self._max)
-
-    def _capped(self, p: int) -> bool:
-        e = self.exponent[p]
-        return all((self._base[n] << e) >= self._max for n in self._members[p])
-
-    def next_class(self) -> int | None:
-        """The class the next stretch would double, or ``None`` when all are at max."""
-        open_ = [p for p in self.classes if not self._capped(p)]
-        for i, p in enumerate(open_):
-            above = open_[i + 1] if i + 1 < len(open_) else None
-            if above is None or self.exponent[p] <= self.exponent[above]:
-                return p
-        return None
-
-    def stretch(self) -> int | None:
-        """Take one step; return the class doubled, or ``None`` if nothing can grow."""
-        p = self.next_class()
-        if p is not None:
-            self.exponent[p] += 1
-            self.steps.append(p)
-        return p
-
-    def restore(self) -> int | None:
-        """Undo the most recent step; return its class, or ``None`` at base."""
-        if not self.steps:
-            return None
-        p = self.steps.pop()
-        self.exponent[p] -= 1
-        return p
 
 
 @dataclass(frozen=True)
@@ -291,8 +140,8 @@ class Scheduler:
         ``wait(seconds)`` blocks the dispatcher until the next pass is due; it may
         return early. Default: waits on the stop event, so :meth:`stop` is prompt.
     load
-        A :class:`~ingress.collect.pressure.LoadSource`; default
-        :class:`~ingress.collect.pressure.ProcPressure`.
+        A :class:`~ingress.collect.loadsource.LoadSource`; default
+        :class:`~ingress.collect.loadsource.ProcPressure`.
     rng
         ``random.Random`` or a seed for phases and jitter.
     jitter
@@ -363,15 +212,14 @@ class Scheduler:
             self._slots[n] = slot
 
         self._priorities = prio
-        self._budget = float(cpu_budget_percent)
-        self._th = thresholds or Thresholds()
+        self._governor = Governor(load if load is not None else ProcPressure(clock=clock), cpu_budget_percent,
+                                  thresholds or Thresholds(), self._ladder)
         self._sample_ns = _seconds_ns("sample_every", sample_every)
         self._on_columns = on_columns
         self._clock = clock
         self._wall = wall_clock
         self._stop = threading.Event()
         self._wait = wait or self._stop.wait
-        self._load: LoadSource = load if load is not None else ProcPressure(clock=clock)
         self._rng = rng if isinstance(rng, random.Random) else random.Random(rng)
         self._jitter = float(jitter)
         # Jitter is a fraction of the shortest base interval, so that collectors
@@ -381,11 +229,6 @@ class Scheduler:
         self._lock = threading.RLock()
         self._armed = False
         self._next_sample = 0
-        self._last_change: int | None = None
-        self._saturated = False
-        self._load_failing = False
-        self._last_sample: PressureSample | None = None
-        self._verdict = HOLD
         self._thread: threading.Thread | None = None
         self._paused: frozenset[str] = frozenset()
         self.paused_passes = 0  # passes skipped because their collector was paused
@@ -505,38 +348,11 @@ class Scheduler:
             slot.tenant_due[t] = nxt
 
     def _evaluate(self, now_ns: int) -> None:
-        try:
-            sample = self._load()
-        except Exception as e:  # a broken load source must not stop collection
-            if not self._load_failing:
-                self._load_failing = True
-                log.warning("load source failed, intervals held: %s", e, extra={"reason": "load source failed"})
-            return
-        self._load_failing = False
-        self._last_sample = sample
-        verdict, reason = classify(sample, self._budget, self._th)
-        self._verdict = verdict
-        since = math.inf if self._last_change is None else (now_ns - self._last_change) / NS
-        if verdict == HIGH:
-            if since < self._th.stretch_dwell_s:
-                return
-            p = self._ladder.stretch()
-            if p is None:
-                if not self._saturated:
-                    self._saturated = True
-                    log.warning("every collector is at max_interval and pressure persists: %s", reason,
-                                extra={"reason": reason})
-                return
-            self._apply(now_ns, f"stretch priority {p}: {reason}", logging.WARNING)
-        elif verdict == LOW:
-            self._saturated = False
-            if not self._ladder.steps or since < self._th.restore_dwell_s:
-                return
-            p = self._ladder.restore()
-            self._apply(now_ns, f"restore priority {p}: {reason}", logging.INFO)
+        change = self._governor.evaluate(now_ns)
+        if change is not None:
+            self._apply(now_ns, *change)
 
     def _apply(self, now_ns: int, reason: str, level: int) -> None:
-        self._last_change = now_ns
         for slot in self._slots.values():
             new = self._ladder.interval_ns(slot.name)
             if new == slot.interval_ns:
@@ -690,35 +506,33 @@ class Scheduler:
 
     # ------------------------------------------------------------------ state
 
+    def _per_slot(self, value: Callable[[_Slot], float | None]) -> dict[str, float]:
+        with self._lock:
+            return {n: v for n, s in self._slots.items() if (v := value(s)) is not None}
+
     def effective_intervals(self) -> dict[str, float]:
         """``{name: seconds}`` each collector runs at now (for the self-metric)."""
-        with self._lock:
-            return {n: s.interval_ns / NS for n, s in self._slots.items()}
+        return self._per_slot(lambda s: s.interval_ns / NS)
 
     def overruns(self) -> dict[str, int]:
         """``{name: passes skipped because the previous pass was still running}``."""
-        with self._lock:
-            return {n: s.overruns for n, s in self._slots.items()}
+        return self._per_slot(lambda s: s.overruns)
 
     def errors(self) -> dict[str, int]:
         """``{name: passes whose collect or on_columns raised}``."""
-        with self._lock:
-            return {n: s.errors for n, s in self._slots.items()}
+        return self._per_slot(lambda s: s.errors)
 
     def passes(self) -> dict[str, int]:
         """``{name: passes dispatched}`` (overruns not included)."""
-        with self._lock:
-            return {n: s.passes for n, s in self._slots.items()}
+        return self._per_slot(lambda s: s.passes)
 
     def pass_seconds(self) -> dict[str, float]:
         """``{name: seconds}`` spent in completed passes (collect and fan-out), cumulative."""
-        with self._lock:
-            return {n: s.busy_s for n, s in self._slots.items()}
+        return self._per_slot(lambda s: s.busy_s)
 
     def last_pass_seconds(self) -> dict[str, float]:
         """``{name: seconds}`` of each collector's last completed pass."""
-        with self._lock:
-            return {n: s.last_s for n, s in self._slots.items() if s.last_s is not None}
+        return self._per_slot(lambda s: s.last_s)
 
     def lowest_priority(self) -> list[str]:
         """The collectors of the lowest priority class (what :meth:`pause` sheds first)."""
@@ -770,7 +584,7 @@ class Scheduler:
     def pressure(self) -> tuple[PressureSample | None, str]:
         """The last load reading and its verdict (``HIGH``, ``LOW`` or ``HOLD``)."""
         with self._lock:
-            return self._last_sample, self._verdict
+            return self._governor.last_sample, self._governor.verdict
 
 
 def _discard(name: str, columns: Columns, tenants: tuple[str, ...]) -> None:

@@ -147,26 +147,22 @@ class AgentCollector:
             s = spool.get(t)
             if s is not None:
                 dropped.add_metric([t, "spool_quota_or_retention"], s.get("dropped_samples", 0))
-                sp_bytes.add_metric([t], s.get("bytes", 0))
-                sp_segs.add_metric([t], s.get("segments", 0))
-                sp_age.add_metric([t], s.get("oldest_age_s", 0.0))
-                sp_pend.add_metric([t], s.get("samples_pending", 0))
-                sp_dropb.add_metric([t], s.get("dropped_batches", 0))
-                sp_corrupt.add_metric([t], s.get("corrupt_records", 0))
+                for fam, key in ((sp_bytes, "bytes"), (sp_segs, "segments"), (sp_age, "oldest_age_s"),
+                                 (sp_pend, "samples_pending"), (sp_dropb, "dropped_batches"),
+                                 (sp_corrupt, "corrupt_records")):
+                    fam.add_metric([t], s.get(key, 0.0 if key == "oldest_age_s" else 0))
             ts = v.tenant_settings.get(t)
             if ts is not None:
                 sp_quota.add_metric([t], ts.spool.max_mb * (1 << 20))
             r = rings.get(t)
             if r is not None:
-                refused.add_metric([t], r["series_refused"])
-                series.add_metric([t], r["series"])
-                fill.add_metric([t], r["ring_fill"])
-                ringdrop.add_metric([t], r["ring_dropped"])
+                for fam, key in ((refused, "series_refused"), (series, "series"), (fill, "ring_fill"),
+                                 (ringdrop, "ring_dropped")):
+                    fam.add_metric([t], r[key])
             held.add_metric([t], 1.0 if t in v.held() else 0.0)
             area = v.deadletter_usage(t)
-            dl_count.add_metric([t], area["count"])
-            dl_bytes.add_metric([t], area["bytes"])
-            dl_drop.add_metric([t], area["dropped"])
+            for fam, key in ((dl_count, "count"), (dl_bytes, "bytes"), (dl_drop, "dropped")):
+                fam.add_metric([t], area[key])
         yield from (collected, spooled, sbatches, dropped, refused, series, fill, ringdrop, sp_bytes, sp_quota,
                     sp_segs, sp_age, sp_pend, sp_dropb, sp_corrupt, held, dl_count, dl_bytes, dl_drop)
 
@@ -192,12 +188,9 @@ class AgentCollector:
         for t in tenants:
             for o, st in sorted(delivery.get(t, {}).items()):
                 lv = [t, o]
-                sent_s.add_metric(lv, st.get("sent_samples", 0))
-                sent_b.add_metric(lv, st.get("sent_batches", 0))
-                retried.add_metric(lv, st.get("retries", 0))
-                failed.add_metric(lv, st.get("failures", 0))
-                dead.add_metric(lv, st.get("dead_letters", 0))
-                inflight.add_metric(lv, st.get("in_flight", 0))
+                for fam, key in ((sent_s, "sent_samples"), (sent_b, "sent_batches"), (retried, "retries"),
+                                 (failed, "failures"), (dead, "dead_letters"), (inflight, "in_flight")):
+                    fam.add_metric(lv, st.get(key, 0))
                 for cat, n in sorted((st.get("tenant_check_failures") or {}).items()):
                     checks.add_metric(lv + [cat], n)
                 b = st.get("breaker") or {}

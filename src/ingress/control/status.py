@@ -2,7 +2,7 @@
 
 Sources: the pipeline's per-tenant counters (collected, ring and spool drops),
 the rings and series registry, the spool's :meth:`stats`, each
-:class:`~ingress.transport.delivery.Delivery`'s :meth:`stats`, the scheduler's
+:class:`~ingress.outputs.delivery.Delivery`'s :meth:`stats`, the scheduler's
 effective intervals, and ``agent.held_tenants`` when present. Nothing here takes
 a lock the collectors or delivery loops hold for long, and every figure is read
 at request time.
@@ -79,7 +79,7 @@ class AgentView:
 
     def deadletter_usage(self, tid: str) -> dict:
         """The tenant's dead letters on disk now: ``count``, ``bytes``, ``replay_queued``, ``dropped``."""
-        from ingress.transport.deadletter import usage
+        from ingress.outputs.deadletter import usage
 
         try:
             return usage(self.settings.agent.data_dir, tid)

@@ -87,7 +87,7 @@ def open_store(url: str | os.PathLike, *, retention_s: int | None = None,
     """Open (and migrate) the store ``url`` names; ConfigError when it cannot be used."""
     spec = parse_store_url(os.fspath(url))
     if spec["kind"] == "file":
-        from ingress.sink import SinkStore
+        from ingress.sink_store.files import SinkStore
 
         return SinkStore(spec["path"])
     from ingress.sink_store.clickhouse import ClickHouseStore, chdb_backend, server_backend

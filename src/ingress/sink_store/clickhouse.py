@@ -189,7 +189,7 @@ def server_backend(spec: dict) -> ServerBackend:
 class ClickHouseStore:
     """Stores batches into the schema of :mod:`ingress.sink_store.schema`.
 
-    ``put`` has the interface of the file store (``ingress.sink.SinkStore``):
+    ``put`` has the interface of the file store (``ingress.sink_store.files.SinkStore``):
     True when stored, False for a duplicate batch id; raises
     :class:`StoreError` when it cannot store now (nothing acknowledged) and
     :class:`BadBatch` for a batch no retry can store.

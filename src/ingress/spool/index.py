@@ -17,6 +17,7 @@ also sealed once its first record is older than an eighth of the retention.
 """
 from __future__ import annotations
 
+import os
 import threading
 from array import array
 from bisect import bisect_left
@@ -187,3 +188,13 @@ class _Tenant:
         if self.segments and not self.segments[-1].sealed:
             return self.segments[-1]
         return None
+
+    def drop_descriptors(self) -> None:
+        """Close the active segment's descriptor and the ack ledgers without syncing,
+        as a killed process would (the tenant is dropped, or the spool abandoned)."""
+        seg = self.active
+        if seg is not None and seg.fd >= 0:
+            os.close(seg.fd)
+            seg.fd = -1
+        for led in self.ledgers.values():
+            led.close(sync=False)

@@ -26,7 +26,6 @@ for an output that comes back). Other tenants are not touched.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 
@@ -165,12 +164,7 @@ class _Reconfigure:
                 batches = samples = 0
             else:
                 with t.wlock, t.mlock:
-                    seg = t.active
-                    if seg is not None and seg.fd >= 0:
-                        os.close(seg.fd)
-                        seg.fd = -1
-                    for led in t.ledgers.values():
-                        led.close(sync=False)
+                    t.drop_descriptors()
                     batches, samples = t.union_b, t.union_s
                     t.segments.clear()  # a maintenance pass that already holds it finds nothing
                     t.by_seq.clear()

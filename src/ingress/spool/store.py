@@ -314,12 +314,7 @@ class Spool(_Appender, _Reader, _Retention, _Recovery, _Reconfigure):
         if self._flusher is not None and self._flusher is not threading.current_thread():
             self._flusher.join()
         for t in self._tenants.values():
-            seg = t.active
-            if seg is not None and seg.fd >= 0:
-                os.close(seg.fd)
-                seg.fd = -1
-            for led in t.ledgers.values():
-                led.close(sync=False)
+            t.drop_descriptors()
         self._closed = True
         self._release_lock()
 
