@@ -6,7 +6,8 @@ churn without end would. It retires the previous pass's series from its own
 table, so the collector itself stays small and what grows is the agent's
 series registry and rings: what the memory guard must contain. Once the file
 ``stop_file`` exists it emits nothing (the flood has ended). Its priority is 0,
-the lowest class, so the guard's ``pause_collectors`` step pauses it.
+the lowest class, so the guard's ``pause_collectors`` step pauses it; while
+paused, its ``drop_caches`` retires its last pass's series at once.
 
 Run with ``PYTHONPATH=tests INGRESS_PLUGINS=flood_plugin``::
 
@@ -43,6 +44,13 @@ class FloodCollector(Collector):
         self._next = 0
         self._prev = np.zeros(0, np.uint32)
         self._out = ColumnBuilder(self.opts["series"])
+
+    def drop_caches(self) -> None:
+        """Paused: retire the last pass's series from the table now rather than at the next pass."""
+        for sid in self._prev.tolist():
+            self.table.retire(sid)
+        self._prev = np.zeros(0, np.uint32)
+        super().drop_caches()
 
     def collect(self, now_ns: int) -> Columns:
         self._out.reset()

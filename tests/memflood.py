@@ -4,7 +4,8 @@ tests/test_memory_cap.py and benchmarks/bench_memory_cap.py.
 The agent runs with ``tests/flood_plugin.py`` (``INGRESS_PLUGINS=flood_plugin``),
 ``agent.limits.memory_mb = 64``, a cardinality cap far above the flood (so the
 memory guard, not ``max_series``, is what stops it) and the control API on a
-free port. Everything is read from outside: VmHWM/VmRSS and CPU time from
+free port. ``probation_s`` sets the guard's release on probation through
+``INGRESS_MEMGUARD_PROBATION_S`` (None: the agent's default, 30 s). Everything is read from outside: VmHWM/VmRSS and CPU time from
 /proc/PID, the guard from ``/metrics`` and ``/readyz``.
 """
 from __future__ import annotations
@@ -86,6 +87,8 @@ class FloodResult:
     max_level: int = 0  # highest ingress_memory_shed_level seen
     readyz_shedding: bool = False  # /readyz answered 503 with reason memory_shedding at least once
     recovery_s: float | None = None  # flood ended -> shed level 0 (None: not within the wait)
+    resumed_s: float | None = None  # flood ended -> level under 3 (pause_collectors and above released)
+    paused_at_resume: float | None = None  # ingress_collector_paused_passes_total at that moment
     steps: dict[str, float] = field(default_factory=dict)  # ingress_memory_shed_steps_total by step
     dropped: dict[str, float] = field(default_factory=dict)  # samples/series dropped by reason
     alive_after: bool = False  # the agent still ran when the flood had ended
@@ -95,7 +98,9 @@ class FloodResult:
 
 
 class FloodAgent:
-    def __init__(self, tmp: Path, *, series: int, cpu_percent: float = 5.0, cap_mb: int = CAP_MB) -> None:
+    def __init__(self, tmp: Path, *, series: int, cpu_percent: float = 5.0, cap_mb: int = CAP_MB,
+                 probation_s: float | None = None) -> None:
+        self.probation_s = probation_s
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.stop_file = tmp / "flood.stop"
@@ -109,6 +114,9 @@ class FloodAgent:
     def start(self) -> "FloodAgent":
         env = {**os.environ, "INGRESS_PLUGINS": "flood_plugin",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+        env.pop("INGRESS_MEMGUARD_PROBATION_S", None)
+        if self.probation_s is not None:
+            env["INGRESS_MEMGUARD_PROBATION_S"] = str(self.probation_s)
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "ingress", "run", "-c", str(self.cfg)],
                                      stderr=self._logf, stdout=subprocess.DEVNULL, env=env)
@@ -175,6 +183,9 @@ class FloodAgent:
             while time.monotonic() - t_end < recover_wait_s:
                 time.sleep(0.5)
                 m = sample()
+                if r.level_trace[-1][1] < 3 and r.resumed_s is None:
+                    r.resumed_s = time.monotonic() - t_end
+                    r.paused_at_resume = m.get(("ingress_collector_paused_passes_total", ""), 0)
                 if r.level_trace[-1][1] == 0 and r.max_level > 0:
                     r.recovery_s = time.monotonic() - t_end
                     break

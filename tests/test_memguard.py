@@ -401,3 +401,368 @@ def test_scheduler_skips_a_pass_its_before_pass_hook_paused():
     assert ran == [] and s.paused_passes == 1
     s._run(s._slot("cpu"), Due("cpu", 0, ("acme",)))
     assert len(ran) == 1 and s.paused_passes == 1
+
+
+# --------------------------------------------------------------------------- release on probation (issue 11)
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def probation_guard(probation_s=30.0, probation_max_s=None, cap=100 * MIB):
+    """A guard on a fake clock and a settable RSS (``box[0]``, in % of the cap)."""
+    box = [0]
+    clock = Clock()
+    calls: list[tuple[str, str]] = []
+    actions = {name: (lambda n=name: calls.append(("on", n)), lambda n=name: calls.append(("off", n)))
+               for name, _ in STEPS}
+    g = MemGuard(cap, actions, rss=lambda: box[0] * cap // 100, clock=clock, probation_s=probation_s,
+                 probation_max_s=probation_max_s)
+    return g, box, clock, calls
+
+
+def run(g, box, clock, pct, seconds):
+    """Tick once a second for ``seconds`` with the RSS at ``pct`` %; the levels seen."""
+    box[0] = pct
+    out = []
+    for _ in range(int(seconds)):
+        clock.t += 1
+        out.append(g.tick())
+    return out
+
+
+def test_a_level_held_flat_is_released_on_probation_highest_first():
+    """The flood's end state: level 4 at 86 % (above every hysteresis threshold), RSS flat."""
+    g, box, clock, calls = probation_guard()
+    box[0] = 91
+    assert g.tick() == 4
+    levels = run(g, box, clock, 86, 29)
+    assert levels == [4] * 29 and g.released_probation == 0  # held 29 s: not yet
+    calls.clear()
+    assert run(g, box, clock, 86, 1) == [3]  # held 30 s, not grown, under cap_queues' 90 %: released
+    assert ("off", "cap_queues") in calls and g.released_probation == 1
+    # 86 % is above pause_collectors' share (85 %): it is never released on probation there
+    assert set(run(g, box, clock, 86, 120)) == {3} and g.released_probation == 1
+    # the paused collector let go of its pass: 82 %, still above every hysteresis threshold
+    levels = run(g, box, clock, 82, 30)
+    assert levels[:-1] == [3] * 29 and levels[-1] == 2 and g.steps[2].active is False
+    assert set(run(g, box, clock, 82, 90)) == {2}  # 82 % >= shrink_rings' 80 %: it holds
+    assert run(g, box, clock, 78, 30)[-1] == 1
+    assert run(g, box, clock, 72, 30)[-1] == 0  # 72 %: above flush's hysteresis threshold (70 %)
+    assert g.released_probation == 4 and g.failed_probation == 0
+    assert [c for c in calls if c[0] == "off"] == [("off", "cap_queues"), ("off", "pause_collectors"),
+                                                   ("off", "shrink_rings"), ("off", "flush")]
+    assert g.last_recovery_s is not None and g.over_since is None
+
+
+def test_growth_restarts_the_hold_and_noise_does_not():
+    g, box, clock, _ = probation_guard()
+    box[0] = 91
+    g.tick()
+    run(g, box, clock, 86, 20)
+    assert run(g, box, clock, 88, 20) == [4] * 20  # grew by 2 % of the cap at 20 s: the hold starts again
+    assert run(g, box, clock, 88, 11) == [4] * 10 + [3]  # 30 s after the growth (its tick is the start)
+    g2, box2, clock2, _ = probation_guard()
+    box2[0] = 91
+    g2.tick()
+    # within GROWTH_TOLERANCE (1 % of the cap): page noise, not growth
+    levels = [run(g2, box2, clock2, 86 + (i % 2), 1)[0] for i in range(30)]
+    assert levels[-1] == 3
+
+
+def test_a_failed_probation_reengages_at_once_and_doubles_the_wait_up_to_its_cap():
+    g, box, clock, calls = probation_guard(probation_s=10, probation_max_s=40)
+    box[0] = 91
+    g.tick()
+    waits = []
+    for _ in range(5):
+        for held in range(1, 100):
+            if run(g, box, clock, 86, 1) == [3]:
+                break
+        waits.append(held)
+        box[0] = 90  # the released step's share is reached again: at the next growth check
+        assert g.check() == 4 and g.steps[3].active
+    assert waits == [10, 20, 40, 40, 40]  # doubled after each failure, capped
+    assert g.failed_probation == 5 and g.counts()["cap_queues"] == 6
+    # a clean probation (it stays under the share for the wait) resets the wait
+    run(g, box, clock, 86, 40)
+    assert g.level == 3
+    run(g, box, clock, 86, 40)  # probation of cap_queues over, clean
+    assert g.probation_wait == 10
+
+
+def test_probation_off_and_growth_checks_never_release():
+    g, box, clock, _ = probation_guard(probation_s=0)
+    box[0] = 91
+    g.tick()
+    assert set(run(g, box, clock, 86, 600)) == {4} and g.released_probation == 0
+    g2, box2, clock2, _ = probation_guard(probation_s=1)
+    box2[0] = 91
+    g2.check()
+    for _ in range(10):
+        clock2.t += 5
+        box2[0] = 86
+        assert g2.check() == 4  # only the tick releases
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 110), st.booleans()), min_size=1, max_size=80),
+       st.integers(1, 74), st.sampled_from([1.0, 3.0, 30.0]))  # 0 % reads as unreadable: moves nothing
+def test_any_rss_sequence_probation_keeps_its_promises(readings, low, probation_s):
+    """Over any RSS sequence (seconds elapsed, % of cap, tick or growth check):
+
+    * a step is never released while the RSS is at or above its share, and every share
+      reached is engaged (the ladder re-engages at once);
+    * a release either passes the hysteresis or comes after a hold of the probation wait;
+    * then, with the RSS low and flat long enough, the ladder comes back to level 0.
+    """
+    g, box, clock, calls = probation_guard(probation_s=probation_s)
+    for dt, pct, is_tick in readings:
+        clock.t += dt
+        box[0] = pct
+        before, held = g.level, g._hold_since
+        wait = g.probation_wait
+        level = g.tick() if is_tick else g.check()
+        share = pct / 100
+        assert [s.active for s in g.steps] == [True] * level + [False] * (len(STEPS) - level)
+        assert all(s.active for s in g.steps if share >= s.share), (pct, level)
+        if level < before:
+            assert is_tick
+            dropped = g.steps[before - 1]
+            assert share < dropped.share  # never released at or above its share
+            by_hysteresis = share < dropped.share - HYSTERESIS
+            assert by_hysteresis or (before - level == 1 and clock.t - held >= wait)
+    limit = 5 * (g.probation_max_s + 2)
+    for _ in range(int(limit)):
+        clock.t += 1
+        box[0] = low
+        if g.tick() == 0:
+            break
+    assert g.level == 0 and not g.active, (low, g.level)
+    ons = [n for a, n in calls if a == "on" and n != "flush"]
+    offs = [n for a, n in calls if a == "off"]
+    for name, _ in STEPS[1:]:
+        assert ons.count(name) == offs.count(name)  # every engagement released once
+
+
+def test_probation_wait_comes_from_the_environment_or_defaults(monkeypatch, caplog):
+    from ingress.containment import PROBATION_ENV, _probation_s
+    from ingress.memguard import PROBATION_S
+
+    monkeypatch.setenv(PROBATION_ENV, "2.5")
+    assert _probation_s() == 2.5
+    monkeypatch.delenv(PROBATION_ENV)
+    assert _probation_s() == PROBATION_S == 30.0
+    agent, _ = _agent_with_registry(SeriesRegistry(1, 10, names=["a"]))
+    monkeypatch.setenv(PROBATION_ENV, "0")
+    assert _contain(agent, rss=lambda: 0).guard.probation_s == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30),
+                 st.sampled_from(["-1", "nan", "inf", "-inf", "1e999", "3s", " ", "0x10"])))
+def test_any_bad_probation_variable_is_one_line_and_the_default(raw):
+    from ingress.containment import PROBATION_ENV, _probation_s
+    from ingress.memguard import PROBATION_S
+
+    try:
+        good = float(raw)
+        good = good if good == good and 0 <= good < float("inf") else None
+    except ValueError:
+        good = None
+    os_env = __import__("os").environ
+    old = os_env.get(PROBATION_ENV)
+    lines = []
+    import ingress.containment as cm
+
+    real = cm.log
+    cm.log = SimpleNamespace(warning=lambda msg, **kw: lines.append(msg))
+    try:
+        os_env[PROBATION_ENV] = raw
+        v = _probation_s()
+    finally:
+        cm.log = real
+        if old is None:
+            os_env.pop(PROBATION_ENV, None)
+        else:
+            os_env[PROBATION_ENV] = old
+    if raw == "":
+        assert v == PROBATION_S and not lines
+    elif good is not None:
+        assert v == good and not lines
+    else:
+        assert v == PROBATION_S and len(lines) == 1 and PROBATION_ENV in lines[0] and "\n" not in lines[0]
+
+
+# --------------------------------------------------------------------------- what comes back on release
+
+def test_series_refused_while_shedding_are_accepted_at_their_next_pass_after_release():
+    """Before: the fan-out kept REFUSED for them until their tenant next had an eviction."""
+    from ingress.collect.base import GAUGE, SeriesTable
+    from ingress.fanout import FanOut
+    from ingress.tenants import TenantSet
+
+    reg = SeriesRegistry(1, 1000, names=["acme"])
+    fan = FanOut(reg)
+    tenants = TenantSet(BASE.tenants).enabled
+    table = SeriesTable()
+    ids = np.array([table.intern("flood.value", (("key", str(i)),), GAUGE) for i in range(10)], np.uint32)
+    pipeline = SimpleNamespace(retry_refused=fan.retry_refused, evict=lambda *a, **k: 0)
+    agent = SimpleNamespace(rings=RingSet(1, 24 * 800), registry=reg, scheduler=None, outputs=[], spool=None,
+                            pipeline=pipeline, settings=None, flush=lambda: None, tenants=None)
+    pct = [96]
+    c = _contain(agent, rss=lambda: pct[0] * MIB)
+    c.every_second()
+    assert reg.refusing_new
+    assert fan.route("flood", table, ids, np.ones(10), 0, tenants) == []  # every one refused
+    assert reg.count(0) == 0 and fan.counts["acme"].refused == 10
+    pct[0] = 10
+    c.every_second()
+    assert not reg.refusing_new and c.guard.level == 0
+    out = fan.route("flood", table, ids, np.ones(10), 0, tenants)
+    assert len(out) == 1 and len(out[0].series) == 10 and reg.count(0) == 10
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 30), st.booleans()), min_size=1, max_size=12))
+def test_any_refuse_and_release_sequence_leaves_no_series_refused_once_released(passes):
+    """Passes of new and known series while refuse_series holds or not: once it is released,
+    the next pass of every series routes it (nothing stays refused without a cardinality cap)."""
+    from ingress.collect.base import GAUGE, SeriesTable
+    from ingress.fanout import FanOut
+    from ingress.tenants import TenantSet
+
+    reg = SeriesRegistry(1, 100_000, names=["acme"])
+    fan = FanOut(reg)
+    tenants = TenantSet(BASE.tenants).enabled
+    table = SeriesTable()
+    agent = SimpleNamespace(rings=RingSet(1, 24 * 800), registry=reg, scheduler=None, outputs=[], spool=None,
+                            pipeline=SimpleNamespace(retry_refused=fan.retry_refused, evict=lambda *a, **k: 0),
+                            settings=None, flush=lambda: None, tenants=None)
+    pct = [10]
+    c = _contain(agent, rss=lambda: pct[0] * MIB)
+    seen: list[int] = []
+    for n, refusing in passes:
+        seen += [table.intern("flood.value", (("key", str(len(seen) + i)),), GAUGE) for i in range(n)]
+        pct[0] = 96 if refusing else 10
+        c.every_second()
+        fan.route("flood", table, np.array(seen, np.uint32), np.ones(len(seen)), 0, tenants)
+    pct[0] = 10
+    c.every_second()
+    out = fan.route("flood", table, np.array(seen, np.uint32), np.ones(len(seen)), 0, tenants)
+    assert len(out) == 1 and len(out[0].series) == len(seen) == reg.count(0)
+
+
+def test_collector_drop_caches_lets_go_of_the_shared_tag_pairs():
+    from ingress.collect.base import GAUGE, Collector, MetricSpec
+
+    class C(Collector):
+        name = "c"
+        metrics = (MetricSpec("c.v", "1", "v", GAUGE, ("pid",)),)
+
+    c = C()
+    for i in range(100):
+        c.series("c.v", pid=str(i))
+    assert len(c._pairs) == 100
+    c.drop_caches()
+    assert c._pairs == {}
+    assert c.series("c.v", pid="5") == c.series("c.v", pid="5")  # still interns, sharing afresh
+    assert len(c._pairs) == 1
+    # the table: retired series at the top of the id space go, with their free ids
+    c2 = C()
+    ids = [c2.series("c.v", pid=str(i)) for i in range(1000)]
+    for sid in ids[10:]:
+        c2.table.retire(sid)
+    assert len(c2.table) == 1000 and len(c2.table._free) == 990
+    c2.drop_caches()
+    assert len(c2.table) == 10 and c2.table._free == [] and c2.table.live() == 10
+    assert c2.series("c.v", pid="3") == ids[3] and c2.series("c.v", pid="new") == 10
+
+
+def test_paused_collectors_drop_their_caches_once_per_pause_and_only_when_idle():
+    dropped = []
+    busy = {"flood": True}
+    col = SimpleNamespace(drop_caches=lambda: dropped.append("flood"))
+    paused: list[str] = []
+
+    def pause(names):
+        paused[:] = names
+
+    sched = SimpleNamespace(lowest_priority=lambda: ["flood"], pause=pause, resume=lambda: paused.clear(),
+                            paused=lambda: list(paused), before_pass=None,
+                            idle_collector=lambda n: None if busy[n] else col,
+                            effective_intervals=lambda: {"flood": 1.0})
+    agent = SimpleNamespace(rings=RingSet(1, 24 * 800), registry=SeriesRegistry(1, 10, names=["a"]),
+                            scheduler=sched, outputs=[], spool=None, pipeline=None, settings=None,
+                            flush=lambda: None, tenants=None)
+    pct = [86]
+    c = _contain(agent, rss=lambda: pct[0] * MIB)
+    c.every_second()
+    assert paused == ["flood"] and dropped == []  # its pass still runs: not now
+    busy["flood"] = False
+    c.every_second()
+    c.every_second()
+    assert dropped == ["flood"]  # once per pause
+    pct[0] = 10
+    c.every_second()
+    assert paused == []
+    pct[0] = 86
+    c.every_second()
+    assert dropped == ["flood", "flood"]  # a new pause: dropped again
+
+
+def test_scheduler_idle_collector_is_none_while_a_pass_is_handed_over():
+    from ingress.collect.scheduler import Scheduler
+
+    class C:
+        priority = 0
+
+        def collect(self, now):
+            raise AssertionError
+
+    col = C()
+    s = Scheduler({"procs": col}, {"procs": 1.0}, jitter=0.0, rng=1)
+    assert s.idle_collector("nope") is None
+    assert s.idle_collector("procs") is col
+    due = []
+    for k in range(0, 4):
+        due = due or s.tick(k * 10 ** 9 + 10 ** 9 // 2)
+    assert [d.name for d in due] == ["procs"]
+    s.dispatch(due)  # handed over (no worker started): busy
+    assert s.idle_collector("procs") is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.just("intern"), st.integers(0, 40)), st.tuples(st.just("retire"), st.integers(0, 40)),
+                          st.tuples(st.just("compact"), st.just(0))), max_size=80))
+def test_series_table_compaction_keeps_ids_and_the_fan_out_right(ops):
+    """Any mix of intern / retire / compact (what a paused collector's drop_caches does): a live
+    series keeps its id, ids never collide, and the fan-out routes each id to its own series."""
+    from ingress.collect.base import GAUGE, SeriesTable
+    from ingress.fanout import FanOut
+    from ingress.tenants import TenantSet
+
+    table = SeriesTable()
+    reg = SeriesRegistry(1, 100_000, names=["acme"])
+    fan = FanOut(reg)
+    tenants = TenantSet(BASE.tenants).enabled
+    live: dict[int, int] = {}  # key number -> local id
+    for op, k in ops:
+        if op == "intern":
+            sid = table.intern("flood.value", (("key", str(k)),), GAUGE)
+            assert live.setdefault(k, sid) == sid
+        elif op == "retire" and k in live:
+            table.retire(live.pop(k))
+        elif op == "compact":
+            table.compact()
+        assert len(set(live.values())) == len(live) and table.live() == len(live)
+        assert all(table.keys[sid] == ("flood.value", (("key", str(k)),)) for k, sid in live.items())
+        if live:
+            ids = np.array(sorted(live.values()), np.uint32)
+            (share,) = fan.route("t", table, ids, ids.astype(np.float64), 0, tenants)
+            got = {reg.key(0, int(g))[1][0][1]: v for g, v in zip(share.series.tolist(), share.values.tolist())}
+            assert got == {str(k): float(sid) for k, sid in live.items()}

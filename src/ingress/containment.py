@@ -18,7 +18,12 @@ everything runs, :meth:`Containment.every_second` from its main loop, and
   reload builds new ones). While any step holds, series idle for longer than
   :meth:`Containment.shed_ttl_s` are evicted every second (counted in
   ``evicted_memory``), and after a release that freed many series the C heap
-  is trimmed (``malloc_trim``), so the RSS, and the agent, come back.
+  is trimmed (``malloc_trim``), so the RSS, and the agent, come back. While
+  ``pause_collectors`` holds, each paused collector drops its caches once
+  (``Collector.drop_caches``, when no pass of it runs); when ``refuse_series``
+  is released, the refused series are decided again at their next pass. The
+  guard's release on probation waits ``INGRESS_MEMGUARD_PROBATION_S`` (default
+  30 s; tests and drills shorten it).
 * **systemd**: ``READY=1`` with a ``STATUS=`` line after start, ``WATCHDOG=1``
   at half ``WATCHDOG_USEC`` from the main loop, ``STOPPING=1`` at stop
   (:mod:`ingress.sdnotify`; no-ops without ``NOTIFY_SOCKET``).
@@ -26,12 +31,13 @@ everything runs, :meth:`Containment.every_second` from its main loop, and
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from typing import Any, Callable
 
 from ingress.logs import get_logger
-from ingress.memguard import MemGuard, read_rss
+from ingress.memguard import PROBATION_S, MemGuard, read_rss
 from ingress.sdnotify import Notifier
 
 __all__ = ["Containment", "adopt_limits", "SHRUNK_RING_SHARE", "QUEUE_CAP_SHARE", "SHED_TTL_MIN_S",
@@ -110,6 +116,8 @@ class Containment:
         self._loop_thread: int | None = None  # the thread of every_second: the one that may flush
         self._pending_trim = 0  # series evicted by the guard since the last malloc_trim
         self.trims = 0  # malloc_trim calls
+        self._dropped: set[str] = set()  # paused collectors whose caches were dropped (this pause)
+        self.probation_s = _probation_s()  # the guard's release on probation (INGRESS_MEMGUARD_PROBATION_S)
         from ingress.security.events import ConfigWatch
 
         self.config_watch = ConfigWatch()  # the config file changing on disk: a security event
@@ -133,7 +141,7 @@ class Containment:
         """Effective settings: the cgroup's limits where tighter; builds the memory guard."""
         settings = self.effective(settings)
         self.guard = MemGuard(settings.agent.limits.memory_mb * MIB, self._actions(), rss=self._rss,
-                              clock=self._clock)
+                              clock=self._clock, probation_s=self.probation_s)
         return settings
 
     def started(self) -> None:
@@ -154,6 +162,8 @@ class Containment:
                     self.trims += 1
             if level:
                 self._shed_evict()
+            if "pause_collectors" in self.guard.active:
+                self._drop_paused_caches()
         self.config_watch.check(getattr(self.agent, "settings", None), self._clock())
         w = self.notifier.watchdog_s
         if w:
@@ -187,6 +197,28 @@ class Containment:
             log.every("shed eviction failed", 60.0).error("memory guard: eviction failed",
                                                           error=f"{type(e).__name__}: {e}")
 
+    def _drop_paused_caches(self) -> None:
+        """Once per pause, each paused collector lets go of its caches (when no pass of it runs)."""
+        s = self.agent.scheduler
+        idle = getattr(s, "idle_collector", None)
+        if idle is None:
+            return
+        for name in s.paused():
+            if name in self._dropped:
+                continue
+            c = idle(name)
+            if c is None or not hasattr(c, "drop_caches"):
+                continue  # a pass still runs: next second
+            try:
+                c.drop_caches()
+                if _malloc_trim():  # what the caches held in the C heap goes back now
+                    self.trims += 1
+            except Exception as e:  # never fatal: the caches only cost memory
+                log.every(("drop caches failed", name), 60.0).error(
+                    "memory guard: dropping a paused collector's caches failed", collector=name,
+                    error=f"{type(e).__name__}: {e}")
+            self._dropped.add(name)
+
     def _quarantined(self) -> int:
         r = self.agent.registry
         q = getattr(r, "quarantined", None)
@@ -212,7 +244,8 @@ class Containment:
         g = self.guard
         if g is None:
             return {"level": 0, "active": [], "engaged": {}, "rss": 0, "cap": 0}
-        return {"level": g.level, "active": g.active, "engaged": g.counts(), "rss": g.last_rss, "cap": g.cap}
+        return {"level": g.level, "active": g.active, "engaged": g.counts(), "rss": g.last_rss, "cap": g.cap,
+                "released_probation": g.released_probation, "failed_probation": g.failed_probation}
 
     # -- the shed ladder's actions ----------------------------------------------------
 
@@ -260,6 +293,7 @@ class Containment:
                 s.pause(low)
 
     def _resume(self) -> None:
+        self._dropped = set()
         s = self.agent.scheduler
         if s is not None and hasattr(s, "resume"):
             s.resume()
@@ -278,6 +312,11 @@ class Containment:
         r = self.agent.registry
         if hasattr(r, "refusing_new"):
             r.refusing_new = on
+        p = getattr(self.agent, "pipeline", None)
+        if not on and p is not None and hasattr(p, "retry_refused"):
+            # the fan-out remembers each refused series; without this they stayed refused
+            # until their tenant next had an eviction
+            p.retry_refused()
 
 
 _libc: Any = None
@@ -305,6 +344,25 @@ def _malloc_trim() -> bool:
     except Exception:  # noqa: BLE001 - an optimisation only
         return False
     return True
+
+
+PROBATION_ENV = "INGRESS_MEMGUARD_PROBATION_S"
+
+
+def _probation_s() -> float:
+    """The guard's probation wait: ``INGRESS_MEMGUARD_PROBATION_S`` (tests, drills) or 30 s."""
+    raw = os.environ.get(PROBATION_ENV)
+    if raw is None or raw == "":
+        return PROBATION_S
+    try:
+        v = float(raw)
+        if v != v or v < 0 or v == float("inf"):
+            raise ValueError
+    except ValueError:
+        log.warning(f"{PROBATION_ENV}={raw[:40]!r} is not a number of seconds >= 0; using {PROBATION_S:g} s",
+                    variable=PROBATION_ENV)
+        return PROBATION_S
+    return v
 
 
 class _NoLimits:

@@ -187,6 +187,15 @@ class FanOut:
             stale = np.isin(r.map, np.asarray(ids, np.uint32)) | (r.map == REFUSED)
             r.map[stale] = UNMAPPED
 
+    def retry_refused(self) -> int:
+        """Decide every refused series again at its next pass (the memory guard stopped refusing)."""
+        n = 0
+        for r in self._routes.values():
+            refused = r.map == REFUSED
+            n += int(np.count_nonzero(refused))
+            r.map[refused] = UNMAPPED
+        return n
+
     def forget(self, source: Hashable) -> None:
         """Drop every route of ``source`` (a collector that was removed)."""
         for key in [k for k in self._routes if k[0] == source]:

@@ -32,6 +32,20 @@ A step is released (by ``tick`` only) when the RSS falls ``HYSTERESIS`` (5 %
 of the cap) below the share it engaged at, last engaged first. Every
 engagement is counted per step; the level changes are logged once each (not
 once a second).
+
+**Release on probation.** The RSS does not always fall below that threshold
+once the load is gone: a paused collector still holds its last pass until it
+runs again, and the interpreter keeps arenas a few live objects still use. So
+when the ladder has held at one level for ``probation_s`` (30 s by default)
+with the RSS under the top step's share all that time and never more than
+``GROWTH_TOLERANCE`` of the cap above its lowest reading of that time, the top step is released *on
+probation* (logged once, counted in ``released_probation``). If the RSS climbs
+back to its share before another ``probation_s`` has passed, the step
+re-engages at once (the ordinary engagement, at growth or at the tick) and the
+wait doubles, up to ``probation_max_s``; a probation that passes clean resets
+the wait. One step at a time, the highest first, so a step that frees memory
+when released (``pause_collectors``: the paused collectors run again and drop
+their last pass) comes before the cheap ones below it.
 """
 from __future__ import annotations
 
@@ -43,11 +57,19 @@ from typing import Callable, Mapping
 
 from ingress.logs import get_logger
 
-__all__ = ["MemGuard", "Step", "STEPS", "HYSTERESIS", "read_rss"]
+__all__ = ["MemGuard", "Step", "STEPS", "HYSTERESIS", "GROWTH_TOLERANCE", "PROBATION_S", "PROBATION_MAX_S",
+           "read_rss"]
 
 log = get_logger("ingress.memguard")
 
 HYSTERESIS = 0.05
+#: Release on probation: the ladder held this long at one level without the RSS growing.
+PROBATION_S = 30.0
+#: The probation wait doubles after each failed probation, up to this many times PROBATION_S.
+PROBATION_MAX_FACTOR = 16
+PROBATION_MAX_S = PROBATION_S * PROBATION_MAX_FACTOR
+#: RSS within this share of the cap above where the hold began counts as "not grown" (page noise).
+GROWTH_TOLERANCE = 0.01
 #: (name, share of the cap at which it engages), in order.
 STEPS: tuple[tuple[str, float], ...] = (
     ("flush", 0.75),
@@ -101,10 +123,18 @@ class MemGuard:
         a name left out does nothing at its share.
     rss
         Reads the resident bytes (default :func:`read_rss`); tests pass fakes.
+    clock
+        Monotonic seconds (default :func:`time.monotonic`); tests pass fakes.
+    probation_s
+        How long a level holds, the RSS not growing, before its top step is
+        released on probation; 0 or less: never (only the hysteresis releases).
+    probation_max_s
+        The cap of the doubling wait (default ``PROBATION_MAX_FACTOR`` times ``probation_s``).
     """
 
     def __init__(self, cap_bytes: int, actions: Mapping[str, tuple[Callable[[], object], Callable[[], object]]],
-                 rss: Callable[[], int] = read_rss, clock: Callable[[], float] = time.monotonic) -> None:
+                 rss: Callable[[], int] = read_rss, clock: Callable[[], float] = time.monotonic,
+                 probation_s: float = PROBATION_S, probation_max_s: float | None = None) -> None:
         self.cap = int(cap_bytes)
         self.steps = [Step(name, share, *actions.get(name, (lambda: None, lambda: None)), repeat=name == "flush")
                       for name, share in STEPS]
@@ -116,6 +146,15 @@ class MemGuard:
         self.over_since: float | None = None  # first tick at level > 0
         self.last_recovery_s: float | None = None  # level > 0 -> 0, seconds
         self.checks = 0  # check() calls that read the RSS (growth checks)
+        self.probation_s = float(probation_s)
+        self.probation_max_s = (float(probation_max_s) if probation_max_s is not None
+                                else self.probation_s * PROBATION_MAX_FACTOR)
+        self.probation_wait = self.probation_s  # the wait now: doubles on a failed probation
+        self.released_probation = 0  # steps released on probation (counter)
+        self.failed_probation = 0  # of those, re-engaged within their probation (counter)
+        self._hold_since: float | None = None  # the level (and the RSS, within tolerance) held since
+        self._hold_rss = 0  # the lowest RSS since the hold began
+        self._probation: tuple[int, float] | None = None  # (step index released on probation, until)
         # tick() and check() move the ladder under this lock; actions run under it.
         self._lock = threading.Lock()
 
@@ -161,6 +200,28 @@ class MemGuard:
         if release:
             while level > 0 and share < self.steps[level - 1].share - HYSTERESIS and level <= old:
                 level -= 1
+        now = self._clock()
+        failed = self._probation is not None and level > old and level > self._probation[0]
+        if failed:  # the step released on probation is reached again: wait longer next time
+            self.failed_probation += 1
+            self.probation_wait = min(self.probation_wait * 2, self.probation_max_s)
+            self._probation = None
+        elif release and self._probation is not None and now >= self._probation[1]:
+            self._probation = None  # a clean probation: back to the base wait
+            self.probation_wait = self.probation_s
+        on_probation = False
+        if (level != old or self._hold_since is None or rss > self._hold_rss + GROWTH_TOLERANCE * self.cap
+                or (level > 0 and share >= self.steps[level - 1].share)):
+            # the hold starts (again) here: a new level, growth, or the top step still needed
+            self._hold_since, self._hold_rss = now, rss
+        else:
+            self._hold_rss = min(self._hold_rss, rss)  # growth is measured from the lowest reading
+            if release and level > 0 and self.probation_s > 0 and now - self._hold_since >= self.probation_wait:
+                level -= 1
+                on_probation = True
+                self.released_probation += 1
+                self._probation = (level, now + self.probation_wait)
+                self._hold_since, self._hold_rss = now, rss
         for i in range(old, level):  # up: engage in order
             s = self.steps[i]
             s.active = True
@@ -176,7 +237,6 @@ class MemGuard:
                     self._call(s, s.engage)
         self.level = level
         if level != old:
-            now = self._clock()
             if old == 0:
                 self.over_since = now
             if level == 0 and self.over_since is not None:
@@ -185,8 +245,14 @@ class MemGuard:
             fields = dict(rss_mb=round(rss / (1 << 20), 1), cap_mb=round(self.cap / (1 << 20), 1),
                           share=round(share, 3), level=level, steps=self.active)
             if level > old:
-                log.warning("memory near its cap: shedding load", step=self.steps[level - 1].name,
-                            at="tick" if release else "growth", **fields)
+                if failed:
+                    fields["probation_wait_s"] = self.probation_wait
+                log.warning("memory near its cap: shedding load" if not failed else
+                            "memory near its cap again after a probation: shedding load, next wait doubled",
+                            step=self.steps[level - 1].name, at="tick" if release else "growth", **fields)
+            elif on_probation:
+                log.info("memory steady: step released on probation", step=self.steps[old - 1].name,
+                         held_s=self.probation_wait, released_probation=self.released_probation, **fields)
             else:
                 log.info("memory eased: load shedding released" if level else "memory back under its cap: "
                          "every shed step released", step=self.steps[old - 1].name, **fields)

@@ -166,6 +166,11 @@ class Pipeline:
                 self.fanout.invalidate(evicted)
         return sum(len(v) for v in evicted.values())
 
+    def retry_refused(self) -> int:
+        """Refused series are decided again at their next pass (the memory guard stopped refusing)."""
+        with self._lock:
+            return self.fanout.retry_refused()
+
     def flush(self, append: SpoolAppend) -> int:
         """Drain every ring into batches and hand each to ``append`` (the spool); returns batches made.
 

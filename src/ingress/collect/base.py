@@ -151,6 +151,18 @@ class SeriesTable:
         """How many ids currently name a series (interned and not retired)."""
         return len(self._ids)
 
+    def compact(self) -> None:
+        """Give back what retired series left behind: the retired top of the id space and
+        the id dict's table (a dict never shrinks on deletion). Ids stay as they are; a
+        trimmed id comes back through ``intern`` with a new generation, as a reused one does.
+        """
+        keys = self.keys
+        while keys and keys[-1] is None:
+            keys.pop()
+        n = len(keys)
+        self._free = [i for i in self._free if i < n]
+        self._ids = dict(self._ids)
+
 
 @dataclass
 class Columns:
@@ -334,6 +346,17 @@ class Collector:
     def series_ids(self, items: Iterable[tuple[str, dict[str, str]]]) -> np.ndarray:
         """Intern several series at once; their local ids as a ``uint32`` array."""
         return np.fromiter((self.series(n, **t) for n, t in items), np.uint32)
+
+    def drop_caches(self) -> None:
+        """Let go of what is kept only to make the next pass cheaper (the memory guard, while paused).
+
+        Here: the shared tag pairs (up to 65,536), and the room its series table
+        kept for series already retired (:meth:`SeriesTable.compact`). Called
+        from the main loop while no pass of this collector runs; a subclass may
+        drop more (and then call this). The next pass builds the pairs again.
+        """
+        self._pairs = {}
+        self.table.compact()
 
     def collect(self, now_ns: int) -> Columns:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -565,6 +565,12 @@ class Scheduler:
         if back:
             log.info("collectors resumed: %s", ", ".join(sorted(back)), extra={"collectors": sorted(back)})
 
+    def idle_collector(self, name: str) -> Collector | None:
+        """Collector ``name`` if none of its passes is running or handed over now, else None."""
+        with self._lock:
+            slot = self._slots.get(name)
+            return slot.collector if slot is not None and not slot.busy else None
+
     def paused(self) -> list[str]:
         """Collectors paused now."""
         with self._lock:
