@@ -86,6 +86,7 @@ class FloodResult:
     peak_rss_mb: float = 0.0  # VmHWM at the end: the highest RSS the agent ever had
     max_level: int = 0  # highest ingress_memory_shed_level seen
     readyz_shedding: bool = False  # /readyz answered 503 with reason memory_shedding at least once
+    ready_after: bool = False  # /readyz answered 200 after the costly steps were released
     recovery_s: float | None = None  # flood ended -> shed level 0 (None: not within the wait)
     resumed_s: float | None = None  # flood ended -> level under 3 (pause_collectors and above released)
     paused_at_resume: float | None = None  # ingress_collector_paused_passes_total at that moment
@@ -166,7 +167,7 @@ class FloodAgent:
             r.max_level = max(r.max_level, lvl)
             r.level_trace.append((round(time.monotonic() - t0, 1), lvl,
                                   round(proc_status_kb(self.proc.pid, "VmRSS") / 1024, 1)))
-            if lvl and not r.readyz_shedding:
+            if lvl >= 3 and not r.readyz_shedding:  # pause_collectors or above: work is held back
                 status, doc = self.readyz()
                 r.readyz_shedding = status == 503 and any(
                     x.get("reason") == "memory_shedding" for x in doc.get("reasons", []))
@@ -193,6 +194,8 @@ class FloodAgent:
             m = sample()
             r.collected_after = _collected(m) > before
             r.alive_after = self.proc.poll() is None
+            if r.level_trace[-1][1] < 3:  # only light steps (if any) hold: ready again
+                r.ready_after = self.readyz()[0] == 200
             r.peak_rss_mb = proc_status_kb(self.proc.pid, "VmHWM") / 1024
             r.steps = {_label(k[1], "reason"): v for k, v in m.items() if k[0] == "ingress_memory_shed_steps_total"}
             for (name, labels), v in m.items():

@@ -63,6 +63,7 @@ def test_flood_stays_under_the_cap_sheds_evicts_and_keeps_running(tmp_path):
     # and the flood's collector runs again (no paused pass after pause_collectors was released).
     assert r.resumed_s is not None, f"pause_collectors not released within {RECOVER_WAIT_S} s: {r.level_trace}"
     assert r.level_trace[-1][1] < 3, r.level_trace
+    assert r.ready_after, "/readyz not 200 once only flush/shrink_rings held"
     assert r.dropped["collector_paused_passes"] == r.paused_at_resume, (r.dropped, r.paused_at_resume)
     # The agent kept running and collecting (the cpu collector) after the flood, and stopped cleanly.
     assert r.alive_after and r.collected_after

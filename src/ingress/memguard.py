@@ -57,7 +57,7 @@ from typing import Callable, Mapping
 
 from ingress.logs import get_logger
 
-__all__ = ["MemGuard", "Step", "STEPS", "HYSTERESIS", "GROWTH_TOLERANCE", "PROBATION_S", "PROBATION_MAX_S",
+__all__ = ["MemGuard", "Step", "STEPS", "LIGHT_STEPS", "HYSTERESIS", "GROWTH_TOLERANCE", "PROBATION_S", "PROBATION_MAX_S",
            "read_rss"]
 
 log = get_logger("ingress.memguard")
@@ -78,6 +78,10 @@ STEPS: tuple[tuple[str, float], ...] = (
     ("cap_queues", 0.90),
     ("refuse_series", 0.95),
 )
+#: Steps that hold back no work: the rings are flushed more often and kept smaller. While only
+#: these hold, the agent collects and sends everything and /readyz answers 200 (the level shows in
+#: /metrics); they are what the allocator's leftovers can keep engaged after a flood.
+LIGHT_STEPS = frozenset({"flush", "shrink_rings"})
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 

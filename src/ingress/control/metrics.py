@@ -252,6 +252,11 @@ class AgentCollector:
         for k, n in shed["engaged"].items():
             steps.add_metric([k], n)
         yield steps
+        probation = self._c("ingress_memory_probation", "Steps released on probation (the RSS held flat under "
+                            "the step's share), by outcome", ["outcome"])
+        probation.add_metric(["released"], shed.get("released_probation", 0))
+        probation.add_metric(["failed"], shed.get("failed_probation", 0))
+        yield probation
         reg = getattr(v.agent, "registry", None)
         yield self._single_c("ingress_series_refused_memory", "New series refused while memory was near its cap",
                              getattr(reg, "refused_memory", 0))

@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any
 
+from ingress.memguard import LIGHT_STEPS
 from ingress.security.keys import redact_keys
 
 __all__ = ["AgentView", "SPOOL_READY_FRACTION"]
@@ -161,7 +162,7 @@ class AgentView:
             reasons.append({"reason": "memory_over_cap",
                             "message": f"resident memory {rss} bytes is over agent.limits.memory_mb ({cap} bytes)"})
         shed = self.memory_shedding()
-        if shed["active"]:
+        if any(step not in LIGHT_STEPS for step in shed["active"]):  # work is paused, held back or refused
             reasons.append({"reason": "memory_shedding", "steps": shed["active"],
                             "message": f"resident memory {shed['rss']} bytes is near its {shed['cap']}-byte cap; "
                                        f"shedding load: {', '.join(shed['active'])}"})
