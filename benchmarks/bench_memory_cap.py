@@ -39,12 +39,13 @@ CPU_BUDGET = 5.0
 
 
 def test_memory_cap_under_flood(benchmark, tmp_path, bench_short):
-    flood_s, recover_wait_s, probation_s = (6.0, 20.0, 2.0) if bench_short else (30.0, 150.0, None)
+    # Short: stop 4 s after the costly steps are released (level 0 is not reached at this cap).
+    flood_s, recover_wait_s, probation_s, settle_s = (6.0, 20.0, 2.0, 4.0) if bench_short else (30.0, 150.0, None, None)
     out = {}
 
     def run():
         out["r"] = FloodAgent(tmp_path / "flood", series=20000, probation_s=probation_s).start().run(
-            flood_s, recover_wait_s)
+            flood_s, recover_wait_s, settle_s)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     r = out["r"]

@@ -39,12 +39,13 @@ MARGIN_MB = 1.0  # the peak stays this far under the cap; see the docstring
 SERIES_PER_PASS = 20000
 PROBATION_S = 2.0  # the guard's probation wait for this test (the agent's default is 30 s)
 RECOVER_WAIT_S = 20.0
+SETTLE_S = 4.0  # after the costly steps are released: two probation waits in which they must stay released
 
 
 @pytest.mark.integration  # a real agent process
 def test_flood_stays_under_the_cap_sheds_evicts_and_keeps_running(tmp_path):
     r = FloodAgent(tmp_path, series=SERIES_PER_PASS, probation_s=PROBATION_S).start().run(
-        flood_s=8.0, recover_wait_s=RECOVER_WAIT_S)
+        flood_s=8.0, recover_wait_s=RECOVER_WAIT_S, settle_s=SETTLE_S)
     print(f"peak RSS {r.peak_rss_mb:.1f} MB (cap {CAP_MB} MB, headroom {CAP_MB - r.peak_rss_mb:.1f} MB); "
           f"costly steps released after {r.resumed_s} s, level 0 after {r.recovery_s} s; trace {r.level_trace}; dropped {r.dropped}")
     assert r.peak_rss_mb < CAP_MB - MARGIN_MB, (

@@ -28,6 +28,74 @@ from ingress.control.status import AgentView, rss_bytes
 __all__ = ["AgentCollector", "make_renderer", "ControlCounters"]
 
 BREAKER_STATES = ("closed", "open", "half_open")
+C, G, H = "counter", "gauge", "histogram"
+
+#: Per-tenant families, in exposition order: (key, type, name, help, labels after ``tenant``).
+TENANT_FAMILIES = (
+    ("collected", C, "ingress_samples_collected", "Samples collected into the tenant's ring", ()),
+    ("spooled", C, "ingress_samples_spooled", "Samples written to the tenant's spool", ()),
+    ("batches_spooled", C, "ingress_batches_spooled", "Batches written to the tenant's spool", ()),
+    ("dropped", C, "ingress_samples_dropped", "Samples dropped, by reason", ("reason",)),
+    ("series_refused", C, "ingress_series_refused", "Series refused past the tenant's cardinality cap", ()),
+    ("series", G, "ingress_series", "Series the tenant has registered", ()),
+    ("ring_fill", G, "ingress_ring_fill_ratio", "Share (0..1) of the tenant's ring in use", ()),
+    ("ring_dropped", C, "ingress_ring_dropped_samples", "Samples the tenant's full ring dropped", ()),
+    ("spool_bytes", G, "ingress_spool_bytes", "Bytes in the tenant's spool", ()),
+    ("spool_quota", G, "ingress_spool_quota_bytes", "The tenant's spool quota", ()),
+    ("spool_segments", G, "ingress_spool_segments", "Segment files in the tenant's spool", ()),
+    ("spool_oldest_age_s", G, "ingress_spool_oldest_pending_age_seconds",
+     "Age of the oldest sample not yet delivered everywhere", ()),
+    ("spool_samples_pending", G, "ingress_spool_pending_samples", "Samples not yet delivered by every output", ()),
+    ("spool_dropped_batches", C, "ingress_spool_dropped_batches",
+     "Batches the spool dropped by quota or retention", ()),
+    ("spool_corrupt_records", C, "ingress_spool_corrupt_records", "Damaged spool records found since open", ()),
+    ("held", G, "ingress_tenant_held", "1 while the tenant is held (not collected or sent)", ()),
+    ("deadletters_count", G, "ingress_deadletters", "Dead letters of the tenant on disk", ()),
+    ("deadletters_bytes", G, "ingress_deadletter_bytes", "Bytes of the tenant's dead letters on disk", ()),
+    ("deadletters_dropped", C, "ingress_deadletters_dropped",
+     "Dead letters removed by the tenant's dead-letter cap or age limit", ()),
+)
+#: Keys of the spool's stats and the ring/registry figures read into the families of the same key.
+SPOOL_KEYS = ("bytes", "segments", "oldest_age_s", "samples_pending", "dropped_batches", "corrupt_records")
+RING_KEYS = ("series_refused", "series", "ring_fill", "ring_dropped")
+
+#: Per (tenant, output) families, in exposition order: labels after ``tenant``, ``output``.
+PAIR_FAMILIES = (
+    ("sent_samples", C, "ingress_samples_sent", "Samples the output acknowledged", ()),
+    ("sent_batches", C, "ingress_batches_sent", "Batches the output acknowledged", ()),
+    ("retries", C, "ingress_batches_retried", "Retryable failures, each followed by a retry", ()),
+    ("failures", C, "ingress_delivery_failures", "Failed delivery attempts", ()),
+    ("dead_letters", C, "ingress_batches_dead_lettered", "Batches set aside as dead letters", ()),
+    ("in_flight", G, "ingress_batches_in_flight", "Batches submitted and not yet answered", ()),
+    ("tenant_check_failures", C, "ingress_tenant_check_failures",
+     "Batches held back by a tenant check, by category", ("category",)),
+    ("breaker", G, "ingress_breaker_state", "1 for the breaker's current state", ("state",)),
+    ("breaker_opened", C, "ingress_breaker_opened", "Times the breaker opened", ()),
+    ("held", G, "ingress_output_held", "1 while the pair is held by a failed tenant check", ()),
+    ("latency", G, "ingress_delivery_latency_seconds",
+     "Batch close to acknowledgement, quantile over the last 1024 batches", ("quantile",)),
+    ("send_latency", H, "ingress_send_latency_seconds", "Submit to the output's answer, per acknowledged batch",
+     ()),
+    ("credential_refusals", C, "ingress_credential_refusals",
+     "Answers 401/403: the backend refused the credential", ()),
+    ("credential_refused", G, "ingress_output_credential_refused",
+     "1 while the pair is held because the backend refuses the credential", ()),
+)
+#: Keys of a pair's delivery stats read as they are into the families of the same key.
+PAIR_KEYS = ("sent_samples", "sent_batches", "retries", "failures", "dead_letters", "in_flight")
+
+#: Per-collector families (label ``collector``); keys name the scheduler's figures.
+COLLECTOR_FAMILIES = (
+    ("effective_intervals", G, "ingress_collector_interval_seconds",
+     "The collector's effective interval after any stretching", ()),
+    ("passes", C, "ingress_collector_passes", "Passes dispatched", ()),
+    ("errors", C, "ingress_collector_errors", "Passes whose collection raised", ()),
+    ("overruns", C, "ingress_collector_overruns", "Passes skipped: the previous one still ran", ()),
+    ("last_samples", G, "ingress_collector_last_pass_samples", "Samples the collector's last pass produced", ()),
+    ("pass_seconds", C, "ingress_collector_pass_seconds",
+     "Time spent in the collector's passes (collection and fan-out)", ()),
+    ("last_pass_seconds", G, "ingress_collector_last_pass_seconds", "Duration of the collector's last pass", ()),
+)
 
 
 class ControlCounters:
@@ -105,139 +173,87 @@ class AgentCollector:
     def _g(self, name: str, doc: str, labels: list[str]) -> Any:
         return self.mc.GaugeMetricFamily(name, doc, labels=labels)
 
+    def _families(self, table: tuple, labels: list[str]) -> dict[str, Any]:
+        """``{key: family}`` for the rows of ``table``, in the table's (exposition) order."""
+        kinds = {C: self.mc.CounterMetricFamily, G: self.mc.GaugeMetricFamily, H: self.mc.HistogramMetricFamily}
+        return {key: kinds[kind](name, doc, labels=labels + list(extra)) for key, kind, name, doc, extra in table}
+
     def collect(self) -> Iterator[Any]:
         v = self.view
         a = v.agent
-        T, TO = ["tenant"], ["tenant", "output"]
         tenants = v.tenant_ids()
         stats = a.pipeline.stats
         delivery = v.delivery_stats()
         spool = v.spool_stats()
         rings = v.ring_and_series()
 
-        collected = self._c("ingress_samples_collected", "Samples collected into the tenant's ring", T)
-        spooled = self._c("ingress_samples_spooled", "Samples written to the tenant's spool", T)
-        sbatches = self._c("ingress_batches_spooled", "Batches written to the tenant's spool", T)
-        dropped = self._c("ingress_samples_dropped", "Samples dropped, by reason", T + ["reason"])
-        refused = self._c("ingress_series_refused", "Series refused past the tenant's cardinality cap", T)
-        series = self._g("ingress_series", "Series the tenant has registered", T)
-        fill = self._g("ingress_ring_fill_ratio", "Share (0..1) of the tenant's ring in use", T)
-        ringdrop = self._c("ingress_ring_dropped_samples", "Samples the tenant's full ring dropped", T)
-        sp_bytes = self._g("ingress_spool_bytes", "Bytes in the tenant's spool", T)
-        sp_quota = self._g("ingress_spool_quota_bytes", "The tenant's spool quota", T)
-        sp_segs = self._g("ingress_spool_segments", "Segment files in the tenant's spool", T)
-        sp_age = self._g("ingress_spool_oldest_pending_age_seconds",
-                         "Age of the oldest sample not yet delivered everywhere", T)
-        sp_pend = self._g("ingress_spool_pending_samples", "Samples not yet delivered by every output", T)
-        sp_dropb = self._c("ingress_spool_dropped_batches", "Batches the spool dropped by quota or retention", T)
-        sp_corrupt = self._c("ingress_spool_corrupt_records", "Damaged spool records found since open", T)
-        held = self._g("ingress_tenant_held", "1 while the tenant is held (not collected or sent)", T)
-        dl_count = self._g("ingress_deadletters", "Dead letters of the tenant on disk", T)
-        dl_bytes = self._g("ingress_deadletter_bytes", "Bytes of the tenant's dead letters on disk", T)
-        dl_drop = self._c("ingress_deadletters_dropped",
-                          "Dead letters removed by the tenant's dead-letter cap or age limit", T)
+        f = self._families(TENANT_FAMILIES, ["tenant"])
         for t in tenants:
             st = stats.get(t)
             if st is not None:
-                collected.add_metric([t], st.collected)
-                spooled.add_metric([t], st.spooled)
-                sbatches.add_metric([t], st.spooled_batches)
-                dropped.add_metric([t, "ring_full"], st.ring_dropped)
-                dropped.add_metric([t, "spool_refused"], st.spool_dropped)
+                for key, n in (("collected", st.collected), ("spooled", st.spooled),
+                               ("batches_spooled", st.spooled_batches)):
+                    f[key].add_metric([t], n)
+                f["dropped"].add_metric([t, "ring_full"], st.ring_dropped)
+                f["dropped"].add_metric([t, "spool_refused"], st.spool_dropped)
             s = spool.get(t)
             if s is not None:
-                dropped.add_metric([t, "spool_quota_or_retention"], s.get("dropped_samples", 0))
-                for fam, key in ((sp_bytes, "bytes"), (sp_segs, "segments"), (sp_age, "oldest_age_s"),
-                                 (sp_pend, "samples_pending"), (sp_dropb, "dropped_batches"),
-                                 (sp_corrupt, "corrupt_records")):
-                    fam.add_metric([t], s.get(key, 0.0 if key == "oldest_age_s" else 0))
+                f["dropped"].add_metric([t, "spool_quota_or_retention"], s.get("dropped_samples", 0))
+                for key in SPOOL_KEYS:
+                    f["spool_" + key].add_metric([t], s.get(key, 0.0 if key == "oldest_age_s" else 0))
             ts = v.tenant_settings.get(t)
             if ts is not None:
-                sp_quota.add_metric([t], ts.spool.max_mb * (1 << 20))
+                f["spool_quota"].add_metric([t], ts.spool.max_mb * (1 << 20))
             r = rings.get(t)
             if r is not None:
-                for fam, key in ((refused, "series_refused"), (series, "series"), (fill, "ring_fill"),
-                                 (ringdrop, "ring_dropped")):
-                    fam.add_metric([t], r[key])
-            held.add_metric([t], 1.0 if t in v.held() else 0.0)
+                for key in RING_KEYS:
+                    f[key].add_metric([t], r[key])
+            f["held"].add_metric([t], 1.0 if t in v.held() else 0.0)
             area = v.deadletter_usage(t)
-            for fam, key in ((dl_count, "count"), (dl_bytes, "bytes"), (dl_drop, "dropped")):
-                fam.add_metric([t], area[key])
-        yield from (collected, spooled, sbatches, dropped, refused, series, fill, ringdrop, sp_bytes, sp_quota,
-                    sp_segs, sp_age, sp_pend, sp_dropb, sp_corrupt, held, dl_count, dl_bytes, dl_drop)
+            for key in ("count", "bytes", "dropped"):
+                f["deadletters_" + key].add_metric([t], area[key])
+        yield from f.values()
 
-        sent_s = self._c("ingress_samples_sent", "Samples the output acknowledged", TO)
-        sent_b = self._c("ingress_batches_sent", "Batches the output acknowledged", TO)
-        retried = self._c("ingress_batches_retried", "Retryable failures, each followed by a retry", TO)
-        failed = self._c("ingress_delivery_failures", "Failed delivery attempts", TO)
-        dead = self._c("ingress_batches_dead_lettered", "Batches set aside as dead letters", TO)
-        inflight = self._g("ingress_batches_in_flight", "Batches submitted and not yet answered", TO)
-        checks = self._c("ingress_tenant_check_failures", "Batches held back by a tenant check, by category",
-                         TO + ["category"])
-        breaker = self._g("ingress_breaker_state", "1 for the breaker's current state", TO + ["state"])
-        opened = self._c("ingress_breaker_opened", "Times the breaker opened", TO)
-        pair_held = self._g("ingress_output_held", "1 while the pair is held by a failed tenant check", TO)
-        latency = self._g("ingress_delivery_latency_seconds",
-                          "Batch close to acknowledgement, quantile over the last 1024 batches",
-                          TO + ["quantile"])
-        send = self.mc.HistogramMetricFamily("ingress_send_latency_seconds",
-                                             "Submit to the output's answer, per acknowledged batch", labels=TO)
-        cref = self._c("ingress_credential_refusals", "Answers 401/403: the backend refused the credential", TO)
-        cref_now = self._g("ingress_output_credential_refused",
-                           "1 while the pair is held because the backend refuses the credential", TO)
+        f = self._families(PAIR_FAMILIES, ["tenant", "output"])
         for t in tenants:
             for o, st in sorted(delivery.get(t, {}).items()):
                 lv = [t, o]
-                for fam, key in ((sent_s, "sent_samples"), (sent_b, "sent_batches"), (retried, "retries"),
-                                 (failed, "failures"), (dead, "dead_letters"), (inflight, "in_flight")):
-                    fam.add_metric(lv, st.get(key, 0))
+                for key in PAIR_KEYS:
+                    f[key].add_metric(lv, st.get(key, 0))
                 for cat, n in sorted((st.get("tenant_check_failures") or {}).items()):
-                    checks.add_metric(lv + [cat], n)
+                    f["tenant_check_failures"].add_metric(lv + [cat], n)
                 b = st.get("breaker") or {}
-                for s in BREAKER_STATES:
-                    breaker.add_metric(lv + [s], 1.0 if b.get("state", "closed") == s else 0.0)
-                opened.add_metric(lv, b.get("times_opened", 0))
-                pair_held.add_metric(lv, 1.0 if st.get("blocked") else 0.0)
+                for state in BREAKER_STATES:
+                    f["breaker"].add_metric(lv + [state], 1.0 if b.get("state", "closed") == state else 0.0)
+                f["breaker_opened"].add_metric(lv, b.get("times_opened", 0))
+                f["held"].add_metric(lv, 1.0 if st.get("blocked") else 0.0)
                 for q, key in (("0.5", "latency_p50_s"), ("0.99", "latency_p99_s")):
                     if st.get(key) is not None:
-                        latency.add_metric(lv + [q], st[key])
+                        f["latency"].add_metric(lv + [q], st[key])
                 h = st.get("send_latency")
                 if h:
                     acc, buckets = 0, []
                     for le, n in zip(tuple(h["bounds"]) + (float("inf"),), h["counts"]):
                         acc += n
                         buckets.append((_le(le), acc))
-                    send.add_metric(lv, buckets, h["sum_s"])
-                cref.add_metric(lv, st.get("credential_refusals", 0))
-                cref_now.add_metric(lv, 1.0 if st.get("state") == "credential_refused" else 0.0)
-        yield from (sent_s, sent_b, retried, failed, dead, inflight, checks, breaker, opened, pair_held, latency,
-                    send, cref, cref_now)
+                    f["send_latency"].add_metric(lv, buckets, h["sum_s"])
+                f["credential_refusals"].add_metric(lv, st.get("credential_refusals", 0))
+                f["credential_refused"].add_metric(lv, 1.0 if st.get("state") == "credential_refused" else 0.0)
+        yield from f.values()
 
         sched = getattr(a, "scheduler", None)
-        interval = self._g("ingress_collector_interval_seconds",
-                           "The collector's effective interval after any stretching", ["collector"])
-        passes = self._c("ingress_collector_passes", "Passes dispatched", ["collector"])
-        errors = self._c("ingress_collector_errors", "Passes whose collection raised", ["collector"])
-        overruns = self._c("ingress_collector_overruns", "Passes skipped: the previous one still ran",
-                           ["collector"])
-        last = self._g("ingress_collector_last_pass_samples", "Samples the collector's last pass produced",
-                       ["collector"])
-        busy = self._c("ingress_collector_pass_seconds", "Time spent in the collector's passes "
-                       "(collection and fan-out)", ["collector"])
-        last_s = self._g("ingress_collector_last_pass_seconds", "Duration of the collector's last pass",
-                         ["collector"])
+        f = self._families(COLLECTOR_FAMILIES, ["collector"])
         names = list(a.pipeline.bindings)
-        for fam, fn in ((interval, "effective_intervals"), (passes, "passes"), (errors, "errors"),
-                        (overruns, "overruns"), (busy, "pass_seconds"), (last_s, "last_pass_seconds")):
-            got = getattr(sched, fn, None)
+        for key in ("effective_intervals", "passes", "errors", "overruns", "pass_seconds", "last_pass_seconds"):
+            got = getattr(sched, key, None)
             vals = got() if callable(got) else {}
             for k in names:
                 if k in vals:
-                    fam.add_metric([k], vals[k])
+                    f[key].add_metric([k], vals[k])
         for k in names:
             if k in a.pipeline.last_samples:
-                last.add_metric([k], a.pipeline.last_samples[k])
-        yield from (interval, passes, errors, overruns, last, busy, last_s)
+                f["last_samples"].add_metric([k], a.pipeline.last_samples[k])
+        yield from f.values()
 
         cpu, threads, start = _proc_stat()
         yield self._single_c("ingress_process_cpu_seconds", "CPU time (user + system) the agent used", cpu)
