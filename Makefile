@@ -31,7 +31,7 @@ run: install
 # package, then the benchmarks in short mode with their regression floors.
 test: install
 	mkdir -p .benchmarks
-	cd tests && ../$(PY) -m pytest -p no:cacheprovider -q --durations=15 .
+	cd tests && ../$(PY) -m pytest -p no:cacheprovider -q --durations=25 .
 	$(PY) -m pytest -p no:cacheprovider -q benchmarks --bench-short \
 	    --benchmark-json=.benchmarks/short.json --benchmark-columns=median,ops,rounds --benchmark-sort=name
 
