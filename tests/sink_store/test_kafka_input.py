@@ -60,6 +60,13 @@ def test_two_sinks_share_the_partitions_refuse_mismatches_and_survive_a_kill(tmp
         topic, group = f"^{base}\\..*", f"g-{base}"
         args = ("--from-kafka", broker.bootstrap, "--topic", topic, "--group", group)
         procs = start_sinks((tmp_path / "s1", args, 0), (tmp_path / "s2", args, 0))
+        # Both members share the partitions: keep producing (every partition) until each has stored
+        # some; a member that joins late would otherwise find everything taken by the other.
+        end = time.monotonic() + 120
+        while not all(stored(port) > 0 for _, port in procs):
+            assert time.monotonic() < end, "the two sinks never both stored: the group did not share"
+            produce(4)
+            time.sleep(1)
         total = sum(sent.values())
         wait_for(lambda: sum(stored(port) for _, port in procs) >= total // 3, 120, "a third stored")
         # SIGKILL one sink mid-stream and restart it; keep producing meanwhile.
