@@ -53,7 +53,7 @@ class FakeRegistry:
     def count(self, t):
         return len(self.ids[t])
 
-    def evict(self, now_ns):
+    def evict(self, now_ns, ttl_s=None):
         self.epoch += 1
         return {}
 

@@ -160,7 +160,7 @@ class Pipeline:
 
         ``ttl_s``: a shorter idle time than the registry's (the memory guard's).
         """
-        evicted = self.registry.evict(now_ns) if ttl_s is None else self.registry.evict(now_ns, ttl_s=ttl_s)
+        evicted = self.registry.evict(now_ns, ttl_s=ttl_s)
         if evicted:
             with self._lock:
                 self.fanout.invalidate(evicted)

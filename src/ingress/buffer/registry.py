@@ -203,7 +203,7 @@ class SeriesRegistry:
             if st.free.n:
                 sid = st.free.top()
                 st.sdict.set(sid, name, key[1])  # refuses a non-str or non-UTF-8 string, naming it
-                st.free.n -= 1
+                st.free.pop()
                 st.keys[sid] = key
             else:
                 sid = len(st.keys)
@@ -494,6 +494,10 @@ class _IdStack:
 
     def top(self) -> int:
         return int(self.a[self.n - 1])
+
+    def pop(self) -> None:
+        """Drop the top id (after :meth:`top` was used)."""
+        self.n -= 1
 
     def push(self, ids: np.ndarray) -> None:
         need = self.n + len(ids)
